@@ -1,0 +1,1 @@
+"""Catalogue, loading and composition of diffusers pipelines."""

@@ -1,0 +1,175 @@
+"""models.yaml: the catalogue of base models, ControlNets, LoRAs and annotator weights.
+
+Pure data, read with ``yaml.safe_load`` rules (no tags that build objects) and
+validated with pydantic; errors name the file, the line and the key. A user file
+overlays the shipped one entry by entry. Local paths resolve under the models
+root and may not escape it (``..``, absolute paths, symlinks out).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sdcompose.errors import CatalogError, ModelError, suggest
+
+SHIPPED = Path(__file__).resolve().parent.parent / "sdcompose" / "models.yaml"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def home() -> Path:
+    return Path(os.environ.get("SDCOMPOSE_HOME") or Path.home() / ".cache" / "sdcompose")
+
+
+def user_catalog() -> Path:
+    return Path(os.environ.get("SDCOMPOSE_MODELS_YAML") or Path.home() / ".config" / "sdcompose" / "models.yaml")
+
+
+class Entry(BaseModel):
+    """One model. Exactly one source: ``repo`` (+ pinned ``revision``), ``path``, ``file`` or ``tiny``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = ""
+    kind: Literal["base", "controlnet", "lora", "annotator"]
+    family: Literal["sd15", "sdxl"] | None = None
+    description: str = ""
+    license: str = ""
+    repo: str | None = Field(default=None, pattern=r"^[\w.-]+/[\w.-]+$")
+    revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
+    subfolder: str | None = None
+    filename: str | None = None  # one file inside the repo or folder (LoRAs, annotators, single-file models)
+    path: str | None = None
+    file: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    config: str | None = None  # single-file models: shipped config name (sd15 | sdxl) or a diffusers folder
+    tiny: bool = False
+    stands_in_for: str | None = None
+    trigger_words: tuple[str, ...] = ()
+    allow_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Entry":
+        sources = [name for name in ("repo", "path", "file") if getattr(self, name)] + (["tiny"] if self.tiny else [])
+        if len(sources) != 1:
+            raise ValueError(f"needs exactly one source of repo, path, file, tiny; has {sources or 'none'}")
+        if self.repo and not self.revision:
+            raise ValueError("a hub repo needs a pinned `revision` (a 40-character commit hash)")
+        if self.file and not self.sha256:
+            raise ValueError("a single `file` needs its `sha256`")
+        if self.file and self.kind == "base" and not self.config:
+            raise ValueError("a single-file base model needs an explicit `config` (sd15, sdxl or a folder)")
+        if self.kind != "annotator" and self.family is None:
+            raise ValueError(f"a {self.kind} needs a `family` (sd15 or sdxl)")
+        for name in ("path", "file", "subfolder", "filename"):
+            value = getattr(self, name)
+            if value is not None and (os.path.isabs(value) or ".." in Path(value).parts or value.startswith("~")):
+                raise ValueError(f"`{name}` {value!r} must be a relative path inside the models root")
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return self.model_dump(exclude_defaults=True)
+
+
+class CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    models: dict[str, Entry]
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Follow a pydantic error location through the composed YAML tree; return a 1-based line."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == key:
+                line, node = key_node.start_mark.line + 1, value_node
+                break
+        else:
+            break
+    return line
+
+
+def read_catalog(path: Path) -> dict[str, Entry]:
+    """Parse and validate one models.yaml; raise CatalogError with file, line and key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path}: cannot read: {exc}") from None
+    if len(text) > 5_000_000:
+        raise CatalogError(f"{path}: larger than 5 MB; is this really a models.yaml?")
+    try:
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise CatalogError(f"{path}{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}:1: the top level must be a mapping with a `models:` key")
+    try:
+        parsed = CatalogFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(part) for part in loc if not str(part).startswith("function-after"))
+        line = _line_of(tree, loc)
+        message = err["msg"].removeprefix("Value error, ")
+        raise CatalogError(f"{path}:{line}: {key}: {message}") from None
+    for model_id in parsed.models:
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", model_id):
+            raise CatalogError(f"{path}:{_line_of(tree, ('models', model_id))}: models.{model_id}: "
+                               "ids are letters, digits, '.', '_' and '-', at most 100")
+    return {model_id: entry.model_copy(update={"id": model_id}) for model_id, entry in parsed.models.items()}
+
+
+class Catalog:
+    """The shipped catalogue, overlaid by the user's file and any extra files given."""
+
+    def __init__(self, extra: str | os.PathLike | list | None = None, root: Path | None = None) -> None:
+        self.root = (root or home() / "models").resolve()
+        files = [SHIPPED]
+        if user_catalog().is_file():
+            files.append(user_catalog())
+        if extra is not None:
+            files.extend(Path(p) for p in (extra if isinstance(extra, list) else [extra]))
+        self.files = files
+        self.entries: dict[str, Entry] = {}
+        for path in files:
+            self.entries.update(read_catalog(path))
+
+    def get(self, model_id: str, kind: str | None = None) -> Entry:
+        entry = self.entries.get(model_id)
+        if entry is None:
+            pool = [k for k, e in self.entries.items() if kind is None or e.kind == kind]
+            raise ModelError(f"no model {model_id!r} in models.yaml{suggest(model_id, pool)}")
+        if kind is not None and entry.kind != kind:
+            raise ModelError(f"model {model_id!r} is a {entry.kind}, not a {kind}")
+        return entry
+
+    def ids(self, kind: str) -> list[str]:
+        return [model_id for model_id, entry in self.entries.items() if entry.kind == kind]
+
+    def local(self, relative: str) -> Path:
+        """Resolve a path from models.yaml under the models root; refuse anything that escapes it."""
+        target = (self.root / relative).resolve()
+        if not target.is_relative_to(self.root):
+            raise ModelError(f"path {relative!r} resolves to {target}, outside the models root {self.root}")
+        return target
+
+    def stand_in(self, model_id: str, tiny: bool) -> str:
+        """For a tiny base, the tiny model standing in for ``model_id``; else ``model_id``."""
+        if not tiny or self.get(model_id).tiny:
+            return model_id
+        for other_id, entry in self.entries.items():
+            if entry.tiny and entry.stands_in_for == model_id:
+                return other_id
+        raise ModelError(f"no tiny test model stands in for {model_id!r}; use a real base model with it")

@@ -1,0 +1,66 @@
+"""Which diffusers pipeline serves a (family, task, ControlNets) composition, and its call arguments.
+
+The composer only wires diffusers' own pipelines together from already-loaded modules;
+it never patches them, so ``Pipeline.diffusers_pipeline`` hands power users exactly what runs.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+CLASSES = {
+    ("sd15", "txt2img", False): "StableDiffusionPipeline",
+    ("sd15", "img2img", False): "StableDiffusionImg2ImgPipeline",
+    ("sd15", "inpaint", False): "StableDiffusionInpaintPipeline",
+    ("sd15", "txt2img", True): "StableDiffusionControlNetPipeline",
+    ("sd15", "img2img", True): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sd15", "inpaint", True): "StableDiffusionControlNetInpaintPipeline",
+    ("sdxl", "txt2img", False): "StableDiffusionXLPipeline",
+    ("sdxl", "img2img", False): "StableDiffusionXLImg2ImgPipeline",
+    ("sdxl", "inpaint", False): "StableDiffusionXLInpaintPipeline",
+    ("sdxl", "txt2img", True): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+}
+
+
+def build(family: str, task: str, components: dict[str, Any], controlnets: list[Any]):
+    """A diffusers pipeline over shared modules (no copies), progress bar off."""
+    import diffusers
+    cls = getattr(diffusers, CLASSES[(family, task, bool(controlnets))])
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {name: components.get(name) for name in accepted if name != "self"
+              and accepted[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+              and (name in components or accepted[name].default is inspect.Parameter.empty)}
+    if "requires_safety_checker" in accepted:
+        kwargs["requires_safety_checker"] = False
+    if controlnets:
+        kwargs["controlnet"] = controlnets[0] if len(controlnets) == 1 else \
+            diffusers.models.controlnets.MultiControlNetModel(controlnets)
+    pipe = cls(**kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def call_arguments(pipe: Any, req: Any, control_maps: list[Any], init: Any, mask: Any,
+                   generators: list[Any], controls: list[Any]) -> dict[str, Any]:
+    """Keyword arguments for ``pipe(...)``, with diffusers' own names."""
+    kw: dict[str, Any] = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or None,
+                              num_inference_steps=req.steps, guidance_scale=req.guidance,
+                              num_images_per_prompt=req.batch, generator=generators, output_type="np",
+                              height=req.height, width=req.width)
+    if init is not None:
+        kw.update(image=init, strength=req.strength)
+    if mask is not None:
+        kw["mask_image"] = mask
+    if control_maps:
+        single = len(control_maps) == 1
+        kw["image" if init is None else "control_image"] = control_maps[0] if single else control_maps
+        kw["controlnet_conditioning_scale"] = controls[0].weight if single else [c.weight for c in controls]
+        kw["control_guidance_start"] = controls[0].start if single else [c.start for c in controls]
+        kw["control_guidance_end"] = controls[0].end if single else [c.end for c in controls]
+    accepted = inspect.signature(pipe.__call__).parameters
+    for name in ("height", "width"):  # img2img pipelines take the size from the init image
+        if name not in accepted:
+            del kw[name]
+    return kw

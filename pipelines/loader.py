@@ -1,0 +1,119 @@
+"""Turn catalogue entries into local files and loaded modules: hub repos (pinned), local folders,
+single ``.safetensors`` files with a shipped config, and the tiny test models, all through one path.
+
+Every weight file is checked by content (safetensors, not pickle, not truncated, not an LFS
+pointer) before diffusers sees it, and hashed for the image metadata.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdcompose.errors import ModelError
+from sdcompose.pipelines import tiny, weights
+from sdcompose.pipelines.catalog import CONFIGS, Catalog, Entry
+
+HUB_PATTERNS = {
+    "base": ["model_index.json", "scheduler/*", "tokenizer*/*", "text_encoder*/config.json",
+             "text_encoder*/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"],
+    "controlnet": ["config.json", "diffusion_pytorch_model.safetensors"],
+}
+
+
+def pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+class Loader:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    # ---- where the files are -------------------------------------------------------------
+    def path(self, entry: Entry) -> Path:
+        """Local path of an entry's folder or file, downloading a pinned hub revision if needed."""
+        if entry.tiny:
+            target = tiny.ensure(entry, self.catalog.root / "tiny" / entry.id)
+            return target / "pytorch_lora_weights.safetensors" if entry.kind == "lora" else target
+        if entry.repo:
+            return self._hub(entry)
+        local = self.catalog.local(entry.path or entry.file)
+        if entry.filename:
+            local = local / entry.filename
+        if not local.exists():
+            raise ModelError(f"model {entry.id!r}: {local} does not exist; put the files there or fix models.yaml")
+        return local
+
+    def _hub(self, entry: Entry) -> Path:
+        from huggingface_hub import hf_hub_download, snapshot_download
+        try:
+            if entry.filename:
+                return Path(hf_hub_download(entry.repo, entry.filename, subfolder=entry.subfolder,
+                                            revision=entry.revision))
+            patterns = HUB_PATTERNS.get(entry.kind)
+            if entry.subfolder:
+                patterns = [f"{entry.subfolder}/{p}" for p in patterns]
+            folder = Path(snapshot_download(entry.repo, revision=entry.revision, allow_patterns=patterns))
+            return folder / entry.subfolder if entry.subfolder else folder
+        except Exception as exc:  # network, auth, missing revision: one sentence for the user
+            raise ModelError(f"model {entry.id!r}: could not get {entry.repo}@{entry.revision[:10]} "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the network "
+                             "or download it and point models.yaml `path:` at the folder") from None
+
+    def files(self, entry: Entry) -> list[Path]:
+        """The entry's weight files, each checked by content; pickles refused unless opted in."""
+        root = self.path(entry)
+        found = [root] if root.is_file() else weights.weight_files(root)
+        if not found:
+            raise ModelError(f"model {entry.id!r}: no weight files in {root}")
+        for file in found:
+            weights.require_safetensors(file, entry.allow_pickle)
+        return found
+
+    def hashes(self, entry: Entry) -> dict[str, str]:
+        """sha256 of every weight file of an entry (verified against models.yaml for single files)."""
+        root = self.path(entry)
+        out = {}
+        for file in self.files(entry):
+            name = file.name if root.is_file() else str(file.relative_to(root))
+            out[name] = weights.verify(file, entry.sha256 if root.is_file() else None)
+        return out
+
+    # ---- loading modules -----------------------------------------------------------------
+    def base(self, entry: Entry, dtype: torch.dtype) -> dict[str, Any]:
+        """The diffusers components of a base model, on the CPU in ``dtype``."""
+        self.hashes(entry)
+        cls = pipeline_class(entry.family)
+        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
+            if entry.family == "sd15" else {}
+        source = self.path(entry)
+        try:
+            if source.is_file():
+                config = CONFIGS / entry.config if (CONFIGS / entry.config).is_dir() else self.catalog.local(entry.config)
+                pipe = cls.from_single_file(str(source), config=str(config), local_files_only=True,
+                                            torch_dtype=dtype, **extra)
+            else:
+                pipe = cls.from_pretrained(source, torch_dtype=dtype, use_safetensors=True,
+                                           local_files_only=True, **extra)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelError(f"model {entry.id!r} from {source} did not load as a {entry.family} model: "
+                             f"{str(exc).splitlines()[0][:300]}") from None
+        return {k: v for k, v in pipe.components.items() if v is not None}
+
+    def controlnet(self, entry: Entry, dtype: torch.dtype):
+        from diffusers import ControlNetModel
+        self.hashes(entry)
+        source = self.path(entry)
+        try:
+            if source.is_file():
+                return ControlNetModel.from_single_file(str(source), torch_dtype=dtype, local_files_only=True,
+                                                        config=str(CONFIGS / "controlnet" / entry.family)
+                                                        if entry.config is None else entry.config)
+            return ControlNetModel.from_pretrained(source, torch_dtype=dtype, use_safetensors=True,
+                                                   local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelError(f"ControlNet {entry.id!r} from {source} did not load: "
+                             f"{str(exc).splitlines()[0][:300]}") from None

@@ -1,0 +1,318 @@
+"""``sdcompose.Pipeline``: the public Python API over catalogue, registry, loader and composer."""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, ValidationError
+from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
+from sdcompose.metadata import FORMAT, library_versions, read_png
+from sdcompose.pipelines import compose, schedulers
+from sdcompose.pipelines.catalog import Catalog, Entry
+from sdcompose.pipelines.loader import Loader
+from sdcompose.pipelines.resolve import Plan, Unit, resolve
+from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
+from sdcompose.plugins.registry import Registry
+from sdcompose.request import Control, GenerationRequest, Lora, validate
+from sdcompose.result import Result
+
+DEFAULT_MODEL = os.environ.get("SDCOMPOSE_MODEL", "sd15")
+TEST_MODEL_NOTE = "noise from a random-weight test model"
+
+
+def best_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Pipeline:
+    """Compose Stable Diffusion with conditioner and adapter plugins, from models.yaml ids.
+
+    ``models``: extra models.yaml file(s) overlaying the shipped and user ones.
+    ``device`` / ``dtype``: default the best device, fp16 on CUDA and fp32 elsewhere.
+    One generation runs at a time per Pipeline; loaded weights are cached between requests.
+    """
+
+    def __init__(self, models: Any = None, device: str | None = None, dtype: torch.dtype | str | None = None,
+                 plugins_allow: str | None = None, plugins_deny: str | None = None, keep_models: int = 1) -> None:
+        self.catalog = Catalog(models)
+        self.loader = Loader(self.catalog)
+        self.registry = Registry(plugins_allow, plugins_deny)
+        self.device = str(device or best_device())
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValidationError("dtype must be float16, bfloat16 or float32")
+        self.dtype = dtype or (torch.float16 if self.device.startswith("cuda") else torch.float32)
+        self.keep_models = keep_models
+        self._lock = threading.Lock()
+        self._bases: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._controlnets: OrderedDict[str, Any] = OrderedDict()
+        self._maps: OrderedDict[str, Image.Image] = OrderedDict()
+
+    # ---- public API ------------------------------------------------------------------------
+    def generate(self, prompt: str = "", negative_prompt: str = "", model: str = DEFAULT_MODEL,
+                 controls: list[Control] | tuple = (), loras: list[Lora] | tuple = (), init_image: Any = None,
+                 strength: float = 0.75, mask: Any = None, width: int = 512, height: int = 512, steps: int = 20,
+                 guidance: float = 7.5, scheduler: str = "dpmpp_2m", seed: int | None = None, batch: int = 1,
+                 add_trigger_words: bool = False, progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> Result:
+        request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
+                                    controls=list(controls), loras=list(loras), init_image=init_image,
+                                    strength=strength, mask=mask, width=width, height=height, steps=steps,
+                                    guidance=guidance, scheduler=scheduler, seed=seed, batch=batch,
+                                    add_trigger_words=add_trigger_words)
+        return self.run(request, progress=progress, cancel=cancel)
+
+    def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
+            cancel: threading.Event | None = None) -> Result:
+        req = validate(request)
+        if req.seed is None:
+            req = req.with_(seed=secrets.randbelow(2**32))
+        plan = resolve(req, self.catalog, self.registry)
+        maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
+        init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
+            if req.init_image is not None else None
+        mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
+        with self._lock:
+            arrays, report = self._denoise(plan, maps, init, mask, progress, cancel)
+        inputs = {f"control-{i}": m for i, m in enumerate(maps)}
+        inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
+        return self._result(plan, arrays, report, inputs)
+
+    def reproduce(self, png: Any, strict: bool = True) -> Result:
+        """Make an sdcompose PNG again from its own metadata and embedded inputs.
+
+        With ``strict``, a model whose files changed since (sha256) is refused before any work.
+        """
+        meta, inputs = read_png(png)
+        r = meta["request"]
+        try:
+            controls = [Control(id=c["id"], image=inputs[f"control-{i}"], weight=c["weight"], start=c["start"],
+                                end=c["end"], params=c["params"], model=c["model"], resize_mode=c["resize_mode"],
+                                control_mode=c["control_mode"], preprocessed=True)
+                        for i, c in enumerate(r["controls"])]
+            request = GenerationRequest(
+                prompt=r["prompt"], negative_prompt=r["negative_prompt"], model=r["model"], controls=controls,
+                loras=[Lora(x["id"], x["weight"]) for x in r["loras"]], init_image=inputs.get("init_image"),
+                strength=r["strength"], mask=inputs.get("mask"), width=r["width"], height=r["height"],
+                steps=r["steps"], guidance=r["guidance"], scheduler=r["scheduler"], seed=meta["seed"], batch=1,
+                add_trigger_words=r.get("add_trigger_words", False))
+        except (KeyError, TypeError) as exc:
+            raise ValidationError(f"the image's metadata lacks {exc}; it cannot be reproduced") from None
+        if strict:
+            for model_id, recorded in meta.get("models", {}).items():
+                current = self.loader.hashes(self.catalog.get(model_id))
+                if current != recorded.get("sha256"):
+                    raise ModelError(f"model {model_id!r} has changed since this image was made (different "
+                                     "file hashes); restore that version, or pass strict=False")
+        return self.run(request)
+
+    def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
+                   resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:
+        """The control map a conditioner makes from ``image`` (cached by content and params)."""
+        plugin = self.registry.get(plugin_id, "conditioner")
+        control = validate(GenerationRequest(controls=[Control(plugin_id, image, params=params,
+                                                               resize_mode=resize_mode)])).controls[0]
+        unit = Unit(control, plugin, None)  # type: ignore[arg-type]
+        return self._control_map(unit, width, height)
+
+    def diffusers_pipeline(self, model: str = DEFAULT_MODEL, controls: list[Control] | tuple = (),
+                           task: str = "txt2img"):
+        """The diffusers pipeline this composition runs (modules shared with sdcompose's cache)."""
+        stub = Image.new("RGB", (8, 8)) if task != "txt2img" else None
+        req = validate(GenerationRequest(model=model, controls=list(controls), init_image=stub,
+                                         mask=stub if task == "inpaint" else None))
+        with self._lock:
+            return self._compose(resolve(req, self.catalog, self.registry))
+
+    def plugins(self) -> list[dict[str, Any]]:
+        return self.registry.describe_all()
+
+    def models(self) -> list[dict[str, Any]]:
+        return [{"id": model_id, **entry.describe()} for model_id, entry in self.catalog.entries.items()]
+
+    # ---- conditioning ------------------------------------------------------------------------
+    def _source(self, control: Control, plugin: Any) -> ControlSource:
+        data = control.image
+        wants_json = "json" in plugin.inputs
+        if wants_json and isinstance(data, (dict, list)):
+            return ControlSource(data=data, name="json")
+        if wants_json and isinstance(data, (str, Path)) and str(data).lower().endswith(".json"):
+            path = Path(data)
+            try:
+                if path.stat().st_size > MAX_BYTES:
+                    raise ValidationError(f"{path} is larger than {MAX_BYTES // 2**20} MB")
+                return ControlSource(data=json.loads(path.read_text(encoding="utf-8")), name=str(path))
+            except OSError as exc:
+                raise ValidationError(f"cannot read {path}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+        raw = open_image(data, f"control image for {control.id!r}")
+        return ControlSource(image=to_rgb(raw), raw=raw, name=str(data) if isinstance(data, (str, Path)) else "")
+
+    def _control_map(self, unit: Unit, width: int | None, height: int | None) -> Image.Image:
+        control, plugin = unit.control, unit.plugin
+        params = check_params(plugin.params, control.params, f"conditioner {control.id!r}")
+        if control.preprocessed:
+            image = load_rgb(control.image, f"control map for {control.id!r}")
+        else:
+            source = self._source(control, plugin)
+            key = self._map_key(control.id, params, source)
+            image = self._maps.get(key)
+            if image is None:
+                ctx = PluginContext(device=self.device, dtype=self.dtype,
+                                    weights={a: self._annotator(a) for a in plugin.annotators})
+                try:
+                    image = plugin.preprocess(source, ctx, params)
+                except (PluginError, ValidationError):
+                    raise
+                except Exception as exc:  # a plugin's bug fails this request only
+                    raise PluginError(f"conditioner {control.id!r} failed on its input: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                if not isinstance(image, Image.Image):
+                    raise PluginError(f"conditioner {control.id!r} returned {type(image).__name__}, not a PIL image")
+                image = to_rgb(image)
+                self._maps[key] = image
+                while len(self._maps) > 32:
+                    self._maps.popitem(last=False)
+        if width and height:
+            image = fit(image, width, height, control.resize_mode)
+        return image
+
+    @staticmethod
+    def _map_key(plugin_id: str, params: dict[str, Any], source: ControlSource) -> str:
+        digest = hashlib.sha256(json.dumps([plugin_id, params], sort_keys=True, default=str).encode())
+        if source.data is not None:
+            digest.update(json.dumps(source.data, sort_keys=True, default=str).encode())
+        else:
+            raw = source.raw
+            digest.update(f"{raw.mode}{raw.size}".encode())
+            digest.update(raw.tobytes())
+        return digest.hexdigest()
+
+    def _annotator(self, model_id: str) -> Path:
+        entry = self.catalog.get(model_id, "annotator")
+        self.loader.hashes(entry)
+        return self.loader.path(entry)
+
+    # ---- weights and composition ---------------------------------------------------------------
+    def _base(self, entry: Entry) -> dict[str, Any]:
+        if entry.id not in self._bases:
+            while len(self._bases) >= max(1, self.keep_models):
+                self._bases.popitem(last=False)
+                self._free()
+            components = self.loader.base(entry, self.dtype)
+            for module in components.values():
+                if isinstance(module, torch.nn.Module):
+                    module.to(self.device).eval().requires_grad_(False)
+            self._bases[entry.id] = components
+        self._bases.move_to_end(entry.id)
+        return self._bases[entry.id]
+
+    def _controlnet(self, entry: Entry):
+        if entry.id not in self._controlnets:
+            while len(self._controlnets) >= 4:
+                self._controlnets.popitem(last=False)
+                self._free()
+            self._controlnets[entry.id] = self.loader.controlnet(entry, self.dtype).to(self.device).eval() \
+                .requires_grad_(False)
+        self._controlnets.move_to_end(entry.id)
+        return self._controlnets[entry.id]
+
+    def _compose(self, plan: Plan):
+        components = self._base(plan.base)
+        controlnets = [self._controlnet(unit.controlnet) for unit in plan.units]
+        return compose.build(plan.family, plan.request.task, components, controlnets)
+
+    def _free(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _denoise(self, plan: Plan, maps: list[Image.Image], init: Any, mask: Any,
+                 progress: Callable[[int, int], None] | None, cancel: threading.Event | None):
+        req = plan.request
+        pipe = self._compose(plan)
+        pipe.scheduler = schedulers.make(req.scheduler, self._bases[plan.base.id]["scheduler"].config)
+        generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
+        kwargs = compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units])
+        if req.add_trigger_words:
+            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in req.prompt]
+            kwargs["prompt"] = ", ".join([req.prompt, *words]) if req.prompt else ", ".join(words)
+
+        def on_step(_pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled at step {step + 1} of {req.steps}")
+            if progress is not None:
+                progress(step + 1, req.steps)
+            return tensors
+
+        adapter = self.registry.get("lora", "adapter") if plan.loras else None
+        report: dict[str, Any] = {}
+        try:
+            if adapter is not None:
+                ctx = PluginContext(device=self.device, dtype=self.dtype)
+                report = adapter.apply(pipe, [{"id": e.id, "path": self.loader.path(e), "weight": w, "entry": e}
+                                              for e, w in plan.loras], ctx)
+            with torch.inference_mode():
+                output = pipe(**kwargs, callback_on_step_end=on_step)
+        except torch.OutOfMemoryError:
+            del pipe
+            self._free()
+            raise OutOfMemory(f"out of {self.device} memory at {req.width}x{req.height}, batch {req.batch}, "
+                              f"{len(plan.units)} ControlNet(s): lower the size or batch, or use a memory-saving "
+                              "mode; nothing from this request stays loaded") from None
+        finally:
+            if adapter is not None:
+                adapter.remove(pipe)
+        arrays = [np.asarray(a, dtype=np.float32) for a in output.images]
+        for array in arrays:
+            if not np.isfinite(array).all():
+                raise ModelError("the decoder produced NaN/inf (often an fp16 VAE overflow); "
+                                 "run with dtype float32 or a fixed VAE")
+        return arrays, report
+
+    # ---- results -------------------------------------------------------------------------------
+    def _result(self, plan: Plan, arrays: list[np.ndarray], report: dict[str, Any],
+                inputs: dict[str, Image.Image]) -> Result:
+        req = plan.request
+        entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras)]
+        models = {e.id: {"kind": e.kind, "family": e.family, "source": _source_of(e),
+                         "sha256": self.loader.hashes(e)} for e in entries}
+        plugins = {u.control.id: {"version": u.plugin.version, "package": self.registry.entries[u.control.id].package}
+                   for u in plan.units}
+        shared = {
+            "format": FORMAT, "task": req.task, "request": req.summary(), "seeds": [req.seed + i for i in range(req.batch)],
+            "models": models, "plugins": plugins, "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
+            "versions": library_versions(), "lora_report": report,
+            "control_maps_sha256": [hashlib.sha256(m.tobytes()).hexdigest() for k, m in inputs.items()
+                                    if k.startswith("control-")],
+        }
+        if plan.base.tiny:
+            shared["note"] = TEST_MODEL_NOTE
+        images = [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)) for a in arrays]
+        per_image = [{**shared, "seed": req.seed + i, "image_index": i} for i in range(len(images))]
+        return Result(images=images, metadata=shared, per_image=per_image, arrays=arrays, inputs=inputs)
+
+
+def _source_of(entry: Entry) -> str:
+    if entry.tiny:
+        return "tiny (built on first use)"
+    if entry.repo:
+        return f"{entry.repo}@{entry.revision}" + (f"/{entry.filename}" if entry.filename else "")
+    return entry.path or entry.file or ""

@@ -1,0 +1,153 @@
+"""The offline ``tiny`` model set: SD-shaped networks with seeded random weights.
+
+Built deterministically on first use into the models root and saved in the real
+on-disk formats (diffusers folders, a diffusers-format LoRA ``.safetensors``), so
+they load through exactly the code that loads real models. Their output is noise:
+they exist so the CLI, UI, plugins and tests run end to end without downloads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+import torch
+
+from sdcompose.pipelines.catalog import Entry
+
+SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                 steps_offset=1)
+VAE = dict(in_channels=3, out_channels=3, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+           latent_channels=4, norm_num_groups=8, sample_size=64)
+UNET = {
+    "sd15": dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8),
+    "sdxl": dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=(2, 4),
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                 transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80),
+}
+
+
+def _seed(model_id: str) -> int:
+    return zlib.crc32(model_id.encode())
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The byte-level alphabet CLIP's BPE uses: every byte maps to one printable character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def write_tokenizer(folder: Path, pad: str = "<|endoftext|>") -> int:
+    """A character-level CLIP tokenizer (no merges): any prompt tokenizes; returns the vocab size."""
+    from transformers import CLIPTokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _bytes_to_unicode()
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad, model_max_length=77)
+    tokenizer.save_pretrained(folder)
+    return len(tokens)
+
+
+def _text_encoder(vocab: int, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    config = CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                            bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _unet(family: str):
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(**UNET[family])
+
+
+def _build_base(entry: Entry, out: Path) -> None:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler
+    vocab = write_tokenizer(out / "tokenizer")
+    parts = {"unet": _unet(entry.family), "vae": AutoencoderKL(**VAE), "text_encoder": _text_encoder(vocab, False)}
+    if entry.family == "sdxl":
+        write_tokenizer(out / "tokenizer_2", pad="!")
+        parts["text_encoder_2"] = _text_encoder(vocab, True)
+        parts["vae"].register_to_config(scaling_factor=0.13025, force_upcast=False)
+        scheduler = EulerDiscreteScheduler(**SCHEDULER, timestep_spacing="leading")
+        index = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+                 "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                 "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}
+    else:
+        scheduler = PNDMScheduler(**SCHEDULER, skip_prk_steps=True, set_alpha_to_one=False)
+        index = {"_class_name": "StableDiffusionPipeline", "requires_safety_checker": False,
+                 "safety_checker": [None, None], "feature_extractor": [None, None]}
+    for name, module in parts.items():
+        module.save_pretrained(out / name, safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    index.update({"_diffusers_version": "0.42.1", "scheduler": ["diffusers", type(scheduler).__name__],
+                  "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"],
+                  "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]})
+    (out / "model_index.json").write_text(json.dumps(index, indent=1))
+
+
+def _build_controlnet(entry: Entry, out: Path) -> None:
+    from diffusers import ControlNetModel
+    controlnet = ControlNetModel.from_unet(_unet(entry.family), conditioning_embedding_out_channels=(8, 8, 16, 16))
+    # A trained ControlNet's zero convolutions have learned weights; keep them non-zero so control is visible.
+    for name, param in controlnet.named_parameters():
+        if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+            torch.nn.init.normal_(param, std=0.05)
+    controlnet.save_pretrained(out, safe_serialization=True)
+
+
+def _build_lora(entry: Entry, out: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+    unet = _unet(entry.family)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for name, param in unet.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(param, std=0.2)
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet),
+                                              safe_serialization=True)
+
+
+BUILDERS = {"base": _build_base, "controlnet": _build_controlnet, "lora": _build_lora}
+
+
+def ensure(entry: Entry, target: Path) -> Path:
+    """Build the tiny model ``entry`` at ``target`` unless it is already there; return ``target``."""
+    if (target / ".complete").is_file():
+        return target
+    if entry.kind not in BUILDERS:
+        raise ValueError(f"no tiny builder for kind {entry.kind!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.id}-", dir=target.parent))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(entry.id))
+            BUILDERS[entry.kind](entry, tmp)
+        (tmp / ".complete").write_text("tiny test model: random weights, output is noise\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / ".complete").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

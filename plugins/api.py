@@ -1,0 +1,178 @@
+"""The one module plugin authors import: protocols, parameter specs, errors, API version.
+
+A plugin is a class named by an entry point in the group ``sdcompose.plugins``.
+The registry reads its class attributes (id, kind, families, ...) and checks them
+before the plugin is ever used; built-in plugins follow exactly the same path.
+
+API_VERSION follows semantic versioning: a plugin declares the major version it
+was written for in ``api_version``; a different major version is refused with a
+message naming both.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+API_VERSION = "1.0"
+API_MAJOR = 1
+
+FAMILIES = frozenset({"sd15", "sdxl"})
+KINDS = frozenset({"conditioner", "adapter"})
+PARAM_TYPES = ("int", "float", "bool", "str", "choice")
+
+
+class PluginError(Exception):
+    """Raised by a plugin (or about one) with a message a user can act on."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One user-settable parameter of a plugin; drives validation and the UI widget."""
+
+    name: str
+    type: str  # one of PARAM_TYPES
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+    step: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise PluginError(f"param name {self.name!r} is not an identifier")
+        if self.type not in PARAM_TYPES:
+            raise PluginError(f"param {self.name!r}: type {self.type!r} is not one of {', '.join(PARAM_TYPES)}")
+        if self.type == "choice" and self.default not in self.choices:
+            raise PluginError(f"param {self.name!r}: default {self.default!r} is not among its choices")
+        self.check(self.default)
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` converted to this param's type, or raise PluginError saying why not."""
+        where = f"param {self.name!r}"
+        if self.type == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise PluginError(f"{where} must be true or false, got {value!r}")
+        if self.type in ("str", "choice"):
+            if not isinstance(value, str):
+                raise PluginError(f"{where} must be text, got {value!r}")
+            if self.type == "choice" and value not in self.choices:
+                raise PluginError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+            if len(value) > 10_000:
+                raise PluginError(f"{where} is longer than 10000 characters")
+            return value
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise PluginError(f"{where} must be a finite number, got {value!r}")
+        if self.type == "int":
+            if number != int(number):
+                raise PluginError(f"{where} must be a whole number, got {value!r}")
+            number = int(number)
+        if self.min is not None and number < self.min:
+            raise PluginError(f"{where} must be >= {self.min}, got {value!r}")
+        if self.max is not None and number > self.max:
+            raise PluginError(f"{where} must be <= {self.max}, got {value!r}")
+        return number
+
+
+def check_params(specs: tuple[ParamSpec, ...], given: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Fill defaults and validate ``given`` against ``specs``; unknown names are refused."""
+    by_name = {spec.name: spec for spec in specs}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        raise PluginError(f"{owner}: unknown param {', '.join(map(repr, unknown))} (known: {known})")
+    out = {}
+    for spec in specs:
+        try:
+            out[spec.name] = spec.check(given.get(spec.name, spec.default))
+        except PluginError as exc:
+            raise PluginError(f"{owner}: {exc}") from None
+    return out
+
+
+@dataclass
+class ControlSource:
+    """What a conditioner receives: the user's input, decoded safely by the core.
+
+    ``image`` is an 8-bit RGB image (or None for non-image input); ``raw`` is the
+    decoded image in its own mode (``L``, ``I;16``, ``I``, ``RGB``...) for plugins
+    that need full precision (depth maps); ``data`` is parsed JSON when the input
+    was a ``.json`` file and the plugin lists ``"json"`` in ``inputs``.
+    """
+
+    image: Any = None
+    raw: Any = None
+    data: Any = None
+    name: str = ""
+
+
+@dataclass
+class PluginContext:
+    """What the core hands a plugin: where its weights are, and the device/dtype to use."""
+
+    device: str = "cpu"
+    dtype: Any = None
+    weights: dict[str, Path] = field(default_factory=dict)  # models.yaml id -> local path, verified
+
+    def weight(self, model_id: str) -> Path:
+        if model_id not in self.weights:
+            raise PluginError(f"weights {model_id!r} were not declared in the plugin's `annotators`")
+        return self.weights[model_id]
+
+
+class Plugin:
+    """Base of every plugin. Subclasses set the class attributes below."""
+
+    id: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    api_version: ClassVar[str] = API_VERSION
+    version: ClassVar[str] = "0"
+    families: ClassVar[frozenset[str]] = FAMILIES
+    params: ClassVar[tuple[ParamSpec, ...]] = ()
+    help: ClassVar[str] = ""
+
+
+class Conditioner(Plugin):
+    """Turns a user input into a control map for a ControlNet.
+
+    ``controlnets`` maps each family to its default ControlNet id in models.yaml;
+    ``annotators`` lists the models.yaml ids of detector weights it needs (their
+    local paths arrive in ``ctx.weights``); ``inputs`` lists what it accepts
+    besides images (``"json"``).
+    """
+
+    kind: ClassVar[str] = "conditioner"
+    controlnets: ClassVar[dict[str, str]] = {}
+    annotators: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[tuple[str, ...]] = ("image",)
+
+    def preprocess(self, source: ControlSource, ctx: PluginContext, params: dict[str, Any]) -> Any:
+        """Return the control map as an RGB PIL image."""
+        raise NotImplementedError
+
+
+class Adapter(Plugin):
+    """Changes the weights of a composed pipeline for one request (LoRA and kin).
+
+    The core calls ``apply`` before denoising and ``remove`` in a ``finally``
+    after it, so no request sees another's adapters.
+    """
+
+    kind: ClassVar[str] = "adapter"
+
+    def apply(self, pipe: Any, adapters: list[dict[str, Any]], ctx: PluginContext) -> dict[str, Any]:
+        """Activate ``adapters`` (each: id, path, weight, entry) on ``pipe``; return a load report."""
+        raise NotImplementedError
+
+    def remove(self, pipe: Any) -> None:
+        """Return ``pipe`` to its state without adapters."""
+        raise NotImplementedError

@@ -1,0 +1,41 @@
+"""Errors a user sees: one sentence that says what is wrong and what to do."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from sdcompose.plugins.api import PluginError
+
+
+class SdcomposeError(Exception):
+    """Base of every error sdcompose raises on purpose."""
+
+
+class ValidationError(SdcomposeError, ValueError):
+    """A request, file or setting is out of bounds; nothing was run."""
+
+
+class ModelError(SdcomposeError):
+    """A model is missing, corrupt, unsafe or does not fit the composition."""
+
+
+class CatalogError(ModelError):
+    """models.yaml is malformed; the message names the file, line and key."""
+
+
+class Cancelled(SdcomposeError):
+    """The request was cancelled; nothing it loaded stays applied."""
+
+
+class OutOfMemory(SdcomposeError):
+    """The device ran out of memory; what the request held was freed."""
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the nearest known name, or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+__all__ = ["SdcomposeError", "ValidationError", "ModelError", "CatalogError", "Cancelled",
+           "OutOfMemory", "PluginError", "suggest"]

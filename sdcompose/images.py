@@ -1,0 +1,122 @@
+"""Images from users, decoded safely: pixel cap before decoding, every mode converted, never a crash."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sdcompose.errors import ValidationError
+
+MAX_PIXELS = 8192 * 8192
+MAX_BYTES = 64 * 1024 * 1024
+
+
+def open_image(source: Any, what: str = "image") -> Image.Image:
+    """Decode ``source`` (path, bytes, PIL image or array) into an image in its own mode, first frame only."""
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        return _from_array(source, what)
+    else:
+        data = _read_bytes(source, what)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise ValidationError(f"{what} is not an image PIL can read") from None
+        except Image.DecompressionBombError:
+            raise ValidationError(f"{what} declares too many pixels (a decompression bomb?)") from None
+    width, height = image.size
+    if width < 1 or height < 1 or width * height > MAX_PIXELS:
+        raise ValidationError(f"{what} is {width}x{height}; the limit is {MAX_PIXELS} pixels")
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image) if image.mode not in ("I", "I;16", "F") else image
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValidationError(f"{what} is damaged and cannot be decoded: {exc}") from None
+    return image
+
+
+def _read_bytes(source: Any, what: str) -> bytes:
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            if path.stat().st_size > MAX_BYTES:
+                raise ValidationError(f"{what} {path} is larger than {MAX_BYTES // 2**20} MB")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ValidationError(f"{what} {path} does not exist") from None
+        except OSError as exc:
+            raise ValidationError(f"cannot read {what} {path}: {exc.strerror}") from None
+    else:
+        raise ValidationError(f"{what} must be a path, bytes, PIL image or numpy array, got {type(source).__name__}")
+    if len(data) > MAX_BYTES:
+        raise ValidationError(f"{what} is larger than {MAX_BYTES // 2**20} MB")
+    return data
+
+
+def _from_array(array: np.ndarray, what: str) -> Image.Image:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ValidationError(f"{what} array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+    if array.size == 0 or array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise ValidationError(f"{what} array has shape {array.shape}; the limit is {MAX_PIXELS} pixels")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ValidationError(f"{what} array contains NaN or infinity")
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    elif array.dtype == np.uint16:
+        return Image.fromarray(array.squeeze() if array.ndim == 3 else array, mode="I;16")
+    elif array.dtype != np.uint8:
+        raise ValidationError(f"{what} array must be uint8, uint16 or float in [0, 1], got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(array)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """8-bit RGB: alpha composited over ``background``, palette/CMYK/16-bit/float converted."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        return Image.fromarray((np.clip(array / peak, 0, 1) * 255).round().astype(np.uint8)).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+        canvas = Image.new("RGBA", image.size, background + (255,))
+        return Image.alpha_composite(canvas, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(source: Any, what: str = "image") -> Image.Image:
+    return to_rgb(open_image(source, what))
+
+
+def load_mask(source: Any, what: str = "mask") -> Image.Image:
+    """A mask as 8-bit L, white = repaint. An RGBA mask uses its alpha if the colours are flat."""
+    image = open_image(source, what)
+    if image.mode in ("RGBA", "LA") and len(set(image.convert("RGB").getdata())) <= 1:
+        return image.getchannel("A")
+    return to_rgb(image).convert("L")
+
+
+def fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    """Size ``image`` to width x height: just_resize, crop_and_resize (fill then crop) or resize_and_fill (fit then pad)."""
+    if image.size == (width, height):
+        return image
+    if mode == "just_resize":
+        return image.resize((width, height), Image.LANCZOS)
+    if mode == "crop_and_resize":
+        return ImageOps.fit(image, (width, height), Image.LANCZOS)
+    inner = ImageOps.contain(image, (width, height), Image.LANCZOS)
+    canvas = Image.new(image.mode, (width, height))
+    canvas.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
+    return canvas

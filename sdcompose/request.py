@@ -1,0 +1,164 @@
+"""A generation request as typed, pure data, checked before any model loads or GPU work starts."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from sdcompose.errors import ValidationError
+
+SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
+RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
+CONTROL_MODES = ("balanced", "prompt_first", "control_first")
+LIMITS = dict(size=(64, 4096), pixels=4096 * 4096, steps=(1, 500), guidance=(0.0, 50.0), batch=(1, 16),
+              prompt_chars=20_000, controls=8, loras=16, lora_weight=(-4.0, 4.0), control_weight=(0.0, 4.0),
+              seed=(0, 2**63 - 1))
+
+
+@dataclass
+class Control:
+    """One ControlNet unit: a conditioner plugin id, its input, and how strongly and when it acts."""
+
+    id: str
+    image: Any = None  # path, PIL image, numpy array, or parsed JSON for plugins that take it
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # a models.yaml ControlNet id; default: the plugin's for the base family
+    resize_mode: str = "crop_and_resize"
+    control_mode: str = "balanced"
+    preprocessed: bool = False  # True: ``image`` already is the control map; the preprocessor is skipped
+
+
+@dataclass
+class Lora:
+    id: str  # a models.yaml LoRA id
+    weight: float = 1.0
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = "tiny-sd15"
+    controls: list[Control] = field(default_factory=list)
+    loras: list[Lora] = field(default_factory=list)
+    init_image: Any = None
+    strength: float = 0.75
+    mask: Any = None
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    guidance: float = 7.5
+    scheduler: str = "dpmpp_2m"
+    seed: int | None = None
+    batch: int = 1
+    add_trigger_words: bool = False
+
+    @property
+    def task(self) -> str:
+        if self.mask is not None:
+            return "inpaint"
+        return "img2img" if self.init_image is not None else "txt2img"
+
+    def with_(self, **changes: Any) -> "GenerationRequest":
+        return replace(self, **changes)
+
+    def summary(self) -> dict[str, Any]:
+        """Every parameter as JSON-ready data (images replaced by a marker)."""
+        data = asdict(self)
+        for key in ("init_image", "mask"):
+            data[key] = None if data[key] is None else "<image>"
+        for control in data["controls"]:
+            control["image"] = None if control["image"] is None else "<image>"
+        return data
+
+
+def _number(name: str, value: Any, low: float, high: float, integer: bool = False) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value) if not integer else int(str(value), 10)
+        except (TypeError, ValueError):
+            raise ValidationError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValidationError(f"{name} must be a finite number, got {value!r}")
+    if integer and value != int(value):
+        raise ValidationError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def validate(req: GenerationRequest) -> GenerationRequest:
+    """Return a normalised copy of ``req`` or raise ValidationError with one clear sentence."""
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(req, name)
+        if not isinstance(text, str):
+            raise ValidationError(f"{name} must be text, got {type(text).__name__}")
+        if len(text) > LIMITS["prompt_chars"]:
+            raise ValidationError(f"{name} is {len(text)} characters; the limit is {LIMITS['prompt_chars']}")
+        if "\x00" in text:
+            raise ValidationError(f"{name} contains a NUL character")
+    if not isinstance(req.model, str) or not req.model:
+        raise ValidationError("model must be a models.yaml id")
+    low, high = LIMITS["size"]
+    size = {}
+    for name in ("width", "height"):
+        value = _number(name, getattr(req, name), low, high, integer=True)
+        if value % 8:
+            raise ValidationError(f"{name} must be a multiple of 8, got {value} (try {value // 8 * 8 or 8})")
+        size[name] = value
+    if size["width"] * size["height"] > LIMITS["pixels"]:
+        raise ValidationError(f"{size['width']}x{size['height']} is more than {LIMITS['pixels']} pixels")
+    steps = _number("steps", req.steps, *LIMITS["steps"], integer=True)
+    guidance = _number("guidance", req.guidance, *LIMITS["guidance"])
+    strength = _number("strength", req.strength, 0.0, 1.0)
+    if req.init_image is not None and strength == 0:
+        raise ValidationError("strength must be above 0 for img2img/inpaint (0 would return the input unchanged)")
+    if req.mask is not None and req.init_image is None:
+        raise ValidationError("a mask needs an init_image to paint into")
+    batch = _number("batch", req.batch, *LIMITS["batch"], integer=True)
+    seed = req.seed
+    if seed is not None:
+        if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
+            raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {seed!r}")
+        seed = _number("seed", seed, LIMITS["seed"][0], LIMITS["seed"][1] - batch, integer=True)
+    if req.scheduler not in SCHEDULERS:
+        from sdcompose.errors import suggest
+        raise ValidationError(f"scheduler {req.scheduler!r} is not one of {', '.join(SCHEDULERS)}"
+                              f"{suggest(str(req.scheduler), SCHEDULERS)}")
+    if len(req.controls) > LIMITS["controls"]:
+        raise ValidationError(f"at most {LIMITS['controls']} controls per request, got {len(req.controls)}")
+    if len(req.loras) > LIMITS["loras"]:
+        raise ValidationError(f"at most {LIMITS['loras']} LoRAs per request, got {len(req.loras)}")
+    controls = [_control(i, c) for i, c in enumerate(req.controls)]
+    loras = []
+    for i, lora in enumerate(req.loras):
+        if not isinstance(lora, Lora):
+            raise ValidationError(f"loras[{i}] must be sdcompose.Lora(id, weight)")
+        loras.append(Lora(str(lora.id), _number(f"loras[{i}] ({lora.id}) weight", lora.weight, *LIMITS["lora_weight"])))
+    if len({lora.id for lora in loras}) != len(loras):
+        raise ValidationError("the same LoRA is listed twice; give it one weight")
+    return replace(req, width=size["width"], height=size["height"], steps=steps, guidance=guidance,
+                   strength=strength, batch=batch, seed=seed, controls=controls, loras=loras)
+
+
+def _control(i: int, c: Any) -> Control:
+    if not isinstance(c, Control):
+        raise ValidationError(f"controls[{i}] must be sdcompose.Control(id, image, ...)")
+    where = f"controls[{i}] ({c.id})"
+    if c.image is None:
+        raise ValidationError(f"{where} needs an image (or a pose .json for plugins that read one)")
+    weight = _number(f"{where} weight", c.weight, *LIMITS["control_weight"])
+    start = _number(f"{where} start", c.start, 0.0, 1.0)
+    end = _number(f"{where} end", c.end, 0.0, 1.0)
+    if start >= end:
+        raise ValidationError(f"{where} start ({start}) must be below end ({end})")
+    if c.resize_mode not in RESIZE_MODES:
+        raise ValidationError(f"{where} resize_mode must be one of {', '.join(RESIZE_MODES)}")
+    if c.control_mode not in CONTROL_MODES:
+        raise ValidationError(f"{where} control_mode must be one of {', '.join(CONTROL_MODES)}")
+    if not isinstance(c.params, dict):
+        raise ValidationError(f"{where} params must be a mapping")
+    return replace(c, weight=weight, start=start, end=end, params=dict(c.params))

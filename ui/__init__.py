@@ -1,0 +1,1 @@
+"""The Gradio web UI: a thin shell over sdcompose.Pipeline."""
