@@ -6,6 +6,7 @@ pointer) before diffusers sees it, and hashed for the image metadata.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ HUB_PATTERNS = {
 }
 
 
+def quiet() -> None:
+    """Load reports replace diffusers'/transformers' progress bars and key warnings."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+    for module in (diffusers_logging, transformers_logging):
+        module.set_verbosity_error()
+        module.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)\.")
+
+
 def pipeline_class(family: str):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
@@ -31,6 +42,7 @@ def pipeline_class(family: str):
 class Loader:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        quiet()
 
     # ---- where the files are -------------------------------------------------------------
     def path(self, entry: Entry) -> Path:

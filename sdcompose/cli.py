@@ -1,0 +1,273 @@
+"""The ``sdcompose`` command: generate, reproduce, preprocess, models, plugins, ui.
+
+Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sdcompose.errors import SdcomposeError, ValidationError
+from sdcompose.plugins.api import PluginError
+from sdcompose.request import CONTROL_MODES, RESIZE_MODES, SCHEDULERS, Control, Lora
+
+CONTROL_FIELDS = {"weight": float, "start": float, "end": float, "model": str, "resize_mode": str,
+                  "control_mode": str, "preprocessed": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+def parse_control(spec: str) -> Control:
+    """``ID=PATH[:key=value...]``: weight/start/end/model/resize_mode/control_mode/preprocessed, else plugin params."""
+    plugin_id, sep, rest = spec.partition("=")
+    if not sep or not plugin_id or not rest:
+        raise ValidationError(f"--control {spec!r}: expected ID=IMAGE[:key=value...], e.g. canny=photo.png:weight=0.8")
+    parts = rest.split(":")
+    split = next((i for i, part in enumerate(parts) if i > 0 and "=" in part), len(parts))
+    image, fields, params = ":".join(parts[:split]), {}, {}
+    for option in parts[split:]:
+        key, eq, value = option.partition("=")
+        if not eq:
+            raise ValidationError(f"--control {spec!r}: option {option!r} is not key=value")
+        try:
+            (fields if key in CONTROL_FIELDS else params)[key] = CONTROL_FIELDS.get(key, str)(value)
+        except ValueError:
+            raise ValidationError(f"--control {spec!r}: {key} must be a number, got {value!r}") from None
+    return Control(plugin_id, image=image, params=params, **fields)
+
+
+def parse_lora(spec: str) -> Lora:
+    model_id, _, weight = spec.partition(":")
+    try:
+        return Lora(model_id, float(weight) if weight else 1.0)
+    except ValueError:
+        raise ValidationError(f"--lora {spec!r}: expected ID[:WEIGHT], e.g. papercut:0.7") from None
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ValidationError(f"--param {pair!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def _pipeline(args: argparse.Namespace):
+    from sdcompose.pipelines.pipeline import Pipeline
+    return Pipeline(models=args.models, device=args.device, dtype=args.dtype)
+
+
+def _progress_bar(quiet: bool):
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+    bar: dict[str, Any] = {}
+
+    def update(step: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, unit="step", file=sys.stderr, leave=False)
+        bar["bar"].n = step
+        bar["bar"].refresh()
+
+    return update, lambda: bar["bar"].close() if "bar" in bar else None
+
+
+def _report(result: Any, paths: list[Path]) -> None:
+    for path, seed in zip(paths, result.metadata["seeds"]):
+        print(f"{path}  seed {seed}")
+    if "note" in result.metadata:
+        print(f"note: {result.metadata['note']}", file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    pipe = _pipeline(args)
+    update, close = _progress_bar(args.quiet)
+    try:
+        result = pipe.generate(
+            prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
+            controls=[parse_control(s) for s in args.control], loras=[parse_lora(s) for s in args.lora],
+            init_image=args.init_image, strength=args.strength, mask=args.mask, width=args.width,
+            height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
+            seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update)
+    finally:
+        close()
+    _report(result, result.save(args.output))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    pipe = _pipeline(args)
+    result = pipe.reproduce(args.image, strict=not args.allow_changed_models)
+    output = args.output or Path(args.image).with_name(Path(args.image).stem + "-reproduced.png")
+    _report(result, result.save(output))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    pipe = _pipeline(args)
+    image = pipe.preprocess(args.plugin, args.image, width=args.width, height=args.height,
+                            **parse_params(args.param))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.output)
+    print(args.output)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from sdcompose.pipelines.catalog import Catalog
+    catalog = Catalog(args.models)
+    ids = [i for i in catalog.entries if args.kind in (None, catalog.entries[i].kind)]
+    if args.action == "list":
+        for model_id in ids:
+            e = catalog.entries[model_id]
+            source = "tiny" if e.tiny else e.repo or e.path or e.file
+            print(f"{model_id:32} {e.kind:10} {e.family or '-':5} {source}")
+        return 0
+    from sdcompose.pipelines.loader import Loader
+    loader, failed = Loader(catalog), 0
+    for model_id in args.ids or ids:
+        entry = catalog.get(model_id)
+        if entry.repo and not args.download:
+            local = _hub_cached(entry)
+            if local is None:
+                print(f"{model_id:32} not downloaded ({entry.repo}@{entry.revision[:10]}; --download fetches it)")
+                continue
+        try:
+            hashes = loader.hashes(entry)
+            print(f"{model_id:32} ok  {len(hashes)} file(s)")
+        except SdcomposeError as exc:
+            failed += 1
+            print(f"{model_id:32} BAD {exc}")
+    return 1 if failed else 0
+
+
+def _hub_cached(entry: Any) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+    probe = entry.filename or ("model_index.json" if entry.kind == "base" else "config.json")
+    found = try_to_load_from_cache(entry.repo, probe, revision=entry.revision, subfolder=entry.subfolder)
+    return Path(found) if isinstance(found, str) else None
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from sdcompose.plugins.registry import Registry
+    rows = Registry().describe_all()
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    for row in rows:
+        families = ",".join(row["families"]) or "-"
+        line = f"{row['id']:16} {row['kind'] or '?':12} {families:10} {row['status']:10} {row['package']}"
+        print(line + (f"  ({row['error']})" if row["error"] else ""))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from sdcompose.ui.serve import serve
+    return serve(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdcompose", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sdcompose {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def runtime(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--models", help="extra models.yaml overlaying the shipped and user ones")
+        p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
+        p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA")
+
+    g = sub.add_parser("generate", help="make images")
+    g.add_argument("prompt_words", nargs="*", help="the prompt (or use --prompt)")
+    g.add_argument("-p", "--prompt", default=None)
+    g.add_argument("-n", "--negative-prompt", default="")
+    g.add_argument("-m", "--model", default=os.environ.get("SDCOMPOSE_MODEL", "sd15"))
+    g.add_argument("--control", action="append", default=[], metavar="ID=IMAGE[:k=v...]",
+                   help=f"a ControlNet unit; keys: weight, start, end, model, resize_mode ({'|'.join(RESIZE_MODES)}), "
+                        f"control_mode ({'|'.join(CONTROL_MODES)}), preprocessed, or the plugin's params")
+    g.add_argument("--lora", action="append", default=[], metavar="ID[:WEIGHT]")
+    g.add_argument("--trigger-words", action="store_true", help="add the LoRAs' trigger words to the prompt")
+    g.add_argument("--init-image", help="img2img source")
+    g.add_argument("--strength", type=float, default=0.75)
+    g.add_argument("--mask", help="inpaint mask (white = repaint); needs --init-image")
+    g.add_argument("-W", "--width", type=int, default=512)
+    g.add_argument("-H", "--height", type=int, default=512)
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--guidance", "--cfg", type=float, default=7.5)
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="dpmpp_2m")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("-o", "--output", default="out.png")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    runtime(g)
+    g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("reproduce", help="make an sdcompose PNG again from its metadata")
+    r.add_argument("image")
+    r.add_argument("-o", "--output")
+    r.add_argument("--allow-changed-models", action="store_true", help="run even if model files changed")
+    runtime(r)
+    r.set_defaults(func=cmd_reproduce)
+
+    pp = sub.add_parser("preprocess", help="run a conditioner alone and save its control map")
+    pp.add_argument("plugin")
+    pp.add_argument("image")
+    pp.add_argument("-o", "--output", required=True)
+    pp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    pp.add_argument("-W", "--width", type=int)
+    pp.add_argument("-H", "--height", type=int)
+    runtime(pp)
+    pp.set_defaults(func=cmd_preprocess)
+
+    m = sub.add_parser("models", help="the models.yaml catalogue")
+    m.add_argument("action", choices=("list", "check"))
+    m.add_argument("ids", nargs="*", help="check only these")
+    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator"))
+    m.add_argument("--models", help="extra models.yaml")
+    m.add_argument("--download", action="store_true", help="check: download pinned hub models that are missing")
+    m.set_defaults(func=cmd_models)
+
+    pl = sub.add_parser("plugins", help="discovered plugins")
+    pl.add_argument("action", choices=("list",))
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
+
+    u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=7860)
+    u.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
+    u.add_argument("--auth", help="user:password")
+    u.add_argument("--insecure-no-auth", action="store_true")
+    runtime(u)
+    u.set_defaults(func=cmd_ui)
+    return parser
+
+
+def _version() -> str:
+    from sdcompose import __version__
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "prompt_words", None) and args.prompt is None:
+        args.prompt = " ".join(args.prompt_words)
+    if getattr(args, "command", None) == "generate" and args.prompt is None:
+        args.prompt = ""
+    try:
+        return args.func(args)
+    except (SdcomposeError, PluginError) as exc:
+        if os.environ.get("SDCOMPOSE_DEBUG"):
+            raise
+        print(f"sdcompose: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdcompose: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
