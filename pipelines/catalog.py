@@ -61,8 +61,8 @@ class Entry(BaseModel):
             raise ValueError("a hub repo needs a pinned `revision` (a 40-character commit hash)")
         if self.file and not self.sha256:
             raise ValueError("a single `file` needs its `sha256`")
-        if self.file and self.kind == "base" and not self.config:
-            raise ValueError("a single-file base model needs an explicit `config` (sd15, sdxl or a folder)")
+        if self.file and self.kind in ("base", "controlnet") and not self.config:
+            raise ValueError(f"a single-file {self.kind} needs an explicit `config` (sd15, sdxl or a folder)")
         if self.kind != "annotator" and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` (sd15 or sdxl)")
         for name in ("path", "file", "subfolder", "filename"):

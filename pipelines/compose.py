@@ -32,8 +32,9 @@ def build(family: str, task: str, components: dict[str, Any], controlnets: list[
     kwargs = {name: components.get(name) for name in accepted if name != "self"
               and accepted[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
               and (name in components or accepted[name].default is inspect.Parameter.empty)}
-    if "requires_safety_checker" in accepted:
-        kwargs["requires_safety_checker"] = False
+    for flag in ("requires_safety_checker", "add_watermarker"):  # no checker to require; no invisible watermark
+        if flag in accepted:
+            kwargs[flag] = False
     if controlnets:
         kwargs["controlnet"] = controlnets[0] if len(controlnets) == 1 else \
             diffusers.models.controlnets.MultiControlNetModel(controlnets)

@@ -94,6 +94,14 @@ class Loader:
             out[name] = weights.verify(file, entry.sha256 if root.is_file() else None)
         return out
 
+    def _config(self, entry: Entry) -> Path:
+        """The diffusers config folder of a single-file model: shipped (sd15, sdxl) or under the models root."""
+        if entry.config is None:
+            raise ModelError(f"model {entry.id!r} is a single file and needs `config:` in models.yaml "
+                             "(sd15, sdxl, or a diffusers config folder under the models root)")
+        shipped = CONFIGS / entry.config
+        return shipped if entry.config in ("sd15", "sdxl") else self.catalog.local(entry.config)
+
     # ---- loading modules -----------------------------------------------------------------
     def base(self, entry: Entry, dtype: torch.dtype) -> dict[str, Any]:
         """The diffusers components of a base model, on the CPU in ``dtype``."""
@@ -104,8 +112,7 @@ class Loader:
         source = self.path(entry)
         try:
             if source.is_file():
-                config = CONFIGS / entry.config if (CONFIGS / entry.config).is_dir() else self.catalog.local(entry.config)
-                pipe = cls.from_single_file(str(source), config=str(config), local_files_only=True,
+                pipe = cls.from_single_file(str(source), config=str(self._config(entry)), local_files_only=True,
                                             torch_dtype=dtype, **extra)
             else:
                 pipe = cls.from_pretrained(source, torch_dtype=dtype, use_safetensors=True,
@@ -121,9 +128,8 @@ class Loader:
         source = self.path(entry)
         try:
             if source.is_file():
-                return ControlNetModel.from_single_file(str(source), torch_dtype=dtype, local_files_only=True,
-                                                        config=str(CONFIGS / "controlnet" / entry.family)
-                                                        if entry.config is None else entry.config)
+                return ControlNetModel.from_single_file(str(source), config=str(self._config(entry)),
+                                                        torch_dtype=dtype, local_files_only=True)
             return ControlNetModel.from_pretrained(source, torch_dtype=dtype, use_safetensors=True,
                                                    local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
