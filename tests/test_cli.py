@@ -1,0 +1,66 @@
+"""The sdcompose command as a user runs it: a real subprocess, real files, one-line errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sdcompose.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=os.environ | {"SDCOMPOSE_DEBUG": ""}, timeout=600)
+
+
+def test_generate_then_reproduce_gives_identical_pixels(tmp_path, photo, home):
+    out = tmp_path / "out.png"
+    run = cli("generate", "--model", "tiny-sd15", "--control", f"canny={photo}:weight=0.8:low_threshold=50",
+              "--lora", "tiny-lora-sd15:0.8", "--seed", "1", "-W", "64", "-H", "64", "--steps", "3", "-o", out,
+              "a", "castle")
+    assert run.returncode == 0, run.stderr
+    assert f"{out}  seed 1" in run.stdout and "noise from a random-weight test model" in run.stderr
+    with Image.open(out) as image:
+        assert "sdcompose" in image.text and image.size == (64, 64)
+    again = cli("reproduce", out, "-o", tmp_path / "again.png")
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "again.png")))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "--model", "tiny-sd15", "-W", "100"], "width must be a multiple of 8, got 100"),
+    (["generate", "--model", "tiny-sd16"], "no model 'tiny-sd16' in models.yaml (did you mean 'tiny-sd15'?)"),
+    (["generate", "--model", "tiny-sd15", "--control", "canny"], "expected ID=IMAGE"),
+    (["generate", "--model", "tiny-sd15", "--lora", "tiny-lora-sd15:x"], "expected ID[:WEIGHT]"),
+    (["generate", "--model", "tiny-sd15", "--control", "canny=/nonexistent.png"], "does not exist"),
+    (["reproduce", "/nonexistent.png"], "does not exist"),
+])
+def test_errors_are_one_line_without_traceback(args, message, home):
+    run = cli(*args)
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_lists_models_and_plugins(home):
+    models = cli("models", "list")
+    assert models.returncode == 0 and "tiny-sd15" in models.stdout and "stabilityai/stable-diffusion-xl-base-1.0" in models.stdout
+    plugins = cli("plugins", "list")
+    assert plugins.returncode == 0
+    rows = {line.split()[0]: line for line in plugins.stdout.splitlines()}
+    assert "conditioner" in rows["canny"] and "loaded" in rows["canny"] and "adapter" in rows["lora"]
+
+
+def test_models_check_hashes_local_models(home):
+    run = cli("models", "check", "tiny-sd15", "tiny-lora-sd15")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "tiny-sd15" in run.stdout and " ok " in run.stdout
+
+
+def test_preprocess_writes_the_control_map(tmp_path, photo, home):
+    out = tmp_path / "edges.png"
+    run = cli("preprocess", "canny", photo, "-o", out, "--param", "low_threshold=20")
+    assert run.returncode == 0, run.stderr
+    assert np.asarray(Image.open(out)).max() == 255
