@@ -1,0 +1,173 @@
+"""What the page's events do: thin calls into ``Pipeline``, errors turned into messages in the page."""
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import json
+import logging
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError
+from sdcompose.metadata import a1111_parameters, read_png
+from sdcompose.plugins.api import PluginError
+
+from .form import Form
+from .sessions import Sessions
+
+log = logging.getLogger("sdcompose.ui")
+TITLES = {ValidationError: "Invalid request", OutOfMemory: "Out of memory", ModelError: "Model problem",
+          PluginError: "Plugin problem"}
+IMAGE = "<image>"
+
+
+@contextmanager
+def errors_in_page() -> Iterator[None]:
+    """Known errors become a message in the page (and an error for API clients); the session carries on.
+
+    Gradio renders error messages as HTML, so the text (which can quote user input) is escaped.
+    """
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (SdcomposeError, PluginError) as exc:
+        title = next((t for cls, t in TITLES.items() if isinstance(exc, cls)), "Error")
+        raise gr.Error(html.escape(str(exc)), title=title, print_exception=False) from None
+    except Exception as exc:  # a bug must not end the session: say so, keep the traceback in the server log
+        log.exception("unexpected error in a UI event")
+        raise gr.Error(html.escape(f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)"),
+                       title="Internal error", print_exception=False) from None
+
+
+def with_fields(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
+    """``fn(..., **values)`` with a signature that lists ``names`` as optional keywords, so Gradio's web API
+    takes every form field by name and none is required (an image left out is no image)."""
+    @functools.wraps(fn)
+    def call(*args: Any, **values: Any) -> Any:
+        return fn(*args, **values)
+
+    signature = inspect.signature(fn)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names]
+    call.__signature__ = signature.replace(parameters=[*fixed, *extra])  # type: ignore[attr-defined]
+    return call
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+class Handlers:
+    def __init__(self, pipeline: Any, form: Form, sessions: Sessions, base_ids: list[str]) -> None:
+        self.pipeline, self.form, self.sessions, self.base_ids = pipeline, form, sessions, base_ids
+        self.names = list(form.defaults())
+
+    # ---- generate and stop -------------------------------------------------------------------
+    def generate(self, request: gr.Request, progress: gr.Progress = gr.Progress(), **values: Any) -> tuple:
+        """Gallery (saved PNG files with their metadata), metadata JSON, status text, first seed."""
+        session = session_of(request)
+
+        def report(step: int, total: int) -> None:
+            progress((step, total), desc=f"step {step} of {total}", unit="steps")
+
+        with errors_in_page():
+            kwargs = self.form.to_kwargs(values)
+            with self.sessions.cancel_flag(session) as cancel:
+                try:
+                    result = self.pipeline.generate(**kwargs, progress=report, cancel=cancel)
+                except Cancelled as exc:
+                    return gr.skip(), gr.skip(), f"Stopped: {exc}.", gr.skip()
+            paths = result.save(self.sessions.output(session))
+        seeds, note = result.metadata["seeds"], result.metadata.get("note")
+        gallery = [(str(path), f"seed {seed}" + (f" · {note}" if note else "")) for path, seed in zip(paths, seeds)]
+        status = f"{len(paths)} image(s), seed {', '.join(map(str, seeds))}."
+        if note:
+            status = (f"**These images are {html.escape(note)}** ({html.escape(result.metadata['request']['model'])}): "
+                      "they show the pipeline works, not what a real model draws. " + status)
+        return gallery, json.dumps(result.metadata, indent=1, default=str), status, seeds[0]
+
+    def stop(self, request: gr.Request) -> str:
+        stopped = self.sessions.stop(session_of(request))
+        return "Stopping at the end of this step." if stopped else "Nothing is running."
+
+    def forget(self, request: gr.Request) -> None:
+        self.sessions.forget(session_of(request))
+
+    @staticmethod
+    def reuse_seed(last: int | None) -> Any:
+        if last is None:
+            gr.Info("No image yet: generate one first.")
+            return gr.skip()
+        return last
+
+    # ---- ControlNet units and LoRAs ------------------------------------------------------------
+    def add_unit(self, shown: int) -> list:
+        """Show the next ControlNet unit, enabled; outputs: count, each unit's group, each unit's Enable box."""
+        if shown >= self.form.units:
+            gr.Warning(f"This page offers {self.form.units} ControlNet units.")
+            return [gr.skip()] * (1 + 2 * self.form.units)
+        groups = [gr.update(visible=i <= shown) for i in range(self.form.units)]
+        enables = [True if i == shown else gr.skip() for i in range(self.form.units)]
+        return [shown + 1, *groups, *enables]
+
+    def param_groups(self, plugin_ids: list[str]) -> Callable[[str], list]:
+        """For one unit: show the params of the chosen conditioner, hide the others'."""
+        return lambda chosen: [gr.update(visible=plugin_id == chosen) for plugin_id in plugin_ids]
+
+    def lora_weights(self, chosen: list[str] | None) -> list:
+        return [gr.update(visible=lora_id in (chosen or [])) for lora_id in self.form.loras]
+
+    def previewer(self, i: int) -> Callable[..., Any]:
+        """The preprocessor preview of unit ``i``: the control map its conditioner makes at the chosen size."""
+        def preview(**values: Any) -> Image.Image | str:
+            with errors_in_page():
+                control = self.form.control(i, values)
+                if control.preprocessed:
+                    return control.image
+                return self.pipeline.preprocess(control.id, control.image, width=values.get("width"),
+                                                height=values.get("height"), resize_mode=control.resize_mode,
+                                                **control.params)
+        return preview
+
+    # ---- image info ------------------------------------------------------------------------------
+    def image_info(self, image: str | None) -> tuple[str, str, dict | None]:
+        """The A1111-style parameters text, the full metadata as JSON, and the form fields it restores."""
+        if image is None:
+            return "", "", None
+        with errors_in_page():
+            meta, inputs = read_png(image)
+            values, _ = self.form.from_metadata(meta, inputs, store=lambda name, picture: IMAGE)
+        values["inpaint"] = IMAGE if values["inpaint"] else None
+        return a1111_parameters(meta), json.dumps(meta, indent=1, default=str), values
+
+    def restore(self, request: gr.Request, image: str | None) -> list:
+        """Every field of the form set from an sdcompose PNG, in ``self.names`` order, then the units shown,
+        the unit count, and the tabs to select."""
+        if image is None:
+            raise gr.Error("Upload a PNG made by sdcompose first.")
+        folder = self.sessions.folder(session_of(request), "restored")
+
+        def store(name: str, picture: Image.Image) -> str:
+            path = folder / f"{name}-{secrets.token_hex(6)}.png"
+            picture.save(path)
+            return str(path)
+
+        with errors_in_page():
+            meta, inputs = read_png(image)
+            values, warnings = self.form.from_metadata(meta, inputs, store)
+        if values["model"] not in self.base_ids:
+            warnings.append(f"model {values['model']!r} is not in this server's models.yaml; pick one")
+            values["model"] = gr.skip()
+        for warning in warnings:
+            gr.Warning(html.escape(warning))
+        enabled = [i for i in range(self.form.units) if values[self.form.unit(i, "enable")]]
+        shown = max(enabled, default=0) + 1
+        return [*(values[name] for name in self.names), *(gr.update(visible=i < shown) for i in range(self.form.units)),
+                shown, gr.Tabs(selected="generate"), gr.Tabs(selected=values["task"])]

@@ -1,0 +1,96 @@
+"""Widgets drawn from data: a plugin's ``ParamSpec``s, the models.yaml catalogue, the plugin registry."""
+from __future__ import annotations
+
+import html
+import os
+from typing import Any
+
+import gradio as gr
+
+from sdcompose.errors import SdcomposeError
+from sdcompose.plugins.api import ParamSpec
+
+TEST_MODEL = "test model: its images are noise"
+
+
+def param_widget(spec: ParamSpec, value: Any = None) -> gr.components.Component:
+    """The input for one plugin parameter: a slider when bounded, else a number, checkbox, dropdown or textbox."""
+    label, info = spec.name.replace("_", " "), spec.help or None
+    value = spec.default if value is None else value
+    if spec.type in ("int", "float"):
+        if spec.min is not None and spec.max is not None:
+            step = spec.step or (1 if spec.type == "int" else (spec.max - spec.min) / 100)
+            return gr.Slider(spec.min, spec.max, value=value, step=step, label=label, info=info)
+        return gr.Number(value=value, precision=0 if spec.type == "int" else None, label=label, info=info,
+                         minimum=spec.min, maximum=spec.max)
+    if spec.type == "bool":
+        return gr.Checkbox(value=value, label=label, info=info)
+    if spec.type == "choice":
+        return gr.Dropdown(list(spec.choices), value=value, label=label, info=info)
+    return gr.Textbox(value=value, label=label, info=info)
+
+
+def is_local(pipeline: Any, entry: Any) -> bool:
+    """Whether an entry's weights are on this machine already (tiny models are built offline on first use)."""
+    if entry.tiny:
+        return True
+    if entry.repo:
+        from huggingface_hub import try_to_load_from_cache
+        probe = entry.filename or ("model_index.json" if entry.kind == "base" else "config.json")
+        probe = f"{entry.subfolder}/{probe}" if entry.subfolder else probe
+        return isinstance(try_to_load_from_cache(entry.repo, probe, revision=entry.revision), str)
+    try:
+        return pipeline.catalog.local(entry.path or entry.file).exists()
+    except SdcomposeError:
+        return False
+
+
+def base_models(pipeline: Any) -> tuple[list[tuple[str, str]], str]:
+    """Dropdown choices ``(label, id)`` for the base models, families shown, and the default pick.
+
+    The default: ``SDCOMPOSE_MODEL`` if set, else the first real model already downloaded, else the first
+    test model, so the page works offline out of the box.
+    """
+    entries = [e for e in pipeline.catalog.entries.values() if e.kind == "base"]
+    local = {e.id: is_local(pipeline, e) for e in entries}
+    choices = [(f"{e.id} ({e.family}, {TEST_MODEL})" if e.tiny else
+                f"{e.id} ({e.family}{'' if local[e.id] else ', downloads on first use'})", e.id) for e in entries]
+    wanted = os.environ.get("SDCOMPOSE_MODEL")
+    ids = [e.id for e in entries]
+    if wanted in ids:
+        return choices, wanted
+    real = [e.id for e in entries if local[e.id] and not e.tiny]
+    tiny = [e.id for e in entries if e.tiny]
+    return choices, (real or tiny or ids or [""])[0]
+
+
+def controlnet_models(pipeline: Any) -> list[tuple[str, str]]:
+    entries = [e for e in pipeline.catalog.entries.values() if e.kind == "controlnet"]
+    return [("auto (the conditioner's own for the base)", "auto")] + [(f"{e.id} ({e.family})", e.id) for e in entries]
+
+
+def lora_models(pipeline: Any) -> list[Any]:
+    return [e for e in pipeline.catalog.entries.values() if e.kind == "lora"]
+
+
+def conditioners(pipeline: Any) -> tuple[dict[str, tuple[ParamSpec, ...]], dict[str, str]]:
+    """Loaded conditioner plugins (id -> ParamSpecs, id -> help) from the registry, third-party ones included."""
+    params, helps = {}, {}
+    for row in pipeline.plugins():
+        if row["kind"] == "conditioner" and row["status"] == "loaded":
+            plugin = pipeline.registry.get(row["id"], "conditioner")
+            params[row["id"]] = tuple(plugin.params)
+            helps[row["id"]] = row["help"]
+    return params, helps
+
+
+def unusable_plugins(pipeline: Any) -> str:
+    """Markdown listing plugins that failed to load or are disabled, each with its error, escaped."""
+    rows = [r for r in pipeline.plugins() if r["status"] not in ("loaded", "available")]
+    return "\n".join(f"- `{html.escape(r['id'])}` ({html.escape(r['package'])}): {r['status']}: "
+                     f"{html.escape(r['error'])}" for r in rows)
+
+
+def plugin_table(pipeline: Any) -> list[list[str]]:
+    return [[r["id"], r["kind"] or "?", ",".join(r["families"]) or "-", r["version"], r["package"], r["status"],
+             r["error"]] for r in pipeline.plugins()]
