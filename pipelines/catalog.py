@@ -65,9 +65,10 @@ class Entry(BaseModel):
             raise ValueError(f"a single-file {self.kind} needs an explicit `config` (sd15, sdxl or a folder)")
         if self.kind != "annotator" and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` (sd15 or sdxl)")
-        for name in ("path", "file", "subfolder", "filename"):
+        for name in ("path", "file", "subfolder", "filename", "config"):
             value = getattr(self, name)
-            if value is not None and (os.path.isabs(value) or ".." in Path(value).parts or value.startswith("~")):
+            if value is not None and (not value or os.path.isabs(value) or ".." in Path(value).parts
+                                      or value.startswith(("~", "\\")) or "\x00" in value):
                 raise ValueError(f"`{name}` {value!r} must be a relative path inside the models root")
         return self
 
@@ -97,6 +98,31 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _key_at(node: yaml.Node | None, line: int, prefix: str = "") -> str:
+    """The dotted key path of the deepest mapping entry whose value spans 1-based ``line``."""
+    if not isinstance(node, yaml.MappingNode):
+        return prefix
+    for key_node, value_node in node.value:
+        if key_node.start_mark.line + 1 <= line <= value_node.end_mark.line + 1:
+            name = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            return _key_at(value_node, line, name)
+    return prefix
+
+
+def _no_duplicate_keys(path: Path, node: yaml.Node | None, prefix: str = "", depth: int = 0) -> None:
+    """YAML lets a later key silently replace an earlier one; in a catalogue that hides a mistake."""
+    if not isinstance(node, yaml.MappingNode) or depth > 4:
+        return
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        name = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+        if key_node.value in seen:
+            raise CatalogError(f"{path}:{key_node.start_mark.line + 1}: {name}: duplicate key "
+                               "(an earlier one with the same name would be replaced)")
+        seen.add(key_node.value)
+        _no_duplicate_keys(path, value_node, name, depth + 1)
+
+
 def read_catalog(path: Path) -> dict[str, Entry]:
     """Parse and validate one models.yaml; raise CatalogError with file, line and key."""
     try:
@@ -105,14 +131,22 @@ def read_catalog(path: Path) -> dict[str, Entry]:
         raise CatalogError(f"{path}: cannot read: {exc}") from None
     if len(text) > 5_000_000:
         raise CatalogError(f"{path}: larger than 5 MB; is this really a models.yaml?")
+    tree = None
     try:
         tree = yaml.compose(text, Loader=yaml.SafeLoader)
+        _no_duplicate_keys(path, tree)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise CatalogError(f"{path}{where}: {problem}") from None
+        line = mark.line + 1 if mark else None
+        where = f":{line}" if line else ""
+        key = _key_at(tree, line) if line else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "constructor for the tag" in problem:
+            problem += " (models.yaml is plain data: tags that build Python objects are refused)"
+        raise CatalogError(f"{path}{where}: {key + ': ' if key else ''}{problem}") from None
+    except RecursionError:
+        raise CatalogError(f"{path}: nested too deeply to be a models.yaml") from None
     if not isinstance(data, dict):
         raise CatalogError(f"{path}:1: the top level must be a mapping with a `models:` key")
     try:
@@ -162,8 +196,17 @@ class Catalog:
         """Resolve a path from models.yaml under the models root; refuse anything that escapes it."""
         target = (self.root / relative).resolve()
         if not target.is_relative_to(self.root):
-            raise ModelError(f"path {relative!r} resolves to {target}, outside the models root {self.root}")
+            raise ModelError(f"path {relative!r} resolves to {target}, outside the models root {self.root}; "
+                             "move the files under the models root (symlinks out of it are refused)")
         return target
+
+    def inside(self, folder: Path) -> None:
+        """Refuse a local model folder holding a file or symlink that resolves outside the models root."""
+        for file in folder.rglob("*"):
+            target = file.resolve()
+            if not target.is_relative_to(self.root):
+                raise ModelError(f"{file} resolves to {target}, outside the models root {self.root}; "
+                                 "move the files under the models root (symlinks out of it are refused)")
 
     def stand_in(self, model_id: str, tiny: bool) -> str:
         """For a tiny base, the tiny model standing in for ``model_id``; else ``model_id``."""

@@ -52,9 +52,8 @@ class Loader:
             return target / "pytorch_lora_weights.safetensors" if entry.kind == "lora" else target
         if entry.repo:
             return self._hub(entry)
-        local = self.catalog.local(entry.path or entry.file)
-        if entry.filename:
-            local = local / entry.filename
+        relative = entry.path or entry.file
+        local = self.catalog.local(f"{relative}/{entry.filename}" if entry.filename else relative)
         if not local.exists():
             raise ModelError(f"model {entry.id!r}: {local} does not exist; put the files there or fix models.yaml")
         return local
@@ -66,6 +65,9 @@ class Loader:
                 return Path(hf_hub_download(entry.repo, entry.filename, subfolder=entry.subfolder,
                                             revision=entry.revision))
             patterns = HUB_PATTERNS.get(entry.kind)
+            if entry.allow_pickle:  # opted in: the .bin twins, loaded weights-only
+                patterns = patterns + [p.replace("/model.safetensors", "/pytorch_model.bin")
+                                       .replace(".safetensors", ".bin") for p in patterns if p.endswith(".safetensors")]
             if entry.subfolder:
                 patterns = [f"{entry.subfolder}/{p}" for p in patterns]
             folder = Path(snapshot_download(entry.repo, revision=entry.revision, allow_patterns=patterns))
@@ -78,6 +80,8 @@ class Loader:
     def files(self, entry: Entry) -> list[Path]:
         """The entry's weight files, each checked by content; pickles refused unless opted in."""
         root = self.path(entry)
+        if not entry.repo and not entry.tiny and root.is_dir():
+            self.catalog.inside(root)
         found = [root] if root.is_file() else weights.weight_files(root)
         if not found:
             raise ModelError(f"model {entry.id!r}: no weight files in {root}")
@@ -93,6 +97,11 @@ class Loader:
             name = file.name if root.is_file() else str(file.relative_to(root))
             out[name] = weights.verify(file, entry.sha256 if root.is_file() else None)
         return out
+
+    def verified_path(self, entry: Entry) -> Path:
+        """``path`` once every weight file passed the content and sha256 checks (for plugins that load files)."""
+        self.hashes(entry)
+        return self.path(entry)
 
     def _config(self, entry: Entry) -> Path:
         """The diffusers config folder of a single-file model: shipped (sd15, sdxl) or under the models root."""
@@ -115,9 +124,11 @@ class Loader:
                 pipe = cls.from_single_file(str(source), config=str(self._config(entry)), local_files_only=True,
                                             torch_dtype=dtype, **extra)
             else:
-                pipe = cls.from_pretrained(source, torch_dtype=dtype, use_safetensors=True,
-                                           local_files_only=True, **extra)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                pipe = cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True,
+                                           use_safetensors=None if entry.allow_pickle else True, **extra)
+        except ModelError:
+            raise
+        except Exception as exc:  # a malformed file or config from a model author: one sentence, not a traceback
             raise ModelError(f"model {entry.id!r} from {source} did not load as a {entry.family} model: "
                              f"{str(exc).splitlines()[0][:300]}") from None
         return {k: v for k, v in pipe.components.items() if v is not None}
@@ -130,8 +141,11 @@ class Loader:
             if source.is_file():
                 return ControlNetModel.from_single_file(str(source), config=str(self._config(entry)),
                                                         torch_dtype=dtype, local_files_only=True)
-            return ControlNetModel.from_pretrained(source, torch_dtype=dtype, use_safetensors=True,
+            return ControlNetModel.from_pretrained(source, torch_dtype=dtype,
+                                                   use_safetensors=None if entry.allow_pickle else True,
                                                    local_files_only=True)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except ModelError:
+            raise
+        except Exception as exc:  # a malformed file or config from a model author: one sentence, not a traceback
             raise ModelError(f"ControlNet {entry.id!r} from {source} did not load: "
                              f"{str(exc).splitlines()[0][:300]}") from None

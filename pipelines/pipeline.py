@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdcompose.errors import Cancelled, ModelError, OutOfMemory, ValidationError
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import compose, schedulers
@@ -160,7 +161,7 @@ class Pipeline:
                 return ControlSource(data=json.loads(path.read_text(encoding="utf-8")), name=str(path))
             except OSError as exc:
                 raise ValidationError(f"cannot read {path}: {exc.strerror}") from None
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise ValidationError(f"{path} is not valid JSON: {exc}") from None
         raw = open_image(data, f"control image for {control.id!r}")
         return ControlSource(image=to_rgb(raw), raw=raw, name=str(data) if isinstance(data, (str, Path)) else "")
@@ -264,28 +265,60 @@ class Pipeline:
 
         adapter = self.registry.get("lora", "adapter") if plan.loras else None
         report: dict[str, Any] = {}
+        stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
         try:
             if adapter is not None:
                 ctx = PluginContext(device=self.device, dtype=self.dtype)
-                report = adapter.apply(pipe, [{"id": e.id, "path": self.loader.path(e), "weight": w, "entry": e}
-                                              for e, w in plan.loras], ctx)
+                adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e}
+                            for e, w in plan.loras]
+                try:
+                    report = adapter.apply(pipe, adapters, ctx)
+                except (PluginError, SdcomposeError, torch.OutOfMemoryError):
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
+                                      f"(does the file fit this {plan.family} base?): {type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
             with torch.inference_mode():
                 output = pipe(**kwargs, callback_on_step_end=on_step)
         except torch.OutOfMemoryError:
-            del pipe
+            stopped = "oom"
+        except Cancelled as exc:
+            stopped = str(exc)
+        except (PluginError, SdcomposeError):
+            raise
+        except Exception as exc:
+            if adapter is not None and _raised_in(exc, type(adapter).__module__):
+                raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: {type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+            raise
+        finally:
+            if adapter is not None:
+                self._remove_adapter(adapter, pipe, plan.base.id)
+        if stopped == "oom":
+            del pipe, kwargs
             self._free()
             raise OutOfMemory(f"out of {self.device} memory at {req.width}x{req.height}, batch {req.batch}, "
                               f"{len(plan.units)} ControlNet(s): lower the size or batch, or use a memory-saving "
-                              "mode; nothing from this request stays loaded") from None
-        finally:
-            if adapter is not None:
-                adapter.remove(pipe)
+                              "mode; nothing from this request stays loaded")
+        if stopped is not None:
+            raise Cancelled(stopped)
         arrays = [np.asarray(a, dtype=np.float32) for a in output.images]
         for array in arrays:
             if not np.isfinite(array).all():
                 raise ModelError("the decoder produced NaN/inf (often an fp16 VAE overflow); "
                                  "run with dtype float32 or a fixed VAE")
         return arrays, report
+
+    def _remove_adapter(self, adapter: Any, pipe: Any, base_id: str) -> None:
+        """Take a request's adapters off; if the plugin cannot, drop the base so the next request loads it clean."""
+        try:
+            adapter.remove(pipe)
+        except Exception as exc:
+            self._bases.pop(base_id, None)
+            self._free()
+            warnings.warn(f"adapter plugin {adapter.id!r} could not remove its weights ({type(exc).__name__}: "
+                          f"{exc}); base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
 
     # ---- results -------------------------------------------------------------------------------
     def _result(self, plan: Plan, arrays: list[np.ndarray], report: dict[str, Any],
@@ -308,6 +341,17 @@ class Pipeline:
         images = [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)) for a in arrays]
         per_image = [{**shared, "seed": req.seed + i, "image_index": i} for i in range(len(images))]
         return Result(images=images, metadata=shared, per_image=per_image, arrays=arrays, inputs=inputs)
+
+
+def _raised_in(exc: BaseException, module: str) -> bool:
+    """Whether ``exc`` was raised in code of ``module`` (a plugin), judged by its traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        if name == module or name.startswith(module + "."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _source_of(entry: Entry) -> str:

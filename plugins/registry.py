@@ -1,16 +1,22 @@
 """Plugin discovery through entry points: names listed without importing, imported on first use.
 
 A plugin that fails to import or validate becomes an entry with its error; the
-registry and every other plugin keep working. Duplicate ids are refused, naming
-both packages. ``SDCOMPOSE_PLUGINS_ALLOW`` / ``SDCOMPOSE_PLUGINS_DENY`` (comma
-lists of ids) and the ``allow`` / ``deny`` arguments decide what loads.
+registry and every other plugin keep working. ``SDCOMPOSE_PLUGINS_ALLOW`` /
+``SDCOMPOSE_PLUGINS_DENY`` and the ``allow`` / ``deny`` arguments (comma lists of
+ids, or ``package:id`` for one package's claim) decide what loads.
+
+Duplicate ids are refused, naming both packages: sdcompose's own plugins keep
+their ids; two other packages claiming one id are both refused until one is
+uninstalled or denied (which one would win is otherwise an accident of sorting).
+A package whose metadata cannot be read is listed as broken.
 """
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import distributions
 from typing import Any
 
 from . import api
@@ -44,10 +50,47 @@ class PluginEntry:
         }
 
 
+OWN_PACKAGE = "sdcompose"
+
+
 def _id_list(value: str | None) -> set[str] | None:
     if value is None:
         return None
     return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _package(name: str) -> str:
+    """A distribution name normalised the way pip compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _listed(entry: "PluginEntry", names: set[str]) -> bool:
+    return entry.id in names or f"{_package(entry.package)}:{entry.id}" in {
+        f"{_package(n.partition(':')[0])}:{n.partition(':')[2]}" for n in names if ":" in n}
+
+
+def _discover() -> tuple[list[PluginEntry], list[PluginEntry]]:
+    """Every entry point in GROUP, one distribution per name (the first on sys.path, as importlib does),
+    plus a broken entry for each distribution whose entry points cannot be read."""
+    found, broken, seen = [], [], set()
+    for dist in distributions():
+        key = getattr(dist, "_normalized_name", None)  # from the folder name: cheap, as importlib dedups
+        if key is not None:
+            if _package(key) in seen:
+                continue
+            seen.add(_package(key))
+        try:
+            eps = list(dist.entry_points.select(group=GROUP))
+            if not eps:
+                continue
+            name = dist.metadata["Name"] or key or "?"
+        except Exception as exc:  # a malformed entry_points.txt or METADATA must not hide every other plugin
+            name = key or "?"
+            broken.append(PluginEntry(id=f"<{name}>", target="", package=name, status="broken",
+                                      error=f"its entry points cannot be read: {type(exc).__name__}: {exc}"))
+            continue
+        found.extend(PluginEntry(id=ep.name, target=ep.value, package=name, _ep=ep) for ep in eps)
+    return sorted(found, key=lambda e: (e.id, e.package, e.target)), broken
 
 
 def validate_plugin_class(cls: Any, entry_id: str) -> None:
@@ -69,10 +112,17 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
         raise api.PluginError("params must be ParamSpec instances")
     if len({spec.name for spec in cls.params}) != len(cls.params):
         raise api.PluginError("params have duplicate names")
+    if not isinstance(cls.version, str) or not isinstance(cls.help, str):
+        raise api.PluginError("version and help must be text")
     if issubclass(cls, api.Conditioner):
+        if not isinstance(cls.controlnets, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in cls.controlnets.items()):
+            raise api.PluginError("controlnets must map each family to a models.yaml ControlNet id")
         missing = families - set(cls.controlnets)
         if missing:
             raise api.PluginError(f"declares families {sorted(missing)} without a ControlNet id for them")
+        if not all(isinstance(a, str) for a in cls.annotators) or not set(cls.inputs) <= {"image", "json"}:
+            raise api.PluginError("annotators must be models.yaml ids and inputs a subset of ('image', 'json')")
 
 
 class Registry:
@@ -82,20 +132,32 @@ class Registry:
         self._lock = threading.Lock()
         self.entries: dict[str, PluginEntry] = {}
         self.rejected: list[PluginEntry] = []
-        for ep in sorted(entry_points(group=GROUP), key=lambda e: (e.name, e.value)):
-            package = ep.dist.name if ep.dist is not None else "?"
-            entry = PluginEntry(id=ep.name, target=ep.value, package=package, _ep=ep)
-            if ep.name in self.entries:
-                first = self.entries[ep.name]
-                entry.status = "duplicate"
-                entry.error = (f"id {ep.name!r} is already registered by package {first.package!r} "
-                               f"({first.target}); {package!r} ({ep.value}) was refused")
-                self.rejected.append(entry)
-                continue
-            if ep.name in self.deny or (self.allow is not None and ep.name not in self.allow):
+        found, self.rejected = _discover()
+        claims: dict[str, list[PluginEntry]] = {}
+        for entry in found:
+            if _listed(entry, self.deny) or (self.allow is not None and not _listed(entry, self.allow)):
                 entry.status = "disabled"
-                entry.error = "disabled by the allow/deny list"
-            self.entries[ep.name] = entry
+                entry.error = "disabled by the allow/deny list (SDCOMPOSE_PLUGINS_ALLOW / SDCOMPOSE_PLUGINS_DENY)"
+            claims.setdefault(entry.id, []).append(entry)
+        for plugin_id, claimants in claims.items():
+            enabled = [e for e in claimants if e.status != "disabled"]
+            if len(enabled) <= 1:
+                self.entries[plugin_id] = enabled[0] if enabled else claimants[0]
+                self.rejected += [e for e in claimants if e is not self.entries[plugin_id]]
+                continue
+            own = [e for e in enabled if _package(e.package) == OWN_PACKAGE]
+            keeper = own[0] if own else None
+            for entry in enabled:
+                if entry is keeper:
+                    continue
+                others = ", ".join(f"{o.package!r} ({o.target})" for o in enabled if o is not entry)
+                entry.status = "duplicate"
+                entry.error = (f"id {plugin_id!r} is also registered by {others}; "
+                               + (f"sdcompose's own plugin keeps it, so {entry.package!r} ({entry.target}) was refused"
+                                  if keeper else "both were refused")
+                               + f": uninstall one, or set SDCOMPOSE_PLUGINS_DENY={_package(entry.package)}:{plugin_id}")
+            self.entries[plugin_id] = keeper or enabled[0]
+            self.rejected += [e for e in claimants if e is not self.entries[plugin_id]]
 
     def _load(self, entry: PluginEntry) -> None:
         try:
@@ -103,7 +165,7 @@ class Registry:
             validate_plugin_class(cls, entry.id)
             entry.plugin = cls()
             entry.status = "loaded"
-        except Exception as exc:  # a broken plugin must never take the app down
+        except (Exception, SystemExit) as exc:  # a broken plugin must never take the app down
             entry.status = "broken"
             entry.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, api.PluginError) else str(exc)
 

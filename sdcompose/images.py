@@ -12,6 +12,8 @@ from sdcompose.errors import ValidationError
 
 MAX_PIXELS = 8192 * 8192
 MAX_BYTES = 64 * 1024 * 1024
+# Only these decoders see user bytes: no EPS (runs Ghostscript), no rarely used, rarely audited formats.
+FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def open_image(source: Any, what: str = "image") -> Image.Image:
@@ -23,21 +25,28 @@ def open_image(source: Any, what: str = "image") -> Image.Image:
     else:
         data = _read_bytes(source, what)
         try:
-            image = Image.open(io.BytesIO(data))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            raise ValidationError(f"{what} is not an image PIL can read") from None
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
         except Image.DecompressionBombError:
             raise ValidationError(f"{what} declares too many pixels (a decompression bomb?)") from None
+        except UnidentifiedImageError:
+            raise ValidationError(f"{what} is not an image in a supported format "
+                                  f"({', '.join(FORMATS)})") from None
+        except Exception as exc:  # any decoder failure on untrusted bytes is the input's fault
+            raise ValidationError(f"{what} is damaged and cannot be read ({type(exc).__name__})") from None
     width, height = image.size
     if width < 1 or height < 1 or width * height > MAX_PIXELS:
         raise ValidationError(f"{what} is {width}x{height}; the limit is {MAX_PIXELS} pixels")
     try:
-        if getattr(image, "n_frames", 1) > 1:
+        if getattr(image, "n_frames", 1) > 1:  # animated GIF/APNG/WebP: the first frame
             image.seek(0)
         image.load()
+        if image.size != (width, height) or image.size[0] * image.size[1] > MAX_PIXELS:
+            raise ValueError("its size changed while decoding")
         image = ImageOps.exif_transpose(image) if image.mode not in ("I", "I;16", "F") else image
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValidationError(f"{what} is damaged and cannot be decoded: {exc}") from None
+    except MemoryError:
+        raise ValidationError(f"{what} is too large to decode") from None
+    except Exception as exc:  # truncated data, bad EXIF, decoder errors: the input's fault, never a crash
+        raise ValidationError(f"{what} is damaged and cannot be decoded: {str(exc)[:200]}") from None
     return image
 
 
@@ -83,13 +92,22 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     """8-bit RGB: alpha composited over ``background``, palette/CMYK/16-bit/float converted."""
     if image.mode == "RGB":
         return image
+    try:
+        return _to_rgb(image, background)
+    except (ValueError, OSError, TypeError) as exc:
+        raise ValidationError(f"an image in mode {image.mode} cannot be converted to RGB: {exc}") from None
+
+
+def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        array = np.asarray(image, dtype=np.float64)
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         peak = 65535.0 if array.max(initial=0) > 255 else 255.0
         return Image.fromarray((np.clip(array / peak, 0, 1) * 255).round().astype(np.uint8)).convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if image.mode == "La":  # premultiplied alpha: PIL only un-premultiplies it to LA
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa"):
         image = image.convert("RGBA")
         canvas = Image.new("RGBA", image.size, background + (255,))
         return Image.alpha_composite(canvas, image).convert("RGB")
@@ -103,7 +121,7 @@ def load_rgb(source: Any, what: str = "image") -> Image.Image:
 def load_mask(source: Any, what: str = "mask") -> Image.Image:
     """A mask as 8-bit L, white = repaint. An RGBA mask uses its alpha if the colours are flat."""
     image = open_image(source, what)
-    if image.mode in ("RGBA", "LA") and len(set(image.convert("RGB").getdata())) <= 1:
+    if image.mode in ("RGBA", "LA") and all(low == high for low, high in image.convert("RGB").getextrema()):
         return image.getchannel("A")
     return to_rgb(image).convert("L")
 

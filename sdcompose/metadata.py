@@ -11,6 +11,9 @@ import base64
 import io
 import json
 import platform
+import re
+import struct
+import zlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from sdcompose.errors import ValidationError
-from sdcompose.images import open_image
+from sdcompose.images import _read_bytes, open_image
 
 KEY, INPUTS_KEY = "sdcompose", "sdcompose-inputs"
 FORMAT = 1
@@ -68,33 +71,112 @@ def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.I
 
 
 def read_png(source: Any) -> tuple[dict[str, Any], dict[str, Image.Image]]:
-    """The metadata and embedded input images of a PNG made by sdcompose; ValidationError otherwise."""
-    image = open_image(source, "PNG")
-    text = getattr(image, "text", None) or image.info
+    """The metadata and embedded input images of a PNG made by sdcompose; ValidationError otherwise.
+
+    The text chunks are read straight from the file (each inflated to at most MAX_TEXT), so large
+    embedded inputs work and a hostile file cannot make the reader allocate more than that.
+    """
+    if isinstance(source, Image.Image):
+        text = getattr(source, "text", None) or source.info
+    else:
+        text = _png_text(_read_bytes(source, "PNG"))
     raw = text.get(KEY)
     if not isinstance(raw, str):
         raise ValidationError("this image carries no sdcompose metadata (was it made by sdcompose, "
                               "and saved without stripping its PNG text?)")
-    if len(raw) > MAX_TEXT:
-        raise ValidationError("the sdcompose metadata in this image is too large")
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        raise ValidationError("the sdcompose metadata in this image is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("request"), dict):
-        raise ValidationError(f"unsupported sdcompose metadata (format {meta.get('format') if isinstance(meta, dict) else '?'})")
+    meta = _json(raw, "the sdcompose metadata in this image")
+    _check_meta(meta)
     inputs = {}
     blob = text.get(INPUTS_KEY)
-    if isinstance(blob, str) and len(blob) <= MAX_TEXT:
-        try:
-            encoded = json.loads(blob)
-        except ValueError:
-            raise ValidationError("the embedded inputs in this image are not valid JSON") from None
+    if isinstance(blob, str):
+        encoded = _json(blob, "the embedded inputs in this image")
         if not isinstance(encoded, dict):
             raise ValidationError("the embedded inputs in this image are malformed")
         for name, data in encoded.items():
+            if not INPUT_NAMES.fullmatch(str(name)):
+                continue  # only the inputs sdcompose writes are decoded
+            if not isinstance(data, str):
+                raise ValidationError(f"embedded {name} in this image is not base64 text")
             try:
-                inputs[str(name)] = open_image(base64.b64decode(str(data), validate=True), f"embedded {name}")
+                decoded = base64.b64decode(data, validate=True)
             except ValueError:
                 raise ValidationError(f"embedded {name} in this image is not valid base64") from None
+            inputs[name] = open_image(decoded, f"embedded {name}")
     return meta, inputs
+
+
+INPUT_NAMES = re.compile(r"control-\d{1,2}|init_image|mask")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _json(raw: str, what: str) -> Any:
+    if len(raw) > MAX_TEXT:
+        raise ValidationError(f"{what} is too large")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValidationError(f"{what} is not valid JSON") from None
+
+
+def _check_meta(meta: Any) -> None:
+    """The shape ``Pipeline.reproduce`` relies on; values are checked again as a GenerationRequest."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("request"), dict):
+        found = meta.get("format") if isinstance(meta, dict) else "?"
+        raise ValidationError(f"unsupported sdcompose metadata (format {str(found)[:20]!r}, expected {FORMAT})")
+    request = meta["request"]
+    for name in ("controls", "loras"):
+        items = request.get(name, [])
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ValidationError(f"the image's metadata has a malformed request.{name}")
+    seed = meta.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValidationError("the image's metadata has no valid seed")
+    models = meta.get("models", {})
+    if not isinstance(models, dict) or not all(
+            isinstance(model_id, str) and isinstance(info, dict) and isinstance(info.get("sha256"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in info["sha256"].items())
+            for model_id, info in models.items()):
+        raise ValidationError("the image's metadata has a malformed `models` record")
+
+
+def _png_text(data: bytes) -> dict[str, str]:
+    """sdcompose's text chunks (tEXt, zTXt, iTXt) of a PNG, first of each key, without decoding pixels."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValidationError("this file is not a PNG")
+    out: dict[str, str] = {}
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if len(body) != length:
+            raise ValidationError("this PNG is truncated")
+        if kind == b"IEND":
+            break
+        if kind not in (b"tEXt", b"zTXt", b"iTXt"):
+            continue
+        key, sep, rest = body.partition(b"\0")
+        name = key.decode("latin-1")
+        if not sep or name not in (KEY, INPUTS_KEY, "parameters") or name in out:
+            continue
+        try:
+            if kind == b"tEXt":
+                out[name] = rest.decode("latin-1")
+            elif kind == b"zTXt":
+                out[name] = _inflate(rest[1:]).decode("latin-1")
+            else:  # iTXt: compressed flag, method, language\0, translated keyword\0, text
+                compressed = rest[:1] == b"\x01"
+                _, _, rest = rest[2:].partition(b"\0")
+                _, _, payload = rest.partition(b"\0")
+                out[name] = (_inflate(payload) if compressed else payload).decode("utf-8")
+        except (zlib.error, UnicodeDecodeError):
+            raise ValidationError(f"the {name!r} text in this PNG is damaged") from None
+    return out
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, MAX_TEXT + 1)
+    if len(out) > MAX_TEXT or inflater.unconsumed_tail:
+        raise ValidationError(f"a text chunk in this PNG inflates to more than {MAX_TEXT // 2**20} MB")
+    return out

@@ -79,29 +79,61 @@ def _number(name: str, value: Any, low: float, high: float, integer: bool = Fals
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
             value = float(value) if not integer else int(str(value), 10)
-        except (TypeError, ValueError):
-            raise ValidationError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
+        except (TypeError, ValueError, OverflowError):
+            raise ValidationError(f"{name} must be a number, got {_short(value)}") from None
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        raise ValidationError(f"{name} must be between {low:g} and {high:g}, got a {len(str(value))}-digit number") from None
+    if not finite:
         raise ValidationError(f"{name} must be a finite number, got {value!r}")
     if integer and value != int(value):
         raise ValidationError(f"{name} must be a whole number, got {value!r}")
     if not low <= value <= high:
-        raise ValidationError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+        raise ValidationError(f"{name} must be between {low:g} and {high:g}, got {_short(value)}")
     return int(value) if integer else float(value)
+
+
+def _short(value: Any) -> str:
+    """repr of a bad value, cut short so a huge input cannot flood an error message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(name: str, text: Any, limit: int) -> str:
+    if not isinstance(text, str):
+        raise ValidationError(f"{name} must be text, got {type(text).__name__}")
+    if len(text) > limit:
+        raise ValidationError(f"{name} is {len(text)} characters; the limit is {limit}")
+    if "\x00" in text:
+        raise ValidationError(f"{name} contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{name} contains invalid Unicode (a lone surrogate)") from None
+    return text
+
+
+def _id(name: str, value: Any, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise ValidationError(f"{name} must be a non-empty id of at most 200 characters, got {_short(value)}")
+    return value
 
 
 def validate(req: GenerationRequest) -> GenerationRequest:
     """Return a normalised copy of ``req`` or raise ValidationError with one clear sentence."""
+    if not isinstance(req, GenerationRequest):
+        raise ValidationError(f"expected a GenerationRequest, got {type(req).__name__}")
     for name in ("prompt", "negative_prompt"):
-        text = getattr(req, name)
-        if not isinstance(text, str):
-            raise ValidationError(f"{name} must be text, got {type(text).__name__}")
-        if len(text) > LIMITS["prompt_chars"]:
-            raise ValidationError(f"{name} is {len(text)} characters; the limit is {LIMITS['prompt_chars']}")
-        if "\x00" in text:
-            raise ValidationError(f"{name} contains a NUL character")
-    if not isinstance(req.model, str) or not req.model:
-        raise ValidationError("model must be a models.yaml id")
+        _text(name, getattr(req, name), LIMITS["prompt_chars"])
+    _id("model (a models.yaml id)", req.model)
+    if not isinstance(req.add_trigger_words, bool):
+        raise ValidationError(f"add_trigger_words must be true or false, got {_short(req.add_trigger_words)}")
+    for name in ("controls", "loras"):
+        if not isinstance(getattr(req, name), (list, tuple)):
+            raise ValidationError(f"{name} must be a list, got {type(getattr(req, name)).__name__}")
     low, high = LIMITS["size"]
     size = {}
     for name in ("width", "height"):
@@ -124,9 +156,9 @@ def validate(req: GenerationRequest) -> GenerationRequest:
         if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
             raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {seed!r}")
         seed = _number("seed", seed, LIMITS["seed"][0], LIMITS["seed"][1] - batch, integer=True)
-    if req.scheduler not in SCHEDULERS:
+    if not isinstance(req.scheduler, str) or req.scheduler not in SCHEDULERS:
         from sdcompose.errors import suggest
-        raise ValidationError(f"scheduler {req.scheduler!r} is not one of {', '.join(SCHEDULERS)}"
+        raise ValidationError(f"scheduler {_short(req.scheduler)} is not one of {', '.join(SCHEDULERS)}"
                               f"{suggest(str(req.scheduler), SCHEDULERS)}")
     if len(req.controls) > LIMITS["controls"]:
         raise ValidationError(f"at most {LIMITS['controls']} controls per request, got {len(req.controls)}")
@@ -137,7 +169,8 @@ def validate(req: GenerationRequest) -> GenerationRequest:
     for i, lora in enumerate(req.loras):
         if not isinstance(lora, Lora):
             raise ValidationError(f"loras[{i}] must be sdcompose.Lora(id, weight)")
-        loras.append(Lora(str(lora.id), _number(f"loras[{i}] ({lora.id}) weight", lora.weight, *LIMITS["lora_weight"])))
+        _id(f"loras[{i}] id", lora.id)
+        loras.append(Lora(lora.id, _number(f"loras[{i}] ({lora.id}) weight", lora.weight, *LIMITS["lora_weight"])))
     if len({lora.id for lora in loras}) != len(loras):
         raise ValidationError("the same LoRA is listed twice; give it one weight")
     return replace(req, width=size["width"], height=size["height"], steps=steps, guidance=guidance,
@@ -147,7 +180,11 @@ def validate(req: GenerationRequest) -> GenerationRequest:
 def _control(i: int, c: Any) -> Control:
     if not isinstance(c, Control):
         raise ValidationError(f"controls[{i}] must be sdcompose.Control(id, image, ...)")
+    _id(f"controls[{i}] id", c.id)
     where = f"controls[{i}] ({c.id})"
+    _id(f"{where} model", c.model, optional=True)
+    if not isinstance(c.preprocessed, bool):
+        raise ValidationError(f"{where} preprocessed must be true or false")
     if c.image is None:
         raise ValidationError(f"{where} needs an image (or a pose .json for plugins that read one)")
     weight = _number(f"{where} weight", c.weight, *LIMITS["control_weight"])
@@ -159,6 +196,6 @@ def _control(i: int, c: Any) -> Control:
         raise ValidationError(f"{where} resize_mode must be one of {', '.join(RESIZE_MODES)}")
     if c.control_mode not in CONTROL_MODES:
         raise ValidationError(f"{where} control_mode must be one of {', '.join(CONTROL_MODES)}")
-    if not isinstance(c.params, dict):
-        raise ValidationError(f"{where} params must be a mapping")
+    if not isinstance(c.params, dict) or not all(isinstance(k, str) for k in c.params):
+        raise ValidationError(f"{where} params must be a mapping of names to values")
     return replace(c, weight=weight, start=start, end=end, params=dict(c.params))
