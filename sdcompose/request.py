@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -10,6 +11,8 @@ from sdcompose.errors import ValidationError
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
 CONTROL_MODES = ("balanced", "prompt_first", "control_first")
+MEMORY_MODES = ("auto", "none", "vae_slicing", "vae_tiling", "model_offload", "group_offload", "sequential_offload")
+ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "sliced")
 LIMITS = dict(size=(64, 4096), pixels=4096 * 4096, steps=(1, 500), guidance=(0.0, 50.0), batch=(1, 16),
               prompt_chars=20_000, controls=8, loras=16, lora_weight=(-4.0, 4.0), control_weight=(0.0, 4.0),
               seed=(0, 2**63 - 1))
@@ -55,6 +58,10 @@ class GenerationRequest:
     seed: int | None = None
     batch: int = 1
     add_trigger_words: bool = False
+    memory: str = "auto"  # a MEMORY_MODES name; "auto" plans for ``vram`` (docs/memory.md)
+    attention: str = "auto"  # an ATTENTION_BACKENDS name
+    vram: int | str | None = None  # memory budget, e.g. "4GB"; None: what the card has free
+    fast: bool = False  # compiled UNet/ControlNet replayed as CUDA graphs (CUDA only)
 
     @property
     def task(self) -> str:
@@ -173,8 +180,29 @@ def validate(req: GenerationRequest) -> GenerationRequest:
         loras.append(Lora(lora.id, _number(f"loras[{i}] ({lora.id}) weight", lora.weight, *LIMITS["lora_weight"])))
     if len({lora.id for lora in loras}) != len(loras):
         raise ValidationError("the same LoRA is listed twice; give it one weight")
+    for name, choices in (("memory", MEMORY_MODES), ("attention", ATTENTION_BACKENDS)):
+        if getattr(req, name) not in choices:
+            raise ValidationError(f"{name} {_short(getattr(req, name))} is not one of {', '.join(choices)}")
+    if not isinstance(req.fast, bool):
+        raise ValidationError(f"fast must be true or false, got {_short(req.fast)}")
+    vram = None if req.vram is None else parse_size(req.vram, "vram")
     return replace(req, width=size["width"], height=size["height"], steps=steps, guidance=guidance,
-                   strength=strength, batch=batch, seed=seed, controls=controls, loras=loras)
+                   strength=strength, batch=batch, seed=seed, controls=controls, loras=loras, vram=vram)
+
+
+def parse_size(value: Any, name: str) -> int:
+    """Bytes from ``4GB``, ``4 GiB``, ``512MB``, ``2.5g`` or a whole number of bytes; units are binary (1GB = 2**30)."""
+    text = str(value).strip() if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt])i?b?|(\d+)\s*b", text or "", re.IGNORECASE)
+        if not match:
+            raise ValidationError(f"{name} must be a size such as 4GB or 512MB, got {_short(value)}")
+        size = int(match[3]) if match[3] else int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower()))
+    if not 256 * 2**20 <= size <= 2**50:
+        raise ValidationError(f"{name} must be between 256MB and 1024TB, got {_short(value)}")
+    return size
 
 
 def _control(i: int, c: Any) -> Control:
