@@ -47,7 +47,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) 
         return component
 
     with gr.Blocks(title="sdcompose", delete_cache=(3600, 86400)) as demo:
-        last_seed, shown = gr.State(None), gr.State(1)
+        last_seed, shown = gr.State(None), gr.State(0)
         gr.Markdown(INTRO)
         add("model", gr.Dropdown(model_choices, value=default_model, label="Model", elem_id="sdc-model"))
         add("task", gr.Radio(list(TASKS), value=defaults["task"], label="Task", visible=False))
@@ -168,7 +168,7 @@ def _control_unit(add: Add, i: int, pipeline: Any, form: Form, helps: dict[str, 
     """One ControlNet unit, its conditioner's params drawn from their ``ParamSpec``s (one group per conditioner,
     shown when chosen). Returns its group, param groups, preview button and preview image."""
     name = lambda field: form.unit(i, field)  # noqa: E731
-    with gr.Group(visible=i == 0, elem_id=f"sdc-unit-{i}") as group:
+    with gr.Group(visible=False, elem_id=f"sdc-unit-{i}") as group:
         gr.Markdown(f"**ControlNet unit {i + 1}**")
         with gr.Row():
             add(name("enable"), gr.Checkbox(defaults[name("enable")], label="Enable", elem_id=f"sdc-unit-{i}-enable"))

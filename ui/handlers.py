@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import html
 import inspect
 import json
 import logging
@@ -19,6 +18,7 @@ from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.plugins.api import PluginError
 
 from .form import Form
+from .widgets import escape
 from .sessions import Sessions
 
 log = logging.getLogger("sdcompose.ui")
@@ -39,11 +39,11 @@ def errors_in_page() -> Iterator[None]:
         raise
     except (SdcomposeError, PluginError) as exc:
         title = next((t for cls, t in TITLES.items() if isinstance(exc, cls)), "Error")
-        raise gr.Error(html.escape(str(exc)), title=title, print_exception=False) from None
+        raise gr.Error(escape(str(exc)), title=title, print_exception=False) from None
     except Exception as exc:  # a bug must not end the session: say so, keep the traceback in the server log
         log.exception("unexpected error in a UI event")
-        raise gr.Error(html.escape(f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)"),
-                       title="Internal error", print_exception=False) from None
+        message = f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)"
+        raise gr.Error(escape(message), title="Internal error", print_exception=False) from None
 
 
 def with_fields(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
@@ -89,8 +89,9 @@ class Handlers:
         gallery = [(str(path), f"seed {seed}" + (f" · {note}" if note else "")) for path, seed in zip(paths, seeds)]
         status = f"{len(paths)} image(s), seed {', '.join(map(str, seeds))}."
         if note:
-            status = (f"**These images are {html.escape(note)}** ({html.escape(result.metadata['request']['model'])}): "
-                      "they show the pipeline works, not what a real model draws. " + status)
+            model = escape(result.metadata["request"]["model"])
+            status = (f"**These images are {escape(note)}** ({model}): they show the pipeline works, not what a "
+                      "real model draws. " + status)
         return gallery, json.dumps(result.metadata, indent=1, default=str), status, seeds[0]
 
     def stop(self, request: gr.Request) -> str:
@@ -166,8 +167,8 @@ class Handlers:
             warnings.append(f"model {values['model']!r} is not in this server's models.yaml; pick one")
             values["model"] = gr.skip()
         for warning in warnings:
-            gr.Warning(html.escape(warning))
+            gr.Warning(escape(warning))
         enabled = [i for i in range(self.form.units) if values[self.form.unit(i, "enable")]]
-        shown = max(enabled, default=0) + 1
+        shown = max(enabled) + 1 if enabled else 0
         return [*(values[name] for name in self.names), *(gr.update(visible=i < shown) for i in range(self.form.units)),
                 shown, gr.Tabs(selected="generate"), gr.Tabs(selected=values["task"])]

@@ -13,6 +13,11 @@ from sdcompose.plugins.api import ParamSpec
 TEST_MODEL = "test model: its images are noise"
 
 
+def escape(text: str) -> str:
+    """Text for places Gradio renders as HTML (error and warning messages, Markdown)."""
+    return html.escape(text, quote=False)
+
+
 def param_widget(spec: ParamSpec, value: Any = None) -> gr.components.Component:
     """The input for one plugin parameter: a slider when bounded, else a number, checkbox, dropdown or textbox."""
     label, info = spec.name.replace("_", " "), spec.help or None
@@ -87,8 +92,8 @@ def conditioners(pipeline: Any) -> tuple[dict[str, tuple[ParamSpec, ...]], dict[
 def unusable_plugins(pipeline: Any) -> str:
     """Markdown listing plugins that failed to load or are disabled, each with its error, escaped."""
     rows = [r for r in pipeline.plugins() if r["status"] not in ("loaded", "available")]
-    return "\n".join(f"- `{html.escape(r['id'])}` ({html.escape(r['package'])}): {r['status']}: "
-                     f"{html.escape(r['error'])}" for r in rows)
+    return "\n".join(f"- {escape(r['id'])} ({escape(r['package'])}): {r['status']}: {escape(r['error'])}"
+                     for r in rows)
 
 
 def plugin_table(pipeline: Any) -> list[list[str]]:

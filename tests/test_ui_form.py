@@ -1,0 +1,119 @@
+"""The UI's form without a server: fields -> Pipeline arguments, PNG metadata -> fields, errors as page text."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sdcompose
+from sdcompose.metadata import read_png
+from sdcompose.plugins.api import ParamSpec
+from sdcompose.ui.form import Form
+
+CANNY = (ParamSpec("low_threshold", "int", 100, min=1, max=255), ParamSpec("high_threshold", "int", 200, min=1, max=255))
+
+
+@pytest.fixture
+def form():
+    return Form({"canny": CANNY, "my-edges": (ParamSpec("blur", "float", 1.0),)}, ["tiny-lora-sd15", "tiny_lora_sd15"], 2)
+
+
+def test_defaults_make_a_plain_txt2img_request_with_a_random_seed(form):
+    kwargs = form.to_kwargs(form.defaults() | {"model": "tiny-sd15", "prompt": "a fox"})
+    assert kwargs["seed"] is None and kwargs["controls"] == [] and kwargs["loras"] == []
+    assert "init_image" not in kwargs and "mask" not in kwargs and "strength" not in kwargs
+    assert (kwargs["prompt"], kwargs["steps"], kwargs["guidance"], kwargs["scheduler"]) == ("a fox", 20, 7.5, "dpmpp_2m")
+
+
+def test_units_loras_and_params_become_controls(form, photo):
+    values = form.defaults() | {"seed": 42, "cn1_enable": True, "cn1_plugin": "canny", "cn1_image": str(photo),
+                                "cn1_canny_low_threshold": 50, "cn1_weight": 0.6, "cn1_model": "tiny-controlnet-canny-sd15",
+                                "cn0_image": str(photo), "loras": ["tiny_lora_sd15"], form.lora("tiny_lora_sd15"): -0.5}
+    kwargs = form.to_kwargs(values)
+    [control] = kwargs["controls"]  # unit 0 has an image but is not enabled
+    assert (control.id, control.weight, control.model, control.image) == ("canny", 0.6, "tiny-controlnet-canny-sd15",
+                                                                          str(photo))
+    assert control.params == {"low_threshold": 50, "high_threshold": 200}
+    assert [(lora.id, lora.weight) for lora in kwargs["loras"]] == [("tiny_lora_sd15", -0.5)]
+    assert kwargs["seed"] == 42
+    assert form.lora("tiny-lora-sd15") != form.lora("tiny_lora_sd15"), "ids that slug alike keep distinct fields"
+    assert form.param(0, "my-edges", "blur") == "cn0_my_edges_blur"
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"cn0_enable": True}, "ControlNet unit 1 has no image: upload one, or untick Enable"),
+    ({"cn0_enable": True, "cn0_plugin": "nope", "cn0_image": "x.png"}, "ControlNet unit 1: pick a conditioner"),
+    ({"task": "img2img"}, "image to image needs an input image"),
+    ({"task": "inpaint"}, "inpaint needs an image"),
+    ({"task": "inpaint", "inpaint": {"background": "x.png", "layers": []}}, "inpaint needs a mask"),
+    ({"task": "outpaint"}, "task must be one of txt2img, img2img, inpaint"),
+    ({"seed": 1.5}, "seed must be a whole number"),
+    ({"seed": "abc"}, "seed must be a whole number"),
+    ({"seed": float("inf")}, "seed must be a whole number"),
+    ({"loras": ["papercut"]}, "no LoRA 'papercut' on offer"),
+])
+def test_what_the_form_must_fix_is_one_sentence(form, changes, message):
+    with pytest.raises(sdcompose.ValidationError, match=message.replace("(", r"\(")):
+        form.to_kwargs(form.defaults() | changes)
+
+
+def test_inpaint_mask_comes_from_painted_strokes_or_an_uploaded_mask(form, photo, mask):
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[10:20, 30:40] = (255, 0, 102, 153)  # a stroke of the page's brush, 60% opaque
+    values = form.defaults() | {"task": "inpaint", "strength": 0.5,
+                                "inpaint": {"background": str(photo), "layers": [Image.fromarray(layer)]}}
+    kwargs = form.to_kwargs(values)
+    drawn = np.asarray(kwargs["mask"])
+    assert kwargs["init_image"] == str(photo) and kwargs["strength"] == 0.5
+    assert drawn[10:20, 30:40].min() == 255 and drawn.sum() == 255 * 100
+    assert form.to_kwargs(values | {"mask": str(mask)})["mask"] == str(mask)
+
+
+def test_metadata_restores_every_field_and_the_same_image(form, pipe, photo, tmp_path):
+    form = Form({"canny": CANNY}, ["tiny-lora-sd15"], 2)
+    made = pipe.generate(prompt="a <b>castle</b>", negative_prompt="fog", model="tiny-sd15", width=64, height=64,
+                         steps=2, guidance=5.0, scheduler="euler", seed=11, init_image=photo, strength=0.6,
+                         controls=[sdcompose.Control("canny", photo, weight=0.7, end=0.8, params={"low_threshold": 40})],
+                         loras=[sdcompose.Lora("tiny-lora-sd15", 0.8)])
+    [png] = made.save(tmp_path / "made.png")
+    stored = []
+
+    def store(name, image):
+        stored.append(name)
+        image.save(tmp_path / f"{name}.png")
+        return str(tmp_path / f"{name}.png")
+
+    values, warnings = form.from_metadata(*read_png(png), store)
+    assert warnings == [] and list(values) == list(form.defaults())
+    assert {k: values[k] for k in ("task", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
+                                   "strength", "loras", "lora_tiny_lora_sd15")} == {
+        "task": "img2img", "prompt": "a <b>castle</b>", "negative_prompt": "fog", "seed": 11, "steps": 2,
+        "guidance": 5.0, "scheduler": "euler", "strength": 0.6, "loras": ["tiny-lora-sd15"], "lora_tiny_lora_sd15": 0.8}
+    assert values["cn0_enable"] and values["cn0_preprocessed"] and not values["cn1_enable"]
+    assert (values["cn0_weight"], values["cn0_end"], values["cn0_canny_low_threshold"]) == (0.7, 0.8, 40)
+    assert sorted(stored) == ["control-0", "init_image"]
+    again = pipe.generate(**form.to_kwargs(values))
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(made.images[0]))
+
+
+def test_metadata_for_what_this_page_lacks_gives_warnings(form, pipe, photo, tmp_path):
+    made = pipe.generate(model="tiny-sd15", width=64, height=64, steps=1, seed=1,
+                         controls=[sdcompose.Control("canny", photo)], loras=[sdcompose.Lora("tiny-lora-sd15", 0.5)])
+    [png] = made.save(tmp_path / "made.png")
+    narrow = Form({}, [], 1)
+    values, warnings = narrow.from_metadata(*read_png(png), lambda name, image: name)
+    assert warnings == ["LoRA 'tiny-lora-sd15' is not in this server's models.yaml; left out",
+                        "conditioner 'canny' is not installed here; its unit was left out"]
+    assert values["loras"] == [] and values["cn0_enable"] is False
+
+
+def test_errors_reach_the_page_as_escaped_text():
+    import gradio as gr
+    from sdcompose.ui.handlers import errors_in_page
+    with pytest.raises(gr.Error) as caught, errors_in_page():
+        raise sdcompose.ValidationError("no model '<img src=x onerror=alert(1)>'")
+    assert caught.value.message == "no model '&lt;img src=x onerror=alert(1)&gt;'"
+    assert caught.value.title == "Invalid request"
+    with pytest.raises(gr.Error) as caught, errors_in_page():
+        raise KeyError("<b>")
+    assert caught.value.title == "Internal error" and "&lt;b&gt;" in caught.value.message
