@@ -108,8 +108,11 @@ class Loader:
         if entry.config is None:
             raise ModelError(f"model {entry.id!r} is a single file and needs `config:` in models.yaml "
                              "(sd15, sdxl, or a diffusers config folder under the models root)")
-        shipped = CONFIGS / entry.config
-        return shipped if entry.config in ("sd15", "sdxl") else self.catalog.local(entry.config)
+        folder = CONFIGS / entry.config if entry.config in ("sd15", "sdxl") else self.catalog.local(entry.config)
+        if not folder.is_dir():
+            raise ModelError(f"model {entry.id!r}: its `config:` folder {folder} does not exist; use sd15, sdxl "
+                             "or a diffusers config folder under the models root")
+        return folder
 
     # ---- loading modules -----------------------------------------------------------------
     def base(self, entry: Entry, dtype: torch.dtype) -> dict[str, Any]:
@@ -139,8 +142,12 @@ class Loader:
         source = self.path(entry)
         try:
             if source.is_file():
-                return ControlNetModel.from_single_file(str(source), config=str(self._config(entry)),
-                                                        torch_dtype=dtype, local_files_only=True)
+                config = self._config(entry)
+                # A pipeline config folder (the shipped sd15, sdxl) gives a ControlNet its UNet's architecture.
+                pipeline_folder = not (config / "config.json").is_file() and (config / "unet" / "config.json").is_file()
+                return ControlNetModel.from_single_file(str(source), config=str(config), torch_dtype=dtype,
+                                                        local_files_only=True,
+                                                        **({"subfolder": "unet"} if pipeline_folder else {}))
             return ControlNetModel.from_pretrained(source, torch_dtype=dtype,
                                                    use_safetensors=None if entry.allow_pickle else True,
                                                    local_files_only=True)
