@@ -24,8 +24,12 @@ CLASSES = {
 }
 
 
-def build(family: str, task: str, components: dict[str, Any], controlnets: list[Any]):
-    """A diffusers pipeline over shared modules (no copies), progress bar off."""
+def build(family: str, task: str, components: dict[str, Any], controlnets: list[Any], control_modes: list[str] = ()):
+    """A diffusers pipeline over shared modules (no copies), progress bar off.
+
+    A unit whose control mode is not ``balanced`` makes every unit a ``ModedControlNet`` in a
+    ``MultiControlNetModel`` (see control_modes.py).
+    """
     import diffusers
     cls = getattr(diffusers, CLASSES[(family, task, bool(controlnets))])
     accepted = inspect.signature(cls.__init__).parameters
@@ -35,11 +39,17 @@ def build(family: str, task: str, components: dict[str, Any], controlnets: list[
     for flag in ("requires_safety_checker", "add_watermarker"):  # no checker to require; no invisible watermark
         if flag in accepted:
             kwargs[flag] = False
+    moded = any(mode != "balanced" for mode in control_modes)
+    if moded:
+        from sdcompose.pipelines.control_modes import wrap
+        controlnets = wrap(controlnets, list(control_modes))
     if controlnets:
-        kwargs["controlnet"] = controlnets[0] if len(controlnets) == 1 else \
+        kwargs["controlnet"] = controlnets[0] if len(controlnets) == 1 and not moded else \
             diffusers.models.controlnets.MultiControlNetModel(controlnets)
     pipe = cls(**kwargs)
     pipe.set_progress_bar_config(disable=True)
+    for net in controlnets if moded else ():
+        net.bind(pipe)
     return pipe
 
 
@@ -55,7 +65,7 @@ def call_arguments(pipe: Any, req: Any, control_maps: list[Any], init: Any, mask
     if mask is not None:
         kw["mask_image"] = mask
     if control_maps:
-        single = len(control_maps) == 1
+        single = not hasattr(pipe.controlnet, "nets")  # one plain ControlNet, not a MultiControlNetModel
         kw["image" if init is None else "control_image"] = control_maps[0] if single else control_maps
         kw["controlnet_conditioning_scale"] = controls[0].weight if single else [c.weight for c in controls]
         kw["control_guidance_start"] = controls[0].start if single else [c.start for c in controls]

@@ -4,11 +4,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import os
 import secrets
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,16 +21,18 @@ from PIL import Image
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import compose, schedulers
-from sdcompose.pipelines.catalog import Catalog, Entry
+from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
+from sdcompose.pipelines.catalog import Catalog, Entry, home
+from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Plan, Unit, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
 from sdcompose.plugins.registry import Registry
-from sdcompose.request import Control, GenerationRequest, Lora, validate
+from sdcompose.request import LIMITS, Control, GenerationRequest, Lora, validate
 from sdcompose.result import Result
 
 DEFAULT_MODEL = os.environ.get("SDCOMPOSE_MODEL", "sd15")
+log = logging.getLogger("sdcompose")
 TEST_MODEL_NOTE = "noise from a random-weight test model"
 
 
@@ -64,6 +68,8 @@ class Pipeline:
         self._bases: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._controlnets: OrderedDict[str, Any] = OrderedDict()
         self._maps: OrderedDict[str, Image.Image] = OrderedDict()
+        self._placement = memory.Placement()
+        self._fast = FastMode(home() / "compile")
 
     # ---- public API ------------------------------------------------------------------------
     def generate(self, prompt: str = "", negative_prompt: str = "", model: str = DEFAULT_MODEL,
@@ -71,12 +77,16 @@ class Pipeline:
                  strength: float = 0.75, mask: Any = None, width: int = 512, height: int = 512, steps: int = 20,
                  guidance: float = 7.5, scheduler: str = "dpmpp_2m", seed: int | None = None, batch: int = 1,
                  add_trigger_words: bool = False, progress: Callable[[int, int], None] | None = None,
-                 cancel: threading.Event | None = None) -> Result:
+                 cancel: threading.Event | None = None, memory: str = "auto", attention: str = "auto",
+                 vram: int | str | None = None, fast: bool = False) -> Result:
+        """``memory``/``vram``: a memory mode, or "auto" to plan for a budget (docs/memory.md);
+        ``attention``: auto, sdpa, xformers or sliced; ``fast``: CUDA-graph replay (docs/benchmarks.md)."""
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
                                     controls=list(controls), loras=list(loras), init_image=init_image,
                                     strength=strength, mask=mask, width=width, height=height, steps=steps,
                                     guidance=guidance, scheduler=scheduler, seed=seed, batch=batch,
-                                    add_trigger_words=add_trigger_words)
+                                    add_trigger_words=add_trigger_words, memory=memory, attention=attention,
+                                    vram=vram, fast=fast)
         return self.run(request, progress=progress, cancel=cancel)
 
     def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
@@ -90,10 +100,10 @@ class Pipeline:
             if req.init_image is not None else None
         mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
         with self._lock:
-            arrays, report = self._denoise(plan, maps, init, mask, progress, cancel)
+            arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel)
         inputs = {f"control-{i}": m for i, m in enumerate(maps)}
         inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
-        return self._result(plan, arrays, report, inputs)
+        return self._result(plan, arrays, report, inputs, runtime)
 
     def reproduce(self, png: Any, strict: bool = True) -> Result:
         """Make an sdcompose PNG again from its own metadata and embedded inputs.
@@ -130,7 +140,11 @@ class Pipeline:
         control = validate(GenerationRequest(controls=[Control(plugin_id, image, params=params,
                                                                resize_mode=resize_mode)])).controls[0]
         unit = Unit(control, plugin, None)  # type: ignore[arg-type]
-        return self._control_map(unit, width, height)
+        image = self._control_map(unit, None, None)
+        if width is None and height is None:
+            return image.copy()
+        width, height = _target_size(image.size, width, height)
+        return fit(image, width, height, control.resize_mode).copy()
 
     def diffusers_pipeline(self, model: str = DEFAULT_MODEL, controls: list[Control] | tuple = (),
                            task: str = "txt2img"):
@@ -138,8 +152,11 @@ class Pipeline:
         stub = Image.new("RGB", (8, 8)) if task != "txt2img" else None
         req = validate(GenerationRequest(model=model, controls=list(controls), init_image=stub,
                                          mask=stub if task == "inpaint" else None))
+        plan = resolve(req, self.catalog, self.registry)
         with self._lock:
-            return self._compose(resolve(req, self.catalog, self.registry))
+            pipe = self._compose(plan)
+            self._placement.prepare(self._modules(plan), memory.MemoryPlan(), self.device)  # all on the device
+            return pipe
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()
@@ -177,7 +194,7 @@ class Pipeline:
             image = self._maps.get(key)
             if image is None:
                 ctx = PluginContext(device=self.device, dtype=self.dtype,
-                                    weights={a: self._annotator(a) for a in plugin.annotators})
+                                    weights=_LazyWeights(plugin.annotators, self._annotator))
                 try:
                     image = plugin.preprocess(source, ctx, params)
                 except (PluginError, ValidationError):
@@ -217,10 +234,10 @@ class Pipeline:
             while len(self._bases) >= max(1, self.keep_models):
                 self._bases.popitem(last=False)
                 self._free()
-            components = self.loader.base(entry, self.dtype)
+            components = self.loader.base(entry, self.dtype)  # on the CPU: the memory plan places them
             for module in components.values():
                 if isinstance(module, torch.nn.Module):
-                    module.to(self.device).eval().requires_grad_(False)
+                    module.eval().requires_grad_(False)
             self._bases[entry.id] = components
         self._bases.move_to_end(entry.id)
         return self._bases[entry.id]
@@ -230,15 +247,27 @@ class Pipeline:
             while len(self._controlnets) >= 4:
                 self._controlnets.popitem(last=False)
                 self._free()
-            self._controlnets[entry.id] = self.loader.controlnet(entry, self.dtype).to(self.device).eval() \
-                .requires_grad_(False)
+            self._controlnets[entry.id] = self.loader.controlnet(entry, self.dtype).eval().requires_grad_(False)
         self._controlnets.move_to_end(entry.id)
         return self._controlnets[entry.id]
 
     def _compose(self, plan: Plan):
         components = self._base(plan.base)
         controlnets = [self._controlnet(unit.controlnet) for unit in plan.units]
-        return compose.build(plan.family, plan.request.task, components, controlnets)
+        return compose.build(plan.family, plan.request.task, components, controlnets,
+                             [unit.control.control_mode for unit in plan.units])
+
+    def _modules(self, plan: Plan) -> dict[str, torch.nn.Module]:
+        """The cached modules a composition runs, by name (``controlnet:0``, ... for its units)."""
+        components = self._base(plan.base)
+        modules = {name: m for name, m in components.items() if isinstance(m, torch.nn.Module)}
+        modules.update({f"controlnet:{i}": self._controlnet(u.controlnet) for i, u in enumerate(plan.units)})
+        return modules
+
+    def _cached_besides(self, modules: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
+        used = {id(m) for m in modules.values()}
+        cached = [m for c in self._bases.values() for m in c.values() if isinstance(m, torch.nn.Module)]
+        return [m for m in cached + list(self._controlnets.values()) if id(m) not in used]
 
     def _free(self) -> None:
         gc.collect()
@@ -248,7 +277,14 @@ class Pipeline:
     def _denoise(self, plan: Plan, maps: list[Image.Image], init: Any, mask: Any,
                  progress: Callable[[int, int], None] | None, cancel: threading.Event | None):
         req = plan.request
+        backend, backend_reason = attention.choose(req.attention, self.device)
         pipe = self._compose(plan)
+        models = self._modules(plan)
+        plan_memory = memory.choose(req.memory, memory.workload(models, req.width, req.height, req.batch,
+                                                                 req.guidance, self.dtype, plan.family),
+                                    self.device, req.vram)
+        log.info("memory plan %s: %s", plan_memory.mode, plan_memory.reason)
+        final: dict[str, Any] = {}  # the last step's latents, for the fp16 VAE guard
         pipe.scheduler = schedulers.make(req.scheduler, self._bases[plan.base.id]["scheduler"].config)
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
         kwargs = compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units])
@@ -261,12 +297,17 @@ class Pipeline:
                 raise Cancelled(f"cancelled at step {step + 1} of {req.steps}")
             if progress is not None:
                 progress(step + 1, req.steps)
+            final["latents"] = tensors.get("latents")
             return tensors
 
-        adapter = self.registry.get("lora", "adapter") if plan.loras else None
+        lora = self.registry.entries.get("lora")  # loaded once: it also clears LoRAs kept fused for reuse
+        adapter = self.registry.get("lora", "adapter") if plan.loras else \
+            lora.plugin if lora is not None and lora.status == "loaded" else None
         report: dict[str, Any] = {}
         stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
         try:
+            self._placement.prepare(models, plan_memory, self.device, self._cached_besides(models))
+            attention.apply(list(models.values()), backend)
             if adapter is not None:
                 ctx = PluginContext(device=self.device, dtype=self.dtype)
                 adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e}
@@ -279,8 +320,13 @@ class Pipeline:
                     raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
                                       f"(does the file fit this {plan.family} base?): {type(exc).__name__}: "
                                       f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
-            with torch.inference_mode():
-                output = pipe(**kwargs, callback_on_step_end=on_step)
+            self._placement.attach(pipe, models, plan_memory, self.device)
+            graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
+            with torch.inference_mode(), \
+                    self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
+                with vae_guard.Watch(pipe.vae) as watch:
+                    output = pipe(**kwargs, callback_on_step_end=on_step)
+                images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
         except torch.OutOfMemoryError:
             stopped = "oom"
         except Cancelled as exc:
@@ -303,12 +349,10 @@ class Pipeline:
                               "mode; nothing from this request stays loaded")
         if stopped is not None:
             raise Cancelled(stopped)
-        arrays = [np.asarray(a, dtype=np.float32) for a in output.images]
-        for array in arrays:
-            if not np.isfinite(array).all():
-                raise ModelError("the decoder produced NaN/inf (often an fp16 VAE overflow); "
-                                 "run with dtype float32 or a fixed VAE")
-        return arrays, report
+        arrays = [np.asarray(a, dtype=np.float32) for a in images]
+        runtime = {"memory_plan": plan_memory.describe(), "attention": {"backend": backend, "reason": backend_reason},
+                   "fast": fast_report, "vae_decode": vae_decode}
+        return arrays, report, runtime
 
     def _remove_adapter(self, adapter: Any, pipe: Any, base_id: str) -> None:
         """Take a request's adapters off; if the plugin cannot, drop the base so the next request loads it clean."""
@@ -322,7 +366,7 @@ class Pipeline:
 
     # ---- results -------------------------------------------------------------------------------
     def _result(self, plan: Plan, arrays: list[np.ndarray], report: dict[str, Any],
-                inputs: dict[str, Image.Image]) -> Result:
+                inputs: dict[str, Image.Image], runtime: dict[str, Any]) -> Result:
         req = plan.request
         entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras)]
         models = {e.id: {"kind": e.kind, "family": e.family, "source": _source_of(e),
@@ -335,12 +379,46 @@ class Pipeline:
             "versions": library_versions(), "lora_report": report,
             "control_maps_sha256": [hashlib.sha256(m.tobytes()).hexdigest() for k, m in inputs.items()
                                     if k.startswith("control-")],
+            **runtime,
         }
         if plan.base.tiny:
             shared["note"] = TEST_MODEL_NOTE
         images = [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)) for a in arrays]
         per_image = [{**shared, "seed": req.seed + i, "image_index": i} for i in range(len(images))]
         return Result(images=images, metadata=shared, per_image=per_image, arrays=arrays, inputs=inputs)
+
+
+class _LazyWeights(Mapping):
+    """A plugin's annotator weights, fetched and verified only when the plugin asks for one."""
+
+    def __init__(self, ids: tuple[str, ...], resolve: Callable[[str], Path]) -> None:
+        self._ids, self._resolve, self._paths = tuple(ids), resolve, {}
+
+    def __getitem__(self, model_id: str) -> Path:
+        if model_id not in self._ids:
+            raise KeyError(model_id)
+        if model_id not in self._paths:
+            self._paths[model_id] = self._resolve(model_id)
+        return self._paths[model_id]
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def _target_size(size: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int]:
+    """Width and height for a preprocessed map; a missing one follows the map's aspect ratio."""
+    low, high = LIMITS["size"]
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            raise ValidationError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    if width is None:
+        width = max(1, round(size[0] * height / size[1]))
+    if height is None:
+        height = max(1, round(size[1] * width / size[0]))
+    return width, height
 
 
 def _raised_in(exc: BaseException, module: str) -> bool:
