@@ -48,7 +48,7 @@ class Loader:
     def path(self, entry: Entry) -> Path:
         """Local path of an entry's folder or file, downloading a pinned hub revision if needed."""
         if entry.tiny:
-            target = tiny.ensure(entry, self.catalog.root / "tiny" / entry.id)
+            target = tiny.ensure(entry, self.catalog.root / "tiny" / f"v{tiny.VERSION}" / entry.id)
             return target / "pytorch_lora_weights.safetensors" if entry.kind == "lora" else target
         if entry.repo:
             return self._hub(entry)

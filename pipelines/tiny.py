@@ -29,10 +29,13 @@ UNET = {
                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8),
     "sdxl": dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=(2, 4),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=80, attention_head_dim=(2, 4),
                  use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
                  transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80),
 }
+
+
+VERSION = 2  # bump when a tiny architecture changes, so stale builds are not reused
 
 
 def _seed(model_id: str) -> int:
@@ -66,8 +69,9 @@ def write_tokenizer(folder: Path, pad: str = "<|endoftext|>") -> int:
 
 
 def _text_encoder(vocab: int, projection: bool):
+    """SDXL's second encoder is wider than its first, as in the real model (diffusers' single-file loader relies on it)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    config = CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+    config = CLIPTextConfig(vocab_size=vocab, hidden_size=48 if projection else 32, intermediate_size=37, num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
                             bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
