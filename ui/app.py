@@ -6,6 +6,8 @@ reaches the server has an ``api_name`` and takes the form's field names as keywo
 """
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -29,11 +31,14 @@ Add = Callable[[str, Any], Any]
 def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) -> gr.Blocks:
     """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units.
 
-    Generated PNGs go under ``workdir`` (default: a new temporary folder), one folder per browser
-    session, deleted when its tab closes.
+    Generated PNGs go under ``workdir`` (default: a temporary folder removed at exit), one folder per
+    browser session, deleted when its tab closes.
     """
     units = max(1, min(units, LIMITS["controls"]))
-    sessions = Sessions(Path(workdir or tempfile.mkdtemp(prefix="sdcompose-ui-")) / "outputs")
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="sdcompose-ui-")
+        atexit.register(shutil.rmtree, workdir, True)
+    sessions = Sessions(Path(workdir) / "outputs")
     conditioners, helps = widgets.conditioners(pipeline)
     loras = widgets.lora_models(pipeline)
     form = Form(conditioners, [e.id for e in loras], units)
@@ -46,7 +51,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) 
         fields[name] = component
         return component
 
-    with gr.Blocks(title="sdcompose", delete_cache=(3600, 86400)) as demo:
+    with gr.Blocks(title="sdcompose", delete_cache=(3600, 86400), analytics_enabled=False) as demo:
         last_seed, shown = gr.State(None), gr.State(0)
         gr.Markdown(INTRO)
         add("model", gr.Dropdown(model_choices, value=default_model, label="Model", elem_id="sdc-model"))
