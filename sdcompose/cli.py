@@ -13,7 +13,7 @@ from typing import Any
 
 from sdcompose.errors import SdcomposeError, ValidationError
 from sdcompose.plugins.api import PluginError
-from sdcompose.request import CONTROL_MODES, RESIZE_MODES, SCHEDULERS, Control, Lora
+from sdcompose.request import ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control, Lora
 
 CONTROL_FIELDS = {"weight": float, "start": float, "end": float, "model": str, "resize_mode": str,
                   "control_mode": str, "preprocessed": lambda v: v.lower() in ("1", "true", "yes")}
@@ -81,6 +81,12 @@ def _report(result: Any, paths: list[Path]) -> None:
         print(f"{path}  seed {seed}")
     if "note" in result.metadata:
         print(f"note: {result.metadata['note']}", file=sys.stderr)
+    plan = result.metadata.get("memory_plan", {})
+    if plan.get("mode", "none") != "none":
+        print(f"memory: {plan['mode']} ({plan['reason']})", file=sys.stderr)
+    fast = result.metadata.get("fast", {})
+    if fast.get("reason") not in (None, "", "off"):
+        print(f"fast: {fast['reason']}", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -92,7 +98,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             controls=[parse_control(s) for s in args.control], loras=[parse_lora(s) for s in args.lora],
             init_image=args.init_image, strength=args.strength, mask=args.mask, width=args.width,
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
-            seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update)
+            seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update,
+            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast)
     finally:
         close()
     _report(result, result.save(args.output))
@@ -200,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", choices=SCHEDULERS, default="dpmpp_2m")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--memory", choices=MEMORY_MODES, default="auto",
+                   help="memory mode; auto picks the fastest that fits --vram (docs/memory.md)")
+    g.add_argument("--vram", help="memory budget for --memory auto, e.g. 4GB (default: what the card has free)")
+    g.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto", help="attention backend (auto: sdpa)")
+    g.add_argument("--fast", action="store_true", help="compile and replay the UNet/ControlNets as CUDA graphs")
     g.add_argument("-o", "--output", default="out.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     runtime(g)
