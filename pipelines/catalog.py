@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from sdcompose.errors import CatalogError, ModelError, suggest
 
@@ -65,12 +66,15 @@ class Entry(BaseModel):
             raise ValueError(f"a single-file {self.kind} needs an explicit `config` (sd15, sdxl or a folder)")
         if self.kind != "annotator" and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` (sd15 or sdxl)")
-        for name in ("path", "file", "subfolder", "filename", "config"):
-            value = getattr(self, name)
-            if value is not None and (not value or os.path.isabs(value) or ".." in Path(value).parts
-                                      or value.startswith(("~", "\\")) or "\x00" in value):
-                raise ValueError(f"`{name}` {value!r} must be a relative path inside the models root")
         return self
+
+    @field_validator("path", "file", "subfolder", "filename", "config")
+    @classmethod
+    def _relative(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and (not value or os.path.isabs(value) or ".." in Path(value).parts
+                                  or value.startswith(("~", "\\")) or "\x00" in value):
+            raise ValueError(f"`{info.field_name}` {value!r} must be a relative path inside the models root")
+        return value
 
     def describe(self) -> dict[str, Any]:
         return self.model_dump(exclude_defaults=True)
@@ -123,8 +127,11 @@ def _no_duplicate_keys(path: Path, node: yaml.Node | None, prefix: str = "", dep
         _no_duplicate_keys(path, value_node, name, depth + 1)
 
 
-def read_catalog(path: Path) -> dict[str, Entry]:
-    """Parse and validate one models.yaml; raise CatalogError with file, line and key."""
+def read_catalog(path: Path, root: Path | None = None) -> dict[str, Entry]:
+    """Parse and validate one models.yaml; raise CatalogError with file, line and key.
+
+    With ``root``, local paths that resolve outside it (through ``..`` or a symlink) are refused too.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -162,7 +169,25 @@ def read_catalog(path: Path) -> dict[str, Entry]:
         if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", model_id):
             raise CatalogError(f"{path}:{_line_of(tree, ('models', model_id))}: models.{model_id}: "
                                "ids are letters, digits, '.', '_' and '-', at most 100")
+        entry = parsed.models[model_id]
+        for name in ("path", "file", "config"):
+            value = getattr(entry, name)
+            if root is None or value is None or (name == "config" and value in ("sd15", "sdxl")):
+                continue
+            target = _resolve(root / value)
+            if target is None or not target.is_relative_to(root):
+                raise CatalogError(f"{path}:{_line_of(tree, ('models', model_id, name))}: models.{model_id}.{name}: "
+                                   f"{value!r} resolves to {target or 'nowhere (a symlink loop?)'}, outside the "
+                                   f"models root {root} (symlinks out of it are refused)")
     return {model_id: entry.model_copy(update={"id": model_id}) for model_id, entry in parsed.models.items()}
+
+
+def _resolve(path: Path) -> Path | None:
+    """``path`` with symlinks followed; None for a symlink loop or an unreadable path."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
 
 
 class Catalog:
@@ -178,7 +203,7 @@ class Catalog:
         self.files = files
         self.entries: dict[str, Entry] = {}
         for path in files:
-            self.entries.update(read_catalog(path))
+            self.entries.update(read_catalog(path, self.root))
 
     def get(self, model_id: str, kind: str | None = None) -> Entry:
         entry = self.entries.get(model_id)
@@ -194,19 +219,21 @@ class Catalog:
 
     def local(self, relative: str) -> Path:
         """Resolve a path from models.yaml under the models root; refuse anything that escapes it."""
-        target = (self.root / relative).resolve()
-        if not target.is_relative_to(self.root):
-            raise ModelError(f"path {relative!r} resolves to {target}, outside the models root {self.root}; "
-                             "move the files under the models root (symlinks out of it are refused)")
+        target = _resolve(self.root / relative)
+        if target is None or not target.is_relative_to(self.root):
+            raise ModelError(f"path {relative!r} resolves to {target or 'nowhere (a symlink loop?)'}, outside the "
+                             f"models root {self.root}; move the files under the models root "
+                             "(symlinks out of it are refused)")
         return target
 
     def inside(self, folder: Path) -> None:
         """Refuse a local model folder holding a file or symlink that resolves outside the models root."""
         for file in folder.rglob("*"):
-            target = file.resolve()
-            if not target.is_relative_to(self.root):
-                raise ModelError(f"{file} resolves to {target}, outside the models root {self.root}; "
-                                 "move the files under the models root (symlinks out of it are refused)")
+            target = _resolve(file)
+            if target is None or not target.is_relative_to(self.root):
+                raise ModelError(f"{file} resolves to {target or 'nowhere (a symlink loop?)'}, outside the "
+                                 f"models root {self.root}; move the files under the models root "
+                             "(symlinks out of it are refused)")
 
     def stand_in(self, model_id: str, tiny: bool) -> str:
         """For a tiny base, the tiny model standing in for ``model_id``; else ``model_id``."""

@@ -92,7 +92,7 @@ def require_safetensors(path: Path, allow_pickle: bool = False) -> str:
     return kind
 
 
-_plain_pickles: set[tuple[str, int, int]] = set()  # files that passed _weights_only, by (path, size, mtime)
+_plain_pickles: set[tuple] = set()  # files that passed _weights_only, by (path, size, mtime, inode, ctime)
 
 
 def _weights_only(path: Path, kind: str) -> None:
@@ -104,7 +104,7 @@ def _weights_only(path: Path, kind: str) -> None:
     """
     import torch
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if key in _plain_pickles:
         return
     try:
@@ -138,14 +138,15 @@ def _read_cache(cache_path: Path) -> dict[str, str]:
 def sha256(path: Path) -> str:
     """sha256 of a file, cached by (path, size, mtime) so a large model is hashed once.
 
-    A changed file (size or mtime) is hashed again; a file that changes while it is being
-    hashed is not cached. The cache records contents, never a verdict: ``verify`` compares
-    against models.yaml every time.
+    A changed file is hashed again: the key also holds the inode and ctime, which every write,
+    copy or ``touch -d`` changes, so even a same-size rewrite with its old mtime put back is
+    noticed. A file that changes while it is being hashed is not cached. The cache records
+    contents, never a verdict: ``verify`` compares against models.yaml every time.
     """
     path = path.resolve()
     st = path.stat()
     prefix = f"{path}|"
-    key = f"{prefix}{st.st_size}|{st.st_mtime_ns}"
+    key = f"{prefix}{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
     cache_path = _cache_file()
     with _hash_lock:
         cached = _read_cache(cache_path).get(key)
@@ -157,7 +158,7 @@ def sha256(path: Path) -> str:
             digest.update(block)
     value = digest.hexdigest()
     after = path.stat()
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
         return value  # written to while hashed: report, but do not remember
     with _hash_lock:
         cache = {k: v for k, v in _read_cache(cache_path).items() if not k.startswith(prefix)}

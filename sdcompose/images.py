@@ -13,7 +13,7 @@ from sdcompose.errors import ValidationError
 MAX_PIXELS = 8192 * 8192
 MAX_BYTES = 64 * 1024 * 1024
 # Only these decoders see user bytes: no EPS (runs Ghostscript), no rarely used, rarely audited formats.
-FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
 
 
 def open_image(source: Any, what: str = "image") -> Image.Image:
