@@ -197,7 +197,7 @@ class Pipeline:
                                     weights=_LazyWeights(plugin.annotators, self._annotator))
                 try:
                     image = plugin.preprocess(source, ctx, params)
-                except (PluginError, ValidationError):
+                except (PluginError, SdcomposeError):  # lazily fetched weights raise ModelError as they are
                     raise
                 except Exception as exc:  # a plugin's bug fails this request only
                     raise PluginError(f"conditioner {control.id!r} failed on its input: "
