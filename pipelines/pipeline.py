@@ -314,9 +314,12 @@ class Pipeline:
                             for e, w in plan.loras]
                 try:
                     report = adapter.apply(pipe, adapters, ctx)
-                except (PluginError, SdcomposeError, torch.OutOfMemoryError):
+                except (PluginError, SdcomposeError):
                     raise
-                except Exception as exc:
+                except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
+                    self._bases.pop(plan.base.id, None)
+                    if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
+                        raise
                     raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
                                       f"(does the file fit this {plan.family} base?): {type(exc).__name__}: "
                                       f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
@@ -343,6 +346,7 @@ class Pipeline:
                 self._remove_adapter(adapter, pipe, plan.base.id)
         if stopped == "oom":
             del pipe, kwargs
+            final.clear()
             self._free()
             raise OutOfMemory(f"out of {self.device} memory at {req.width}x{req.height}, batch {req.batch}, "
                               f"{len(plan.units)} ControlNet(s): lower the size or batch, or use a memory-saving "
