@@ -61,8 +61,8 @@ def running_ui(log: Path, *args: str):
         yield url, proc
     finally:
         proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
+        try:  # the server stops at once; the interpreter's own teardown (torch, threads) can take seconds more
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -108,7 +108,9 @@ def server(tmp_path_factory, home):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return server.client()
+    client = server.client()
+    yield client
+    client.close()
 
 
 def pixels(path) -> np.ndarray:
@@ -212,7 +214,9 @@ def test_file_routes_serve_only_the_apps_own_files(server, home):
     secret = home / "ui-secret.txt"
     secret.write_text("TOP-SECRET-TOKEN")
     weights = next((home / "models" / "tiny").rglob("*.safetensors"))
-    served = server.client(download_files=False).predict(prompt="x", api_name="/generate", **SMALL)[0][0]["image"]
+    raw = server.client(download_files=False)
+    served = raw.predict(prompt="x", api_name="/generate", **SMALL)[0][0]["image"]
+    raw.close()
     own = served["path"]
     status, body = server.raw_get(f"/gradio_api/file={own}")
     assert status == 200 and body.startswith(b"\x89PNG"), "the app's own output must be served"
@@ -258,7 +262,10 @@ def test_load_every_request_answered_none_mixed_memory_flat(server, client):
 
     def one_client(c: int) -> list:
         own = server.client()
-        return [own.predict(api_name="/generate", **r)[0][0]["image"] for r in requests[3 * c:3 * c + 3]]
+        try:
+            return [own.predict(api_name="/generate", **r)[0][0]["image"] for r in requests[3 * c:3 * c + 3]]
+        finally:
+            own.close()
 
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:

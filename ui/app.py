@@ -158,11 +158,12 @@ def _settings(add: Add, defaults: dict[str, Any]) -> tuple[gr.Button, gr.Button]
     with gr.Row():
         add("guidance", gr.Slider(0, 30, value=defaults["guidance"], step=0.5, label="CFG scale"))
         add("batch", gr.Slider(1, 8, value=defaults["batch"], step=1, label="Batch size"))
-    with gr.Row(equal_height=True):
+    with gr.Row():
         add("seed", gr.Number(value=defaults["seed"], precision=0, label="Seed (-1: random)", scale=3,
                               elem_id="sdc-seed"))
-        random_seed = gr.Button("Random", size="sm", scale=1)
-        reuse_seed = gr.Button("Reuse last", size="sm", scale=1)
+        with gr.Column(scale=1, min_width=120):
+            random_seed = gr.Button("Random seed", size="sm")
+            reuse_seed = gr.Button("Reuse last seed", size="sm")
     add("strength", gr.Slider(0.01, 1.0, value=defaults["strength"], step=0.01,
                               label="Denoising strength (image to image and inpaint)"))
     return random_seed, reuse_seed
@@ -185,10 +186,11 @@ def _control_unit(add: Add, i: int, pipeline: Any, form: Form, helps: dict[str, 
             add(name("model"), gr.Dropdown(widgets.controlnet_models(pipeline), value=defaults[name("model")],
                                            label="ControlNet model"))
         with gr.Row():
-            add(name("image"), gr.Image(type="filepath", image_mode=None, label="Control image",
+            add(name("image"), gr.Image(type="filepath", image_mode=None, label="Control image", height=220,
                                         sources=["upload", "clipboard"], elem_id=f"sdc-unit-{i}-image"))
-            control_map = gr.Image(label="Preprocessor preview", interactive=False, format="png")
-        preview = gr.Button("Preview the preprocessor", size="sm")
+            control_map = gr.Image(label="Preprocessor preview", interactive=False, format="png", height=220,
+                                   elem_id=f"sdc-unit-{i}-map")
+        preview = gr.Button("Preview the preprocessor", size="sm", elem_id=f"sdc-unit-{i}-preview")
         params = {}
         for plugin_id, specs in form.conditioners.items():
             with gr.Group(visible=plugin_id == defaults[name("plugin")]) as params[plugin_id]:
