@@ -117,9 +117,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
     image = pipe.preprocess(args.plugin, args.image, width=args.width, height=args.height,
-                            **parse_params(args.param))
+                            resize_mode=args.resize_mode, **parse_params(args.param))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    image.save(args.output)
+    try:
+        image.save(args.output)
+    except (ValueError, OSError) as exc:
+        raise ValidationError(f"cannot write {args.output} ({exc}); give a writable path ending in .png") from None
     print(args.output)
     return 0
 
@@ -229,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("image")
     pp.add_argument("-o", "--output", required=True)
     pp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    pp.add_argument("-W", "--width", type=int)
+    pp.add_argument("-W", "--width", type=int, help="size the map to this width (alone: the height follows)")
     pp.add_argument("-H", "--height", type=int)
+    pp.add_argument("--resize-mode", choices=RESIZE_MODES, default="crop_and_resize",
+                    help="how the map meets -W x -H when both are given")
     runtime(pp)
     pp.set_defaults(func=cmd_preprocess)
 
