@@ -142,7 +142,8 @@ class Registry:
         for plugin_id, claimants in claims.items():
             enabled = [e for e in claimants if e.status != "disabled"]
             if len(enabled) <= 1:
-                self.entries[plugin_id] = enabled[0] if enabled else claimants[0]
+                own = [e for e in claimants if _package(e.package) == OWN_PACKAGE]
+                self.entries[plugin_id] = enabled[0] if enabled else (own or claimants)[0]
                 self.rejected += [e for e in claimants if e is not self.entries[plugin_id]]
                 continue
             own = [e for e in enabled if _package(e.package) == OWN_PACKAGE]
