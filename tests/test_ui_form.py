@@ -23,6 +23,8 @@ def test_defaults_make_a_plain_txt2img_request_with_a_random_seed(form):
     assert kwargs["seed"] is None and kwargs["controls"] == [] and kwargs["loras"] == []
     assert "init_image" not in kwargs and "mask" not in kwargs and "strength" not in kwargs
     assert (kwargs["prompt"], kwargs["steps"], kwargs["guidance"], kwargs["scheduler"]) == ("a fox", 20, 7.5, "dpmpp_2m")
+    assert (kwargs["memory"], kwargs["attention"], kwargs["vram"], kwargs["fast"]) == ("auto", "auto", None, False)
+    assert form.to_kwargs(form.defaults() | {"vram": "6GB", "memory": "vae_tiling"})["vram"] == "6GB"
 
 
 def test_units_loras_and_params_become_controls(form, photo):
@@ -73,6 +75,7 @@ def test_metadata_restores_every_field_and_the_same_image(form, pipe, photo, tmp
     form = Form({"canny": CANNY}, ["tiny-lora-sd15"], 2)
     made = pipe.generate(prompt="a <b>castle</b>", negative_prompt="fog", model="tiny-sd15", width=64, height=64,
                          steps=2, guidance=5.0, scheduler="euler", seed=11, init_image=photo, strength=0.6,
+                         memory="vae_slicing", attention="sliced", vram="3GB",
                          controls=[sdcompose.Control("canny", photo, weight=0.7, end=0.8, params={"low_threshold": 40})],
                          loras=[sdcompose.Lora("tiny-lora-sd15", 0.8)])
     [png] = made.save(tmp_path / "made.png")
@@ -86,9 +89,10 @@ def test_metadata_restores_every_field_and_the_same_image(form, pipe, photo, tmp
     values, warnings = form.from_metadata(*read_png(png), store)
     assert warnings == [] and list(values) == list(form.defaults())
     assert {k: values[k] for k in ("task", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
-                                   "strength", "loras", "lora_tiny_lora_sd15")} == {
+                                   "strength", "loras", "lora_tiny_lora_sd15", "memory", "attention", "vram")} == {
         "task": "img2img", "prompt": "a <b>castle</b>", "negative_prompt": "fog", "seed": 11, "steps": 2,
-        "guidance": 5.0, "scheduler": "euler", "strength": 0.6, "loras": ["tiny-lora-sd15"], "lora_tiny_lora_sd15": 0.8}
+        "guidance": 5.0, "scheduler": "euler", "strength": 0.6, "loras": ["tiny-lora-sd15"], "lora_tiny_lora_sd15": 0.8,
+        "memory": "vae_slicing", "attention": "sliced", "vram": "3072MB"}
     assert values["cn0_enable"] and values["cn0_preprocessed"] and not values["cn1_enable"]
     assert (values["cn0_weight"], values["cn0_end"], values["cn0_canny_low_threshold"]) == (0.7, 0.8, 40)
     assert sorted(stored) == ["control-0", "init_image"]

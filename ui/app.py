@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from sdcompose.request import CONTROL_MODES, LIMITS, RESIZE_MODES, SCHEDULERS
+from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, LIMITS, MEMORY_MODES, RESIZE_MODES,
+                               SCHEDULERS)
 
 from . import widgets
 from .form import TASKS, Form
@@ -73,6 +74,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) 
                             if broken:
                                 gr.Markdown("Plugins that could not be used (see the Plugins tab):\n" + broken)
                         _loras(add, loras, form)
+                        _performance(add, defaults)
                     with gr.Column(scale=2):
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary", elem_id="sdc-generate", scale=3)
@@ -222,3 +224,18 @@ def _loras(add: Add, loras: list[Any], form: Form) -> None:
                                                info=f"trigger words: {', '.join(entry.trigger_words)}"
                                                if entry.trigger_words else None, visible=False))
         add("add_trigger_words", gr.Checkbox(False, label="Add the chosen LoRAs' trigger words to the prompt"))
+
+
+def _performance(add: Add, defaults: dict[str, Any]) -> None:
+    """What the pipeline offers for memory and speed: memory mode (with its budget), attention backend, fast mode."""
+    with gr.Accordion("Memory and speed", open=False, elem_id="sdc-performance"):
+        with gr.Row():
+            add("memory", gr.Dropdown(list(MEMORY_MODES), value=defaults["memory"], label="Memory mode",
+                                      info="auto: the fastest mode that fits the memory budget"))
+            add("vram", gr.Textbox(value=defaults["vram"], label="Memory budget", placeholder="e.g. 6GB",
+                                   info="for auto; empty: what the card has free"))
+        with gr.Row():
+            add("attention", gr.Dropdown(list(ATTENTION_BACKENDS), value=defaults["attention"],
+                                         label="Attention backend", info="auto: PyTorch SDPA"))
+            add("fast", gr.Checkbox(defaults["fast"], label="Fast mode",
+                                    info="compile the UNet and ControlNets and replay them as CUDA graphs (CUDA only)"))

@@ -21,11 +21,13 @@ TASKS = ("txt2img", "img2img", "inpaint")
 RANDOM_SEED = -1
 DEFAULTS = dict(task="txt2img", prompt="", negative_prompt="", model=None, scheduler="dpmpp_2m", steps=20,
                 guidance=7.5, width=512, height=512, seed=RANDOM_SEED, batch=1, strength=0.75, init_image=None,
-                inpaint=None, mask=None, loras=[], add_trigger_words=False)
+                inpaint=None, mask=None, loras=[], add_trigger_words=False, memory="auto", attention="auto", vram="",
+                fast=False)
 UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, preprocessed=False, model="auto", weight=1.0, start=0.0,
                      end=1.0, resize_mode="crop_and_resize", control_mode="balanced")
 LORA_WEIGHT = 1.0
-SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength")
+SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength",
+           "memory", "attention", "fast")
 
 
 def slug(text: str) -> str:
@@ -72,6 +74,7 @@ class Form:
         kwargs = {name: values[name] for name in (*SCALARS, "batch", "add_trigger_words")
                   if values.get(name) is not None and name != "strength"}
         kwargs["seed"] = _seed(values.get("seed"))
+        kwargs["vram"] = values.get("vram") or None  # empty: what the card has free
         kwargs["controls"] = self._controls(values)
         kwargs["loras"] = []
         for lora_id in values.get("loras") or []:
@@ -116,9 +119,9 @@ class Form:
         for what this page cannot offer. ``store(name, image)`` saves an embedded image and returns its path."""
         req, warnings = meta["request"], []
         values = self.defaults()
-        values.update({name: req[name] for name in SCALARS})
+        values.update({name: req[name] for name in SCALARS if name in req})
         values.update(seed=meta["seed"], add_trigger_words=bool(req.get("add_trigger_words", False)),
-                      task=meta.get("task", "txt2img"))
+                      task=meta.get("task", "txt2img"), vram=_size_text(req.get("vram")))
         if "init_image" in inputs:
             init = store("init_image", inputs["init_image"])
             if values["task"] == "inpaint":
@@ -161,6 +164,12 @@ def _unique_slugs(ids: Any) -> dict[str, str]:
             name += "_"
         out[item] = name
     return out
+
+
+def _size_text(size: int | None) -> str:
+    if not size:
+        return ""
+    return f"{size // 2**20}MB" if size % 2**20 == 0 else f"{size}b"
 
 
 def _seed(value: Any) -> int | None:
