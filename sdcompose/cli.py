@@ -256,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=7860)
     u.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
-    u.add_argument("--auth", help="user:password")
-    u.add_argument("--insecure-no-auth", action="store_true")
+    u.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
+    u.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
     runtime(u)
     u.set_defaults(func=cmd_ui)
     return parser
