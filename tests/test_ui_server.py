@@ -279,3 +279,35 @@ def test_load_every_request_answered_none_mixed_memory_flat(server, client):
     after = server.rss_mb()
     assert after - before < 150, f"server memory grew from {before:.0f} MB to {after:.0f} MB under load"
     print(f"load: {len(requests)} requests from 8 clients in {took:.1f} s; server RSS {before:.0f} -> {after:.0f} MB")
+
+
+def test_one_generation_at_a_time_others_wait_with_their_position_and_stop_interrupts(server):
+    from gradio_client.utils import Status
+    first, second = server.client(), server.client()
+    try:
+        long = first.submit(prompt="long", model="tiny-sd15", width=512, height=512, steps=150, seed=1,
+                            api_name="/generate")
+        wait_for(lambda: long.status().progress_data, "the long run to report progress")
+        short = second.submit(prompt="short", seed=2, api_name="/generate", **SMALL)
+        waiting = wait_for(lambda: (s := short.status()).code == Status.IN_QUEUE and s.rank is not None and s,
+                           "the second request to be queued with its position")
+        assert waiting.rank == 0 and waiting.queue_size >= 1, "first in line behind the running generation"
+        assert first.predict(api_name="/stop") == "Stopping at the end of this step."
+        stopped = long.result(timeout=30)[-1]
+        assert stopped.startswith("Stopped: cancelled at step") and stopped.endswith("of 150."), stopped
+        started = time.monotonic()
+        assert png_meta(short.result(timeout=60)[0][0]["image"])["request"]["prompt"] == "short"
+        assert time.monotonic() - started < 20
+        assert second.predict(api_name="/stop") == "Nothing is running."
+    finally:
+        first.close()
+        second.close()
+
+
+def wait_for(check, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return result
