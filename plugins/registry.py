@@ -156,7 +156,8 @@ class Registry:
                 entry.error = (f"id {plugin_id!r} is also registered by {others}; "
                                + (f"sdcompose's own plugin keeps it, so {entry.package!r} ({entry.target}) was refused"
                                   if keeper else "both were refused")
-                               + f": uninstall one, or set SDCOMPOSE_PLUGINS_DENY={_package(entry.package)}:{plugin_id}")
+                               + ": uninstall one, or set "
+                               f"SDCOMPOSE_PLUGINS_DENY={_package(entry.package)}:{plugin_id}")
             self.entries[plugin_id] = keeper or enabled[0]
             self.rejected += [e for e in claimants if e is not self.entries[plugin_id]]
 

@@ -122,7 +122,7 @@ def _check_meta(meta: Any) -> None:
     """The shape ``Pipeline.reproduce`` relies on; values are checked again as a GenerationRequest."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("request"), dict):
         found = meta.get("format") if isinstance(meta, dict) else "?"
-        raise ValidationError(f"unsupported sdcompose metadata (format {str(found)[:20]!r}, expected {FORMAT})")
+        raise ValidationError(f"unsupported sdcompose metadata (format {repr(found)[:20]}, expected {FORMAT})")
     request = meta["request"]
     for name in ("controls", "loras"):
         items = request.get(name, [])

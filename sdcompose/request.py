@@ -91,7 +91,8 @@ def _number(name: str, value: Any, low: float, high: float, integer: bool = Fals
     try:
         finite = math.isfinite(value)
     except OverflowError:  # an int too large for a float
-        raise ValidationError(f"{name} must be between {low:g} and {high:g}, got a {len(str(value))}-digit number") from None
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        raise ValidationError(f"{name} must be between {low:g} and {high:g}, got a {digits}-digit number") from None
     if not finite:
         raise ValidationError(f"{name} must be a finite number, got {value!r}")
     if integer and value != int(value):
@@ -103,7 +104,10 @@ def _number(name: str, value: Any, low: float, high: float, integer: bool = Fals
 
 def _short(value: Any) -> str:
     """repr of a bad value, cut short so a huge input cannot flood an error message."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # an int past Python's digit limit, or a broken __repr__
+        return f"a {type(value).__name__} that cannot be shown"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -161,12 +165,12 @@ def validate(req: GenerationRequest) -> GenerationRequest:
     seed = req.seed
     if seed is not None:
         if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
-            raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {seed!r}")
+            raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {_short(seed)}")
         seed = _number("seed", seed, LIMITS["seed"][0], LIMITS["seed"][1] - batch, integer=True)
     if not isinstance(req.scheduler, str) or req.scheduler not in SCHEDULERS:
         from sdcompose.errors import suggest
         raise ValidationError(f"scheduler {_short(req.scheduler)} is not one of {', '.join(SCHEDULERS)}"
-                              f"{suggest(str(req.scheduler), SCHEDULERS)}")
+                              f"{suggest(req.scheduler if isinstance(req.scheduler, str) else '', SCHEDULERS)}")
     if len(req.controls) > LIMITS["controls"]:
         raise ValidationError(f"at most {LIMITS['controls']} controls per request, got {len(req.controls)}")
     if len(req.loras) > LIMITS["loras"]:

@@ -195,7 +195,7 @@ def test_torch_load_itself_refuses_the_payload(tmp_path, sentinel):
 
 
 def test_allow_pickle_loads_plain_weights(pipe, root, tmp_path, photo):
-    """A benign torch.save'd ControlNet opted in with allow_pickle loads (weights-only) and matches its safetensors twin."""
+    """A benign torch.save'd ControlNet opted in with allow_pickle loads weights-only and equals its .safetensors."""
     copy_base(pipe, root)
     source = pipe.loader.path(pipe.catalog.get("tiny-controlnet-canny-sd15"))
     for name, pickled in (("cn-st", False), ("cn-bin", True)):
