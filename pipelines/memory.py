@@ -104,6 +104,17 @@ def _largest_leaf(module: Any) -> int:
     return max((_bytes(m) for m in module.modules() if next(m.children(), None) is None), default=0)
 
 
+_sizes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (bytes, group bytes, largest leaf)
+
+
+def sizes(module: Any) -> tuple[int, int, int]:
+    """A module's bytes, bytes under group offload and largest layer, measured once (LoRA layers come later,
+    and are small next to the model)."""
+    if module not in _sizes:
+        _sizes[module] = (_bytes(module), _group_bytes(module), _largest_leaf(module))
+    return _sizes[module]
+
+
 def workload(models: dict[str, Any], width: int, height: int, batch: int, guidance: float, dtype: Any,
              family: str) -> Workload:
     """Measure the modules of a composition (on any device, meta included) for :func:`estimate`."""
@@ -112,7 +123,7 @@ def workload(models: dict[str, Any], width: int, height: int, batch: int, guidan
         if id(module) in seen:  # the same ControlNet twice is loaded once
             continue
         seen.add(id(module))
-        weights[name], groups[name], leaves[name] = _bytes(module), _group_bytes(module), _largest_leaf(module)
+        weights[name], groups[name], leaves[name] = sizes(module)
     vae = models.get("vae")
     config = getattr(vae, "config", None)
     upcast = bool(family == "sdxl" and getattr(config, "force_upcast", False) and getattr(dtype, "itemsize", 4) == 2)
@@ -231,17 +242,19 @@ class Placement:
     def prepare(self, models: dict[str, Any], plan: MemoryPlan, device: str, others: list[Any] = ()) -> None:
         modules = list({id(m): m for m in models.values()}.values())
         for module in modules:
-            self._release(module)
+            if not (plan.placement == "none" and self._on_device(module, device)):
+                self.release(module)
         if others and plan.estimate is not None and plan.budget is not None and \
-                plan.estimate + sum(_bytes(m) for m in others if self._state.get(m) == "none") > HEADROOM * plan.budget:
-            for module in others:  # cached modules of other compositions make room
-                self._release(module)
+                plan.estimate + sum(sizes(m)[0] for m in others if self._state.get(m) == "none") > HEADROOM * plan.budget:
+            for module in [m for m in others if self._state.get(m) == "none"]:  # other compositions make room
+                self.release(module)
                 module.to("cpu")
                 self._state[module] = "cpu"
         if plan.placement == "none":
             for module in modules:
-                module.to(device)
-                self._state[module] = "none"
+                if self._state.get(module) != "none":
+                    module.to(device)
+                    self._state[module] = "none"
         vae = models.get("vae")
         if vae is not None:
             vae.enable_slicing() if plan.vae_slicing else vae.disable_slicing()
@@ -266,14 +279,21 @@ class Placement:
             self._state[module] = plan.placement
 
     def forget(self, models: dict[str, Any]) -> None:
-        """After a failed request: the next one releases and places everything again."""
+        """Something else moved ``models`` (hooks, devices): the next request checks and places them again."""
         for module in models.values():
             self._state.pop(module, None)
 
-    def _release(self, module: Any) -> None:
-        """Take offload hooks off (an unknown module is checked too); weights end up real, on the CPU or device."""
-        if self._state.get(module) in ("none", "cpu"):
-            return
+    def _on_device(self, module: Any, device: str) -> bool:
+        """Placed on ``device`` by this object and, as far as a cheap look tells, not hooked or moved since."""
+        import torch
+        if self._state.get(module) != "none" or hasattr(module, "_hf_hook") or \
+                getattr(getattr(module, "_diffusers_hook", None), "hooks", None):
+            return False
+        param, want = next(module.parameters(), None), torch.device(device)
+        return param is None or (param.device.type == want.type and want.index in (None, param.device.index))
+
+    def release(self, module: Any) -> None:
+        """Take every offload hook off ``module``; its weights end up real (on the CPU after an offload)."""
         from accelerate.hooks import remove_hook_from_module
         from diffusers.hooks import HookRegistry
         from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, \
