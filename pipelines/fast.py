@@ -60,6 +60,15 @@ def _describe(leaf: Any) -> Any:
         return ("value", type(leaf).__name__, repr(leaf))
 
 
+def signature(args: tuple, kwargs: dict[str, Any]) -> tuple[Any, list[Any], Any]:
+    """``(key, leaves, spec)`` of a call: tensors keyed by shape/dtype/device, per-step scalars by kind only,
+    everything else by value."""
+    kwargs = {name: _Scalar(value) if name in DYNAMIC_SCALARS and isinstance(value, (int, float))
+              and not isinstance(value, bool) else value for name, value in kwargs.items()}
+    leaves, spec = tree_flatten((args, kwargs))
+    return (spec, tuple(_describe(leaf) for leaf in leaves)), leaves, spec
+
+
 def _weights_token(module: Any) -> int:
     """Changes when any (non-LoRA) weight of ``module`` gets new storage."""
     return hash(tuple(t.data_ptr() for name, t in (*module.named_parameters(), *module.named_buffers())
@@ -175,11 +184,7 @@ class FastMode:
         param = next(module.parameters())
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            for name in DYNAMIC_SCALARS:
-                if isinstance(kwargs.get(name), (int, float)) and not isinstance(kwargs[name], bool):
-                    kwargs[name] = _Scalar(kwargs[name])
-            leaves, spec = tree_flatten((args, kwargs))
-            key = (spec, tuple(_describe(leaf) for leaf in leaves))
+            key, leaves, spec = signature(args, kwargs)
             graph = graphs.get(key)
             if graph is None:
                 graph = self._capture(module, leaves, spec, param, report)
