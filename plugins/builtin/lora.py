@@ -3,7 +3,8 @@
 Each LoRA is loaded once per base model and reported on (format, layers applied and skipped)
 instead of logging warnings. The active set is fused into the base weights, and stays fused
 while the next requests ask for the same LoRAs at the same weights. A request with another
-set, or none, first restores the base weights exactly, from a copy taken before the first fuse.
+set, or none, first restores the base weights exactly, from a CPU copy of the adapted layers
+taken when the set was fused.
 """
 from __future__ import annotations
 
