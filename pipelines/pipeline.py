@@ -156,6 +156,9 @@ class Pipeline:
         with self._lock:
             pipe = self._compose(plan)
             self._placement.prepare(self._modules(plan), memory.MemoryPlan(), self.device)  # all on the device
+            adapter = self._loaded_adapter()
+            if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
+                adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
             return pipe
 
     def plugins(self) -> list[dict[str, Any]]:
@@ -300,9 +303,7 @@ class Pipeline:
             final["latents"] = tensors.get("latents")
             return tensors
 
-        lora = self.registry.entries.get("lora")  # loaded once: it also clears LoRAs kept fused for reuse
-        adapter = self.registry.get("lora", "adapter") if plan.loras else \
-            lora.plugin if lora is not None and lora.status == "loaded" else None
+        adapter = self.registry.get("lora", "adapter") if plan.loras else self._loaded_adapter()
         report: dict[str, Any] = {}
         stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
         try:
@@ -357,6 +358,11 @@ class Pipeline:
         runtime = {"memory_plan": plan_memory.describe(), "attention": {"backend": backend, "reason": backend_reason},
                    "fast": fast_report, "vae_decode": vae_decode}
         return arrays, report, runtime
+
+    def _loaded_adapter(self) -> Any:
+        """The LoRA plugin if it has been used: it also clears LoRAs it keeps fused between requests."""
+        entry = self.registry.entries.get("lora")
+        return entry.plugin if entry is not None and entry.status == "loaded" else None
 
     def _remove_adapter(self, adapter: Any, pipe: Any, base_id: str) -> None:
         """Take a request's adapters off; if the plugin cannot, drop the base so the next request loads it clean."""

@@ -47,6 +47,9 @@ def test_fused_while_the_set_repeats_and_restored_exactly_when_it_changes(home):
     assert after.metadata["lora_report"] == {}
     restored = targeted_weights(pipe)
     assert all(torch.equal(restored[name], weight) for name, weight in untouched.items())
+    pipe.generate(loras=[sdcompose.Lora("tiny-lora-sd15", 0.5)], **KW)
+    handed_out = targeted_weights(pipe)  # diffusers_pipeline() takes fused LoRAs off first
+    assert all(torch.equal(handed_out[name], weight) for name, weight in untouched.items())
 
 
 def test_repeated_fuse_and_unfuse_never_drift(home):
