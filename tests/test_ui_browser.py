@@ -20,7 +20,8 @@ from test_ui_server import running_ui
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)")]
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason=f"{CHROMIUM} is missing (apt-get install chromium)")]
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 
 
@@ -91,6 +92,7 @@ def test_stop_interrupts_a_long_run_and_errors_leave_the_session_working(page):
     page.get_by_text("of 150").first.wait_for(timeout=60_000)  # the progress bar is counting steps
     page.click("#sdc-stop")
     page.get_by_text("Stopping at the end of this step").wait_for(timeout=10_000)
+    page.get_by_text("of 150").first.wait_for(state="hidden", timeout=30_000)  # the interrupted run is over
     set_numbers(page, width=64, height=64, steps=2)
     page.click("#sdc-controlnet button.label-wrap")
     page.click("#sdc-add-unit")  # enabled, but no image: the page must say so

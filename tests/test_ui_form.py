@@ -10,26 +10,29 @@ from sdcompose.metadata import read_png
 from sdcompose.plugins.api import ParamSpec
 from sdcompose.ui.form import Form
 
-CANNY = (ParamSpec("low_threshold", "int", 100, min=1, max=255), ParamSpec("high_threshold", "int", 200, min=1, max=255))
+CANNY = (ParamSpec("low_threshold", "int", 100, min=1, max=255),
+         ParamSpec("high_threshold", "int", 200, min=1, max=255))
 
 
 @pytest.fixture
 def form():
-    return Form({"canny": CANNY, "my-edges": (ParamSpec("blur", "float", 1.0),)}, ["tiny-lora-sd15", "tiny_lora_sd15"], 2)
+    conditioners = {"canny": CANNY, "my-edges": (ParamSpec("blur", "float", 1.0),)}
+    return Form(conditioners, ["tiny-lora-sd15", "tiny_lora_sd15"], 2)
 
 
 def test_defaults_make_a_plain_txt2img_request_with_a_random_seed(form):
     kwargs = form.to_kwargs(form.defaults() | {"model": "tiny-sd15", "prompt": "a fox"})
     assert kwargs["seed"] is None and kwargs["controls"] == [] and kwargs["loras"] == []
     assert "init_image" not in kwargs and "mask" not in kwargs and "strength" not in kwargs
-    assert (kwargs["prompt"], kwargs["steps"], kwargs["guidance"], kwargs["scheduler"]) == ("a fox", 20, 7.5, "dpmpp_2m")
+    assert [kwargs[k] for k in ("prompt", "steps", "guidance", "scheduler")] == ["a fox", 20, 7.5, "dpmpp_2m"]
     assert (kwargs["memory"], kwargs["attention"], kwargs["vram"], kwargs["fast"]) == ("auto", "auto", None, False)
     assert form.to_kwargs(form.defaults() | {"vram": "6GB", "memory": "vae_tiling"})["vram"] == "6GB"
 
 
 def test_units_loras_and_params_become_controls(form, photo):
     values = form.defaults() | {"seed": 42, "cn1_enable": True, "cn1_plugin": "canny", "cn1_image": str(photo),
-                                "cn1_canny_low_threshold": 50, "cn1_weight": 0.6, "cn1_model": "tiny-controlnet-canny-sd15",
+                                "cn1_canny_low_threshold": 50, "cn1_weight": 0.6,
+                                "cn1_model": "tiny-controlnet-canny-sd15",
                                 "cn0_image": str(photo), "loras": ["tiny_lora_sd15"], form.lora("tiny_lora_sd15"): -0.5}
     kwargs = form.to_kwargs(values)
     [control] = kwargs["controls"]  # unit 0 has an image but is not enabled
@@ -76,7 +79,8 @@ def test_metadata_restores_every_field_and_the_same_image(form, pipe, photo, tmp
     made = pipe.generate(prompt="a <b>castle</b>", negative_prompt="fog", model="tiny-sd15", width=64, height=64,
                          steps=2, guidance=5.0, scheduler="euler", seed=11, init_image=photo, strength=0.6,
                          memory="vae_slicing", attention="sliced", vram="3GB",
-                         controls=[sdcompose.Control("canny", photo, weight=0.7, end=0.8, params={"low_threshold": 40})],
+                         controls=[sdcompose.Control("canny", photo, weight=0.7, end=0.8,
+                                                     params={"low_threshold": 40})],
                          loras=[sdcompose.Lora("tiny-lora-sd15", 0.8)])
     [png] = made.save(tmp_path / "made.png")
     stored = []

@@ -68,7 +68,8 @@ def test_third_party_params_become_widgets_and_reach_the_plugin(third_party, pho
 
     demo = build_app(third_party, tmp_path, units=1)
     params = {p["parameter_name"]: p for p in demo.get_api_info()["named_endpoints"]["/generate"]["parameters"]}
-    kinds = {name: params[f"cn0_grad_edges_{name}"]["component"] for name in ("ksize", "gain", "invert", "axis", "label")}
+    kinds = {name: params[f"cn0_grad_edges_{name}"]["component"]
+             for name in ("ksize", "gain", "invert", "axis", "label")}
     assert kinds == {"ksize": "Slider", "gain": "Number", "invert": "Checkbox", "axis": "Dropdown", "label": "Textbox"}
     assert params["cn0_grad_edges_ksize"]["parameter_default"] == 3
     assert "cn0_canny_low_threshold" in params and "cn1_enable" not in params

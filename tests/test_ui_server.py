@@ -221,20 +221,20 @@ def test_file_routes_serve_only_the_apps_own_files(server, home):
     status, body = server.raw_get(f"/gradio_api/file={own}")
     assert status == 200 and body.startswith(b"\x89PNG"), "the app's own output must be served"
 
-    up = "../" * len(Path(own).parent.parts)
-    target = str(secret).lstrip("/")
+    up, here = "../" * len(Path(own).parent.parts), Path(own).parent
+    target, loopback = str(secret).lstrip("/"), f"http://127.0.0.1:{server.port}/config"
     attempts = [
         f"/gradio_api/file={secret}", f"/gradio_api/file={weights}", "/gradio_api/file=/etc/passwd",
-        "/gradio_api/file=pyproject.toml", f"/gradio_api/file={Path(own).parent}/{up}{target}",
-        f"/gradio_api/file={quote(str(secret), safe='')}", f"/gradio_api/file={Path(own).parent}/{up.replace('/', '%2F')}{target}",
-        f"/gradio_api/file={Path(own).parent}/{up.replace('..', '%2e%2e')}{target}",
-        f"/gradio_api/file={Path(own).parent}/{up.replace('../', '%252e%252e%252f')}{target}",
-        f"/gradio_api/file={Path(own).parent}\\{up.replace('/', chr(92))}{target}",
+        "/gradio_api/file=pyproject.toml", f"/gradio_api/file={here}/{up}{target}",
+        f"/gradio_api/file={quote(str(secret), safe='')}", f"/gradio_api/file={here}/{up.replace('/', '%2F')}{target}",
+        f"/gradio_api/file={here}/{up.replace('..', '%2e%2e')}{target}",
+        f"/gradio_api/file={here}/{up.replace('../', '%252e%252e%252f')}{target}",
+        f"/gradio_api/file={here}\\{up.replace('/', chr(92))}{target}",
         f"/GRADIO_API/FILE={secret}", f"/Gradio_Api/File={secret}", f"/gradio_api/FILE={secret}",
         f"/file={secret}", f"/gradio_api/file/{target}", f"/gradio_api/file={secret}%00.png",
-        f"/static/{up}{target}", f"/static/{up.replace('..', '%2e%2e')}{target}", f"/assets/{up.replace('/', '%2F')}{target}",
-        f"/svelte/{up.replace('/', '%2f')}{target}", f"/gradio_api/file=file://{secret}",
-        f"/gradio_api/file=http://127.0.0.1:{server.port}/config", f"/gradio_api/proxy=http://127.0.0.1:{server.port}/config",
+        f"/static/{up}{target}", f"/static/{up.replace('..', '%2e%2e')}{target}",
+        f"/assets/{up.replace('/', '%2F')}{target}", f"/svelte/{up.replace('/', '%2f')}{target}",
+        f"/gradio_api/file=file://{secret}", f"/gradio_api/file={loopback}", f"/gradio_api/proxy={loopback}",
         "/monitoring", "/gradio_api/monitoring",
     ]
     for path in attempts:

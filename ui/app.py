@@ -10,6 +10,7 @@ import atexit
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import gradio as gr
@@ -39,96 +40,116 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) 
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix="sdcompose-ui-")
         atexit.register(shutil.rmtree, workdir, True)
-    sessions = Sessions(Path(workdir) / "outputs")
     conditioners, helps = widgets.conditioners(pipeline)
     loras = widgets.lora_models(pipeline)
     form = Form(conditioners, [e.id for e in loras], units)
     model_choices, default_model = widgets.base_models(pipeline)
-    handlers = Handlers(pipeline, form, sessions, [value for _, value in model_choices])
+    handlers = Handlers(pipeline, form, Sessions(Path(workdir) / "outputs"), [value for _, value in model_choices])
     defaults = form.defaults() | {"model": default_model}
     fields: dict[str, Any] = {}
+    ui = SimpleNamespace()
 
     def add(name: str, component: Any) -> Any:
         fields[name] = component
         return component
 
     with gr.Blocks(title="sdcompose", delete_cache=(3600, 86400), analytics_enabled=False) as demo:
-        last_seed, shown = gr.State(None), gr.State(0)
+        ui.last_seed, ui.shown = gr.State(None), gr.State(0)
         gr.Markdown(INTRO)
         add("model", gr.Dropdown(model_choices, value=default_model, label="Model", elem_id="sdc-model"))
-        add("task", gr.Radio(list(TASKS), value=defaults["task"], label="Task", visible=False))
-        with gr.Tabs() as main_tabs:
-            with gr.Tab("Generate", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        add("prompt", gr.Textbox(value="", label="Prompt", lines=3, elem_id="sdc-prompt",
-                                                 placeholder="a lighthouse on a cliff at dawn"))
-                        add("negative_prompt", gr.Textbox(value="", label="Negative prompt", lines=2))
-                        with gr.Tabs(selected=defaults["task"]) as mode_tabs:
-                            _mode_tabs(add, fields["task"])
-                        random_seed, reuse_seed = _settings(add, defaults)
-                        with gr.Accordion("ControlNet", open=False, elem_id="sdc-controlnet"):
-                            units_ui = [_control_unit(add, i, pipeline, form, helps, defaults) for i in range(units)]
-                            add_unit = gr.Button("Add ControlNet unit", size="sm", elem_id="sdc-add-unit")
-                            broken = widgets.unusable_plugins(pipeline)
-                            if broken:
-                                gr.Markdown("Plugins that could not be used (see the Plugins tab):\n" + broken)
-                        _loras(add, loras, form)
-                        _performance(add, defaults)
-                    with gr.Column(scale=2):
-                        with gr.Row():
-                            generate = gr.Button("Generate", variant="primary", elem_id="sdc-generate", scale=3)
-                            stop = gr.Button("Stop", variant="stop", elem_id="sdc-stop", scale=1)
-                        status = gr.Markdown(elem_id="sdc-status")
-                        gallery = gr.Gallery(label="Images", columns=2, height=520, object_fit="contain",
-                                             interactive=False, buttons=["download", "fullscreen"],
-                                             elem_id="sdc-gallery")
-                        with gr.Accordion("Generation info", open=False):
-                            info = gr.Code(language="json", label="Metadata", interactive=False)
+        ui.task = add("task", gr.Radio(list(TASKS), value=defaults["task"], label="Task", visible=False))
+        with gr.Tabs() as ui.main_tabs:
+            with gr.Tab("Generate", id="generate"), gr.Row():
+                with gr.Column(scale=3):
+                    _form(ui, add, pipeline, form, helps, loras, defaults)
+                with gr.Column(scale=2):
+                    _results(ui)
             with gr.Tab("Image info", id="info"):
-                with gr.Row():
-                    info_image = gr.Image(type="filepath", image_mode=None, label="A PNG made by sdcompose",
-                                          sources=["upload", "clipboard"], elem_id="sdc-info-image")
-                    with gr.Column():
-                        parameters = gr.Textbox(label="Parameters", lines=4, interactive=False,
-                                                elem_id="sdc-info-parameters")
-                        restore = gr.Button("Send to Generate (restores every setting)", variant="primary",
-                                            elem_id="sdc-restore")
-                metadata = gr.Code(language="json", label="Metadata", interactive=False, elem_id="sdc-info-metadata")
-                with gr.Accordion("Form fields it restores", open=False):
-                    restored = gr.JSON(label="Fields")
+                _image_info(ui)
             with gr.Tab("Plugins", id="plugins"):
                 gr.Dataframe(widgets.plugin_table(pipeline), interactive=False,
                              headers=["id", "kind", "families", "version", "package", "status", "error"])
-
         if set(fields) != set(handlers.names):
             raise RuntimeError(f"the page and the form disagree on fields: {sorted(set(fields) ^ set(handlers.names))}")
-        groups = [unit["group"] for unit in units_ui]
-        run = generate.click(with_fields(handlers.generate, list(fields)), inputs_kwargs=fields, outputs=[gallery, info, status, last_seed],
-                             api_name="generate", concurrency_limit=1, concurrency_id="device",
-                             show_progress_on=gallery)
-        stop.click(handlers.stop, None, status, api_name="stop", cancels=[run], concurrency_limit=None)
-        random_seed.click(None, None, fields["seed"], js=f"() => {defaults['seed']}")
-        reuse_seed.click(handlers.reuse_seed, last_seed, fields["seed"], api_name="reuse_seed",
-                         api_visibility="undocumented")
-        add_unit.click(handlers.add_unit, shown, [shown, *groups, *(fields[form.unit(i, "enable")] for i in range(units))],
-                       api_name="add_unit", api_visibility="undocumented")
-        for i, unit in enumerate(units_ui):
-            plugin = fields[form.unit(i, "plugin")]
-            plugin.change(handlers.param_groups(list(unit["params"])), plugin, list(unit["params"].values()),
-                          api_name=f"unit{i}_conditioner", api_visibility="undocumented")
-            names = [n for n in fields if n.startswith(form.unit(i, "")) or n in ("width", "height")]
-            unit["preview"].click(with_fields(handlers.previewer(i), names), inputs_kwargs={n: fields[n] for n in names},
-                                  outputs=unit["map"], api_name=f"preview_unit{i}", concurrency_limit=1,
-                                  concurrency_id="device")
-        fields["loras"].change(handlers.lora_weights, fields["loras"], [fields[form.lora(x)] for x in form.loras],
-                               api_name="lora_weights", api_visibility="undocumented")
-        info_image.change(handlers.image_info, info_image, [parameters, metadata, restored], api_name="image_info")
-        restore.click(handlers.restore, info_image,
-                      [*(fields[name] for name in handlers.names), *groups, shown, main_tabs, mode_tabs],
-                      api_name="restore")
+        _events(ui, handlers, form, fields, defaults)
         demo.unload(handlers.forget)
     return demo
+
+
+def _form(ui: SimpleNamespace, add: Add, pipeline: Any, form: Form, helps: dict[str, str], loras: list[Any],
+          defaults: dict[str, Any]) -> None:
+    """The left column: prompts, task tabs, settings, ControlNet units, LoRAs, memory and speed."""
+    add("prompt", gr.Textbox(value="", label="Prompt", lines=3, elem_id="sdc-prompt",
+                             placeholder="a lighthouse on a cliff at dawn"))
+    add("negative_prompt", gr.Textbox(value="", label="Negative prompt", lines=2))
+    with gr.Tabs(selected=defaults["task"]) as ui.mode_tabs:
+        _mode_tabs(add, ui.task)
+    ui.random_seed, ui.reuse_seed = _settings(add, defaults)
+    with gr.Accordion("ControlNet", open=False, elem_id="sdc-controlnet"):
+        ui.units = [_control_unit(add, i, pipeline, form, helps, defaults) for i in range(form.units)]
+        ui.add_unit = gr.Button("Add ControlNet unit", size="sm", elem_id="sdc-add-unit")
+        broken = widgets.unusable_plugins(pipeline)
+        if broken:
+            gr.Markdown("Plugins that could not be used (see the Plugins tab):\n" + broken)
+    _loras(add, loras, form)
+    _performance(add, defaults)
+
+
+def _results(ui: SimpleNamespace) -> None:
+    """The right column: Generate and Stop, the status line, the gallery of saved PNGs, their metadata."""
+    with gr.Row():
+        ui.generate = gr.Button("Generate", variant="primary", elem_id="sdc-generate", scale=3)
+        ui.stop = gr.Button("Stop", variant="stop", elem_id="sdc-stop", scale=1)
+    ui.status = gr.Markdown(elem_id="sdc-status")
+    ui.gallery = gr.Gallery(label="Images", columns=2, height=520, object_fit="contain", interactive=False,
+                            buttons=["download", "fullscreen"], elem_id="sdc-gallery")
+    with gr.Accordion("Generation info", open=False):
+        ui.info = gr.Code(language="json", label="Metadata", interactive=False)
+
+
+def _image_info(ui: SimpleNamespace) -> None:
+    """Upload a PNG: its parameters and metadata as text, and a button that restores every field."""
+    with gr.Row():
+        ui.info_image = gr.Image(type="filepath", image_mode=None, label="A PNG made by sdcompose",
+                                 sources=["upload", "clipboard"], elem_id="sdc-info-image")
+        with gr.Column():
+            ui.parameters = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="sdc-info-parameters")
+            ui.restore = gr.Button("Send to Generate (restores every setting)", variant="primary",
+                                   elem_id="sdc-restore")
+    ui.metadata = gr.Code(language="json", label="Metadata", interactive=False, elem_id="sdc-info-metadata")
+    with gr.Accordion("Form fields it restores", open=False):
+        ui.restored = gr.JSON(label="Fields")
+
+
+def _events(ui: SimpleNamespace, handlers: Handlers, form: Form, fields: dict[str, Any],
+            defaults: dict[str, Any]) -> None:
+    """Every event that reaches the server has an api_name; the web API takes the form's field names."""
+    groups = [unit["group"] for unit in ui.units]
+    run = ui.generate.click(with_fields(handlers.generate, list(fields)), inputs_kwargs=fields,
+                            outputs=[ui.gallery, ui.info, ui.status, ui.last_seed], api_name="generate",
+                            concurrency_limit=1, concurrency_id="device", show_progress_on=ui.gallery)
+    ui.stop.click(handlers.stop, None, ui.status, api_name="stop", cancels=[run], concurrency_limit=None)
+    ui.random_seed.click(None, None, fields["seed"], js=f"() => {defaults['seed']}")
+    ui.reuse_seed.click(handlers.reuse_seed, ui.last_seed, fields["seed"], api_name="reuse_seed",
+                        api_visibility="undocumented")
+    enables = [fields[form.unit(i, "enable")] for i in range(form.units)]
+    ui.add_unit.click(handlers.add_unit, ui.shown, [ui.shown, *groups, *enables], api_name="add_unit",
+                      api_visibility="undocumented")
+    for i, unit in enumerate(ui.units):
+        plugin = fields[form.unit(i, "plugin")]
+        plugin.change(handlers.param_groups(list(unit["params"])), plugin, list(unit["params"].values()),
+                      api_name=f"unit{i}_conditioner", api_visibility="undocumented")
+        names = [name for name in fields if name.startswith(form.unit(i, "")) or name in ("width", "height")]
+        unit["preview"].click(with_fields(handlers.previewer(i), names), inputs_kwargs={n: fields[n] for n in names},
+                              outputs=unit["map"], api_name=f"preview_unit{i}", concurrency_limit=1,
+                              concurrency_id="device")
+    fields["loras"].change(handlers.lora_weights, fields["loras"], [fields[form.lora(x)] for x in form.loras],
+                           api_name="lora_weights", api_visibility="undocumented")
+    ui.info_image.change(handlers.image_info, ui.info_image, [ui.parameters, ui.metadata, ui.restored],
+                         api_name="image_info")
+    ui.restore.click(handlers.restore, ui.info_image,
+                     [*(fields[name] for name in handlers.names), *groups, ui.shown, ui.main_tabs, ui.mode_tabs],
+                     api_name="restore")
 
 
 def _mode_tabs(add: Add, task_field: Any) -> None:
