@@ -1,0 +1,337 @@
+"""sdcompose next to plain diffusers, in one process, on the same parts: s/call, ms/step, peak memory.
+
+    python benchmarks/run.py --smoke                    CPU, tiny models, seconds (CI runs this)
+    python benchmarks/run.py --out DIR [--budget S]     CUDA: full-size SD1.5 (then SDXL) parts, random weights
+
+Plain diffusers runs the very modules sdcompose has loaded (``Pipeline.diffusers_pipeline``), built
+into the diffusers pipeline class of the composition, with diffusers' own calls for each memory mode.
+Writes results.json and results.md to --out (default $OUT, else a temporary folder); prints the table.
+Sections run in order of importance and are skipped, saying so, once --budget seconds are spent.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import measure
+import parts
+import sdcompose
+from sdcompose.metadata import library_versions, read_png
+from sdcompose.pipelines import memory
+from sdcompose.pipelines.catalog import home
+
+PROMPT = "a photo of a cat"
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Case:
+    name: str
+    controls: int = 1
+    loras: int = 0
+    batch: int = 1
+    size: int = 512
+    steps: int = 20
+    memory: str = "auto"
+    attention: str = "auto"
+    vram: str | None = None
+    cap_gb: float | None = None  # torch.cuda.set_per_process_memory_fraction, for sdcompose's run
+    plain: str | None = ""  # how plain diffusers runs it ("" as is; a mode; None: not run)
+    runs: int = 3
+
+
+class Bench:
+    def __init__(self, overlay: Path | None, ids: dict[str, Any], device: str, dtype: torch.dtype) -> None:
+        self.pipe = sdcompose.Pipeline(models=str(overlay) if overlay else None, device=device, dtype=dtype)
+        self.ids, self.device = ids, device
+        self._maps: dict[int, Image.Image] = {}
+
+    def control_map(self, size: int) -> Image.Image:
+        if size not in self._maps:
+            noise = np.random.default_rng(size).random((size, size, 3))
+            self._maps[size] = Image.fromarray((noise * 255).astype(np.uint8))
+        return self._maps[size]
+
+    def controls(self, case: Case) -> list[sdcompose.Control]:
+        return [sdcompose.Control("canny", image=self.control_map(case.size), preprocessed=True, model=cn,
+                                  resize_mode="just_resize") for cn in self.ids["cn"][:case.controls]]
+
+    def generate(self, case: Case, steps: int, tick=None, **extra: Any) -> sdcompose.Result:
+        return self.pipe.generate(PROMPT, model=self.ids["base"], controls=self.controls(case),
+                                  loras=[sdcompose.Lora(i, 0.5) for i in self.ids["lora"][:case.loras]],
+                                  width=case.size, height=case.size, steps=steps, guidance=7.5, seed=0,
+                                  batch=case.batch, memory=case.memory, attention=case.attention, vram=case.vram,
+                                  progress=(lambda _step, _total: tick()) if tick else None, **extra)
+
+    # ---- sdcompose -----------------------------------------------------------------------------
+    def ours(self, case: Case) -> dict[str, Any]:
+        capped = case.cap_gb is not None and self.device.startswith("cuda")
+        if capped:
+            torch.cuda.empty_cache()
+            total = torch.cuda.get_device_properties(torch.device(self.device)).total_memory
+            torch.cuda.set_per_process_memory_fraction(case.cap_gb * 2**30 / total)
+        try:
+            row = measure.timed(lambda tick: self.generate(case, case.steps if tick else 2, tick), case.runs,
+                                self.device)
+        finally:
+            if capped:
+                torch.cuda.set_per_process_memory_fraction(1.0)
+        meta = row.pop("output").metadata
+        return {**row, "plan": meta["memory_plan"]["mode"], "plan_reason": meta["memory_plan"]["reason"],
+                "estimate_gb": meta["memory_plan"]["estimate_gb"], "attention": meta["attention"]["backend"],
+                "vae_decode": meta["vae_decode"]}
+
+    # ---- plain diffusers -----------------------------------------------------------------------
+    def plain(self, case: Case) -> dict[str, Any]:
+        from diffusers import DPMSolverMultistepScheduler
+        controls = self.controls(case)
+        if case.plain.startswith("lora"):  # sdcompose keeps its LoRAs fused between requests: restore the base
+            self.generate(Case("restore", controls=case.controls, size=case.size), steps=1)
+        ref = self.pipe.diffusers_pipeline(self.ids["base"], controls)
+        plain = type(ref)(**ref.components)
+        plain.scheduler = DPMSolverMultistepScheduler.from_config(ref.scheduler.config, algorithm_type="dpmsolver++",
+                                                                  solver_order=2)
+        plain.set_progress_bar_config(disable=True)
+        names = self._setup(plain, case)
+        kwargs = dict(prompt=PROMPT, height=case.size, width=case.size, guidance_scale=7.5,
+                      num_images_per_prompt=case.batch, output_type="np")
+        if controls:
+            maps = [self.control_map(case.size)] * len(controls)
+            kwargs["image"] = maps[0] if len(maps) == 1 else maps
+
+        def call(tick):
+            step = (lambda _p, _i, _t, tensors: (tick(), tensors)[1]) if tick else None
+            return plain(**kwargs, num_inference_steps=case.steps if tick else 2, callback_on_step_end=step,
+                         generator=[torch.Generator("cpu").manual_seed(i) for i in range(case.batch)])
+
+        try:
+            row = measure.timed(call, case.runs, self.device)
+        finally:
+            self._reset(plain, names)
+        row.pop("output")
+        return row
+
+    def _setup(self, plain: Any, case: Case) -> list[str]:
+        mode, device = case.plain, torch.device(self.device)
+        if mode == "model_offload":
+            plain.enable_model_cpu_offload(device=device)
+        elif mode == "sequential_offload":
+            plain.enable_sequential_cpu_offload(device=device)
+        elif mode == "group_offload":
+            plain.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1,
+                                       use_stream=True)
+        elif mode in ("vae_tiling", "vae_slicing"):
+            getattr(plain.vae, f"enable_{mode[4:]}")()
+        elif mode == "sliced":
+            plain.enable_attention_slicing()
+        elif mode.startswith("lora"):
+            names = [f"plain{i}" for i in range(case.loras)]
+            for name, lora_id in zip(names, self.ids["lora"]):
+                plain.load_lora_weights(str(self.pipe.loader.path(self.pipe.catalog.get(lora_id))), adapter_name=name)
+            plain.set_adapters(names, adapter_weights=[0.5] * len(names))
+            if mode == "lora_fused":
+                plain.fuse_lora(components=["unet"], adapter_names=names)
+            return names
+        return []
+
+    def _reset(self, plain: Any, names: list[str]) -> None:
+        """Undo plain diffusers' hooks, LoRAs and settings on the shared modules."""
+        from diffusers.models.attention_processor import AttnProcessor2_0
+        if names:
+            plain.unfuse_lora(components=["unet"])
+            plain.delete_adapters(names)
+        cached = [m for c in self.pipe._bases.values() for m in c.values() if isinstance(m, torch.nn.Module)]
+        cached += list(self.pipe._controlnets.values())
+        release = memory.Placement()
+        for module in cached:
+            release.release(module)
+            if hasattr(module, "set_attn_processor"):
+                module.set_attn_processor(AttnProcessor2_0())
+        plain.vae.disable_tiling()
+        plain.vae.disable_slicing()
+        self.pipe._placement.forget({str(i): m for i, m in enumerate(cached)})
+
+    def row(self, case: Case) -> dict[str, Any]:
+        row: dict[str, Any] = {"case": case.name, "setting": asdict(case)}
+        for side, run in (("sdcompose", self.ours), ("diffusers", self.plain)):
+            if side == "diffusers" and case.plain is None:
+                continue
+            try:
+                row[side] = run(case)
+            except Exception as exc:  # one failing case must not lose the others
+                row[side] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+            torch.cuda.empty_cache() if self.device.startswith("cuda") else None
+        print(json.dumps({k: v for k, v in row.items() if k != "setting"}), flush=True)
+        return row
+
+
+# ---- sections ------------------------------------------------------------------------------------
+SMOKE = [Case("txt2img", controls=0, size=64, steps=3, runs=1), Case("+1 ControlNet", size=64, steps=3, runs=1),
+         Case("+1 ControlNet + LoRA (diffusers: unfused)", loras=1, size=64, steps=3, runs=1, plain="lora_unfused")]
+CORE = [Case("txt2img", controls=0), Case("+1 ControlNet"), Case("+2 ControlNets", controls=2),
+        Case("+1 ControlNet, batch 4", batch=4, runs=2), Case("+1 ControlNet, 1024x1024", size=1024, runs=2),
+        Case("+1 ControlNet + 3 LoRAs (sdcompose fuses; diffusers unfused)", loras=3, plain="lora_unfused"),
+        Case("+1 ControlNet + 3 LoRAs (diffusers fused too)", loras=3, plain="lora_fused", runs=2)]
+MEMORY = [Case("+1 ControlNet, model offload", memory="model_offload", plain="model_offload", runs=2),
+          Case("+1 ControlNet, group offload (streams)", memory="group_offload", plain="group_offload", runs=2),
+          Case("+1 ControlNet, capped at 4 GB (auto)", vram="4GB", cap_gb=4, plain=None, runs=2),
+          Case("+1 ControlNet, capped at 2 GB (auto)", vram="2GB", cap_gb=2, plain=None, runs=2),
+          Case("+1 ControlNet, 1024x1024, VAE tiling", size=1024, memory="vae_tiling", plain="vae_tiling", runs=1),
+          Case("+1 ControlNet, batch 4, VAE slicing", batch=4, memory="vae_slicing", plain="vae_slicing", runs=1),
+          Case("+1 ControlNet, sequential offload (4 steps)", steps=4, memory="sequential_offload",
+               plain="sequential_offload", runs=1),
+          Case("+1 ControlNet, sliced attention", attention="sliced", plain="sliced", runs=2)]
+SDXL = [Case("SDXL + 1 ControlNet, 1024x1024, capped at 8 GB (auto)", size=1024, vram="8GB", cap_gb=8, plain=None,
+             runs=1)]
+
+
+def fast_mode(overlay: Path, ids: dict[str, Any]) -> dict[str, Any]:
+    """Fast mode in fresh processes: cold (empty compile cache), then warm."""
+    cache = home() / "compile"
+    subprocess.run(["rm", "-rf", str(cache)], check=False)
+    out = {}
+    for label in ("cold", "warm"):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(HERE / "fast_start.py"), "--models", str(overlay),
+                               "--ids", json.dumps(ids)] + (["--full"] if label == "cold" else []),
+                              capture_output=True, text=True, timeout=400)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        out[label] = json.loads(lines[-1]) if lines else {"error": proc.stderr.strip().splitlines()[-3:]}
+        out[label]["process_s"] = round(time.perf_counter() - start, 1)
+        print(json.dumps({"fast": label, **out[label]}), flush=True)
+    return out
+
+
+def cli_check(bench: Bench, overlay: Path, work: Path) -> dict[str, Any]:
+    """`sdcompose generate ... --vram 2GB` against the same image made without a cap."""
+    case = Case("cli")
+    default = bench.generate(case, 20)
+    control = work / "control.png"
+    bench.control_map(512).save(control)
+    target = work / "capped.png"
+    cmd = [sys.executable, "-m", "sdcompose.cli", "generate", PROMPT, "-m", bench.ids["base"], "--models", str(overlay),
+           "--control", f"canny={control}:preprocessed=true:model={bench.ids['cn'][0]}:resize_mode=just_resize",
+           "-W", "512", "-H", "512", "--steps", "20", "--guidance", "7.5", "--seed", "0", "--vram", "2GB",
+           "-o", str(target), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        return {"command": " ".join(cmd), "error": proc.stderr.strip()[-500:]}
+    meta, _ = read_png(target)
+    capped = np.asarray(Image.open(target).convert("RGB"), dtype=np.int16)
+    plain = np.asarray(default.images[0], dtype=np.int16)
+    return {"command": "sdcompose generate ... --vram 2GB", "plan": meta["memory_plan"],
+            "max_abs_diff_8bit": int(np.abs(capped - plain).max()),
+            "mean_abs_diff_8bit": round(float(np.abs(capped - plain).mean()), 4)}
+
+
+def targets(rows: list[dict[str, Any]], fast: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, from this run's numbers (None where unmeasured)."""
+    by = {r["case"]: r for r in rows}
+    get = (lambda case, side, key: (by.get(case, {}).get(side) or {}).get(key))
+    cn1 = "+1 ControlNet"
+    out = {"default s/call vs diffusers (<= 1.02)": measure.ratio(get(cn1, "sdcompose", "s_per_call"),
+                                                                   get(cn1, "diffusers", "s_per_call"))}
+    warm = fast.get("cold", {})
+    if warm.get("fast_ms_per_step"):
+        out["fast ms/step"] = warm["fast_ms_per_step"]
+        out["fast step rate vs diffusers (>= 3)"] = measure.ratio(warm.get("plain_ms_per_step"),
+                                                                  warm["fast_ms_per_step"])
+        out["fast vs default max abs pixel diff"] = warm.get("max_abs_diff")
+    out["3 LoRAs fused ms/step vs no LoRA (<= 1.05)"] = measure.ratio(
+        get("+1 ControlNet + 3 LoRAs (sdcompose fuses; diffusers unfused)", "sdcompose", "ms_per_step"),
+        get(cn1, "sdcompose", "ms_per_step"))
+    for gb, limit in ((4, 1.3), (2, 3)):
+        out[f"capped {gb} GB s/call vs uncapped (<= {limit})"] = measure.ratio(
+            get(f"+1 ControlNet, capped at {gb} GB (auto)", "sdcompose", "s_per_call"), get(cn1, "sdcompose", "s_per_call"))
+    out["SDXL + ControlNet 1024 peak GB (< 8)"] = get(SDXL[0].name, "sdcompose", "peak_gb")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, a few seconds")
+    parser.add_argument("--out", default=os.environ.get("OUT") or tempfile.mkdtemp(prefix="sdcompose-bench-"))
+    parser.add_argument("--budget", type=float, default=330, help="seconds for the GPU sections (default 330)")
+    parser.add_argument("--no-sdxl", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    results: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "versions": library_versions(), "smoke": args.smoke, "rows": [], "skipped": []}
+    if device == "cpu" and not args.smoke:
+        print("no CUDA device: running the smoke benchmark", file=sys.stderr)
+    save = lambda: (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    left = (lambda: args.budget - (time.monotonic() - start))
+
+    if device == "cpu":
+        torch.set_num_threads(1)  # tiny models: one thread is the fastest and steadiest on a shared CPU
+        bench = Bench(None, {"base": "tiny-sd15", "cn": ["tiny-controlnet-canny-sd15"], "lora": ["tiny-lora-sd15"]},
+                      "cpu", torch.float32)
+        results["rows"] = [bench.row(case) for case in SMOKE]
+    else:
+        root = home() / "models"
+        entries = parts.build(root, "sd15", device, torch.float16, controlnets=2, loras=3)
+        overlay = parts.overlay(home() / "bench-models.yaml", entries)
+        ids = {"base": "bench-sd15", "cn": ["bench-sd15-cn0", "bench-sd15-cn1"],
+               "lora": [f"bench-sd15-lora{i}" for i in range(3)]}
+        bench = Bench(overlay, ids, device, torch.float16)
+        for case in CORE + MEMORY[:4]:
+            if left() < 20:
+                results["skipped"].append(case.name)
+                continue
+            results["rows"].append(bench.row(case))
+            save()
+        results["fast"] = fast_mode(overlay, ids) if left() > 150 else {"skipped": "time"}
+        save()
+        results["cli_vram_2gb"] = cli_check(bench, overlay, Path(tempfile.mkdtemp())) if left() > 40 else "skipped"
+        save()
+        for case in MEMORY[4:]:
+            if left() < 30:
+                results["skipped"].append(case.name)
+                continue
+            results["rows"].append(bench.row(case))
+            save()
+        del bench
+        torch.cuda.empty_cache()
+        if not args.no_sdxl and left() > 120:
+            entries.update(parts.build(root, "sdxl", device, torch.float16, controlnets=1))
+            overlay = parts.overlay(overlay, entries)
+            xl = Bench(overlay, {"base": "bench-sdxl", "cn": ["bench-sdxl-cn0"], "lora": []}, device, torch.float16)
+            results["rows"] += [xl.row(case) for case in SDXL]
+        else:
+            results["skipped"] += [case.name for case in SDXL]
+        results["targets"] = targets(results["rows"], results.get("fast", {}))
+    results["elapsed_s"] = round(time.monotonic() - start, 1)
+    save()
+    text = measure.table(results["rows"])
+    (out / "results.md").write_text(f"{results['device']}, {results['date']}, torch {results['versions']['torch']}, "
+                                    f"diffusers {results['versions']['diffusers']}\n\n{text}\n")
+    print(text)
+    cn1 = next(r for r in results["rows"] if r["case"] == "+1 ControlNet")
+    overhead = measure.ratio(cn1.get("sdcompose", {}).get("s_per_call"), cn1.get("diffusers", {}).get("s_per_call"))
+    print(f"overhead ratio (sdcompose / plain diffusers, s per call, +1 ControlNet): {overhead}")
+    if results.get("targets"):
+        print(json.dumps(results["targets"], indent=1))
+    if results["skipped"]:
+        print(f"skipped for time: {', '.join(results['skipped'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
