@@ -243,6 +243,19 @@ def test_file_routes_serve_only_the_apps_own_files(server, home):
         assert status >= 400, (path, status)
 
 
+def test_image_inputs_cannot_name_files_on_the_server(server, client, home):
+    """A raw API call that puts a server path where an upload belongs is refused before anything reads it."""
+    Image.new("RGB", (64, 64), "red").save(home / "not-uploaded.png")
+    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
+    values = {p["parameter_name"]: p["parameter_default"] for p in parameters} | dict(SMALL, task="img2img")
+    values["init_image"] = {"path": str(home / "not-uploaded.png"), "meta": {"_type": "gradio.FileData"}}
+    call = httpx.post(f"{server.url}/gradio_api/call/generate", headers={"Cookie": server.cookie},
+                      json={"data": [values[p["parameter_name"]] for p in parameters]})
+    events = httpx.get(f"{server.url}/gradio_api/call/generate/{call.json()['event_id']}",
+                       headers={"Cookie": server.cookie}, timeout=60).text
+    assert "event: error" in events and "not uploaded by a user" in events, events[:300]
+
+
 def test_uploads_are_capped(server):
     headers = {"Cookie": server.cookie}
     small = httpx.post(f"{server.url}/gradio_api/upload", headers=headers, files={"files": ("a.png", b"x" * 1000)})

@@ -34,7 +34,8 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) 
     """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units.
 
     Generated PNGs go under ``workdir`` (default: a temporary folder removed at exit), one folder per
-    browser session, deleted when its tab closes.
+    browser session, deleted when its tab closes. Gradio serves them from its own cache; a ``workdir``
+    outside the system temp folder must be in ``launch(allowed_paths=...)`` for Gradio to take them.
     """
     units = max(1, min(units, LIMITS["controls"]))
     if workdir is None:
