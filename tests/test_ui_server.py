@@ -197,6 +197,21 @@ def test_image_info_round_trip_restores_every_field_and_the_same_image(client, p
     assert np.array_equal(pixels(remade), pixels(made))
 
 
+def test_inpaint_with_an_uploaded_mask_round_trips(client, photo, mask):
+    from gradio_client import handle_file
+    editor = {"background": handle_file(str(photo)), "layers": [], "composite": None}
+    made = client.predict(prompt="a door", seed=5, task="inpaint", inpaint=editor, mask=handle_file(str(mask)),
+                          strength=0.9, api_name="/generate", **SMALL)[0][0]["image"]
+    assert png_meta(made)["task"] == "inpaint"
+    _, _, fields = client.predict(image=handle_file(made), api_name="/image_info")
+    restored = dict(zip(fields, client.predict(image=handle_file(made), api_name="/restore")))
+    assert restored["task"] == "inpaint" and restored["strength"] == 0.9
+    editor = {"background": handle_file(restored["inpaint"]["background"]), "layers": [], "composite": None}
+    again = {k: v for k, v in restored.items() if v is not None} | {"inpaint": editor,
+                                                                     "mask": handle_file(restored["mask"])}
+    assert np.array_equal(pixels(client.predict(api_name="/generate", **again)[0][0]["image"]), pixels(made))
+
+
 def test_errors_reach_the_client_and_the_session_carries_on(client):
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="width must be a multiple of 8, got 100"):

@@ -54,7 +54,7 @@ class Form:
         return f"lora_{_unique_slugs(self.loras)[lora_id]}"
 
     def defaults(self) -> dict[str, Any]:
-        """Every field name, in the order the page and the web API list them, with its starting value."""
+        """Every field name with its starting value, in the order ``/image_info`` and ``/restore`` list them."""
         values = {name: list(value) if isinstance(value, list) else value for name, value in DEFAULTS.items()}
         values.update({self.lora(lora_id): LORA_WEIGHT for lora_id in self.loras})
         first = next(iter(self.conditioners), None)

@@ -18,8 +18,8 @@ from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.plugins.api import PluginError
 
 from .form import Form
-from .widgets import escape
 from .sessions import Sessions
+from .widgets import escape
 
 log = logging.getLogger("sdcompose.ui")
 TITLES = {ValidationError: "Invalid request", OutOfMemory: "Out of memory", ModelError: "Model problem",
