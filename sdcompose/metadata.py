@@ -8,6 +8,7 @@ control maps, init image and mask as PNG, so reproducing needs no other file) an
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import platform
@@ -30,6 +31,12 @@ LIBRARIES = ("sdcompose", "torch", "diffusers", "transformers", "peft", "safeten
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an image (read once per process: a lookup costs milliseconds)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
