@@ -185,6 +185,30 @@ def test_allow_pickle_lora_and_single_file_are_weights_only(pipe, root, sentinel
     assert not sentinel.exists()
 
 
+def test_diffusers_own_loader_is_weights_only(tmp_path, sentinel):
+    """What diffusers runs for an opted-in .bin/.ckpt (models, single files, LoRAs): its load_state_dict."""
+    from diffusers.models.model_loading_utils import load_state_dict
+    for zipped in (False, True):
+        file = evil_pickle(tmp_path / f"diffusion_pytorch_model{zipped}.bin", sentinel, zipped=zipped)
+        with pytest.raises(OSError):
+            load_state_dict(str(file))
+        assert not sentinel.exists()
+
+
+def test_allow_pickle_controlnet_is_weights_only(pipe, root, sentinel, tmp_path, photo):
+    copy_base(pipe, root)
+    source = pipe.loader.path(pipe.catalog.get("tiny-controlnet-canny-sd15"))
+    (root / "cn").mkdir()
+    shutil.copy(source / "config.json", root / "cn" / "config.json")
+    evil_pickle(root / "cn" / "diffusion_pytorch_model.bin", sentinel)
+    yaml = catalog(tmp_path, root, {"local-base": dict(kind="base", family="sd15", path="base"),
+                                    "cn": dict(kind="controlnet", family="sd15", path="cn", allow_pickle="true")})
+    p = sdcompose.Pipeline(yaml, device="cpu")
+    with pytest.raises(sdcompose.ModelError, match="not plain weights"):
+        p.generate(model="local-base", controls=[sdcompose.Control("canny", photo, model="cn")], **SMALL)
+    assert not sentinel.exists() and p._controlnets == {}
+
+
 def test_torch_load_itself_refuses_the_payload(tmp_path, sentinel):
     """What diffusers calls for an opted-in .bin: torch.load(weights_only=True) never runs the payload."""
     for zipped in (False, True):
