@@ -22,6 +22,7 @@ the UNet graph's own buffers, and a ControlNet used twice in one step (two units
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import weakref
@@ -165,13 +166,12 @@ class FastMode:
 
     # ---- per module ----------------------------------------------------------------------------
     def _fn(self, module: Any) -> Any:
-        eager = type(module).forward.__get__(module)
         if not self.compile:
-            return eager
-        if module not in self._compiled:
+            return type(module).forward.__get__(module)
+        if module not in self._compiled:  # compiled unbound, so this cache holds no reference to the module
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", self.cache_dir)  # read by inductor on each compile
-            self._compiled[module] = torch.compile(eager, dynamic=False)
-        return self._compiled[module]
+            self._compiled[module] = torch.compile(type(module).forward, dynamic=False)
+        return functools.partial(self._compiled[module], module)
 
     def _forward(self, module: Any, report: dict[str, Any]):
         token = _weights_token(module)
