@@ -60,9 +60,9 @@ def running_ui(log: Path, *args: str):
                 time.sleep(0.3)
         yield url, proc
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:  # the server stops at once; the interpreter's own teardown (torch, threads) can take seconds more
-            proc.wait(timeout=5)
+        proc.send_signal(signal.SIGTERM)  # as a service manager would; the server deletes its folder and exits
+        try:
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -71,6 +71,7 @@ def running_ui(log: Path, *args: str):
 class Server:
     def __init__(self, url: str, proc: subprocess.Popen, downloads: Path) -> None:
         self.url, self.proc, self.downloads = url, proc, downloads
+        self.workdir: Path | None = None
         self.port = int(url.rsplit(":", 1)[1])
         login = httpx.post(f"{url}/login", data={"username": USER, "password": PASSWORD})
         assert login.status_code == 200, login.text
@@ -103,7 +104,10 @@ class Server:
 def server(tmp_path_factory, home):
     folder = tmp_path_factory.mktemp("ui-server")
     with running_ui(folder / "server.log", "--auth", f"{USER}:{PASSWORD}") as (url, proc):
-        yield Server(url, proc, folder / "downloads")
+        server = Server(url, proc, folder / "downloads")
+        yield server
+    if server.workdir is not None:  # learnt from a served file's path
+        assert not server.workdir.exists(), "the server must delete its own folder when it stops"
 
 
 @pytest.fixture(scope="module")
@@ -228,11 +232,12 @@ def test_errors_reach_the_client_and_the_session_carries_on(client):
 def test_file_routes_serve_only_the_apps_own_files(server, home):
     secret = home / "ui-secret.txt"
     secret.write_text("TOP-SECRET-TOKEN")
-    weights = next((home / "models" / "tiny").rglob("*.safetensors"))
     raw = server.client(download_files=False)
     served = raw.predict(prompt="x", api_name="/generate", **SMALL)[0][0]["image"]
     raw.close()
+    weights = next((home / "models" / "tiny").rglob("*.safetensors"))  # built by that first generation
     own = served["path"]
+    server.workdir = next(p for p in Path(own).parents if p.name.startswith("sdcompose-ui-"))
     status, body = server.raw_get(f"/gradio_api/file={own}")
     assert status == 200 and body.startswith(b"\x89PNG"), "the app's own output must be served"
 
