@@ -125,3 +125,12 @@ def test_errors_reach_the_page_as_escaped_text():
     with pytest.raises(gr.Error) as caught, errors_in_page():
         raise KeyError("<b>")
     assert caught.value.title == "Internal error" and "&lt;b&gt;" in caught.value.message
+
+
+def test_importing_the_ui_loads_no_model_code():
+    import subprocess
+    import sys
+    code = ("import sys, sdcompose.ui.app, sdcompose.ui.serve; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr

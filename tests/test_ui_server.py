@@ -41,11 +41,12 @@ def free_port() -> int:
 
 @contextmanager
 def running_ui(log: Path, *args: str):
-    """``sdcompose ui`` in a subprocess on a free loopback port; yields (url, process); always shut down."""
+    """``sdcompose ui`` on CPU in a subprocess on a free loopback port; yields (url, process); always shut down."""
     port = free_port()
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sdcompose.cli", "ui", "--port", str(port), *args],
+        proc = subprocess.Popen([sys.executable, "-m", "sdcompose.cli", "ui", "--port", str(port), "--device", "cpu",
+                                 *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
