@@ -77,6 +77,20 @@ class Loader:
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the network "
                              "or download it and point models.yaml `path:` at the folder") from None
 
+    def is_local(self, entry: Entry) -> bool:
+        """Whether an entry's files are on this machine already (tiny models build offline on first use)."""
+        if entry.tiny:
+            return True
+        if entry.repo:
+            from huggingface_hub import try_to_load_from_cache
+            probe = entry.filename or ("model_index.json" if entry.kind == "base" else "config.json")
+            probe = f"{entry.subfolder}/{probe}" if entry.subfolder else probe
+            return isinstance(try_to_load_from_cache(entry.repo, probe, revision=entry.revision), str)
+        try:
+            return self.catalog.local(entry.path or entry.file).exists()
+        except ModelError:
+            return False
+
     def files(self, entry: Entry) -> list[Path]:
         """The entry's weight files, each checked by content; pickles refused unless opted in."""
         root = self.path(entry)

@@ -142,8 +142,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for model_id in args.ids or ids:
         entry = catalog.get(model_id)
         if entry.repo and not args.download:
-            local = _hub_cached(entry)
-            if local is None:
+            if not loader.is_local(entry):
                 print(f"{model_id:32} not downloaded ({entry.repo}@{entry.revision[:10]}; --download fetches it)")
                 continue
         try:
@@ -153,13 +152,6 @@ def cmd_models(args: argparse.Namespace) -> int:
             failed += 1
             print(f"{model_id:32} BAD {exc}")
     return 1 if failed else 0
-
-
-def _hub_cached(entry: Any) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-    probe = entry.filename or ("model_index.json" if entry.kind == "base" else "config.json")
-    found = try_to_load_from_cache(entry.repo, probe, revision=entry.revision, subfolder=entry.subfolder)
-    return Path(found) if isinstance(found, str) else None
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

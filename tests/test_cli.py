@@ -64,3 +64,9 @@ def test_preprocess_writes_the_control_map(tmp_path, photo, home):
     run = cli("preprocess", "canny", photo, "-o", out, "--param", "low_threshold=20")
     assert run.returncode == 0, run.stderr
     assert np.asarray(Image.open(out)).max() == 255
+
+
+def test_models_check_reports_hub_models_not_downloaded(home):
+    run = cli("models", "check", "sd15")
+    assert run.returncode == 0, run.stderr
+    assert "not downloaded" in run.stdout and "--download" in run.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import textwrap
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +16,13 @@ SMALL = dict(prompt="x", model="tiny-sd15", width=64, height=64, steps=2, seed=4
 TAG = uuid.uuid4().hex[:6]
 PKG = f"sdc_faulty_{TAG}"  # module names unique to this run: nothing cached from elsewhere
 
-PLUGINS = f'''
+PLUGINS = '''
 import sys
 import numpy as np
 from PIL import Image
 from sdcompose.plugins.api import Adapter, Conditioner, ParamSpec
 
-EDGES = {{"sd15": "controlnet-canny-sd15", "sdxl": "controlnet-canny-sdxl"}}
+EDGES = {"sd15": "controlnet-canny-sd15", "sdxl": "controlnet-canny-sdxl"}
 
 
 class Sobel(Conditioner):
@@ -48,7 +47,7 @@ class Dupe(Sobel):
 
 class BadMeta(Sobel):
     id = "badmeta"
-    families = frozenset({{"sd3"}})
+    families = frozenset({"sd3"})
 
 
 class WrongId(Sobel):
@@ -92,7 +91,7 @@ class HookyLora(Adapter):
                 if len(calls) == 2:
                     raise RuntimeError("hooky adapter exploded mid-denoise")
             self.handles.append(pipe.unet.register_forward_hook(hook))
-        return {{}}
+        return {}
 
     def remove(self, pipe):
         for handle in self.handles:
@@ -108,7 +107,7 @@ class StuckLora(HookyLora):
             import torch
             with torch.no_grad():
                 next(pipe.unet.parameters()).mul_(3.0)
-        return {{}}
+        return {}
 
     def remove(self, pipe):
         raise RuntimeError("cannot remove")

@@ -7,7 +7,6 @@ from typing import Any
 
 import gradio as gr
 
-from sdcompose.errors import SdcomposeError
 from sdcompose.plugins.api import ParamSpec
 
 TEST_MODEL = "test model: its images are noise"
@@ -35,21 +34,6 @@ def param_widget(spec: ParamSpec, value: Any = None) -> gr.components.Component:
     return gr.Textbox(value=value, label=label, info=info)
 
 
-def is_local(pipeline: Any, entry: Any) -> bool:
-    """Whether an entry's weights are on this machine already (tiny models are built offline on first use)."""
-    if entry.tiny:
-        return True
-    if entry.repo:
-        from huggingface_hub import try_to_load_from_cache
-        probe = entry.filename or ("model_index.json" if entry.kind == "base" else "config.json")
-        probe = f"{entry.subfolder}/{probe}" if entry.subfolder else probe
-        return isinstance(try_to_load_from_cache(entry.repo, probe, revision=entry.revision), str)
-    try:
-        return pipeline.catalog.local(entry.path or entry.file).exists()
-    except SdcomposeError:
-        return False
-
-
 def base_models(pipeline: Any) -> tuple[list[tuple[str, str]], str]:
     """Dropdown choices ``(label, id)`` for the base models, families shown, and the default pick.
 
@@ -57,7 +41,7 @@ def base_models(pipeline: Any) -> tuple[list[tuple[str, str]], str]:
     test model, so the page works offline out of the box.
     """
     entries = [e for e in pipeline.catalog.entries.values() if e.kind == "base"]
-    local = {e.id: is_local(pipeline, e) for e in entries}
+    local = {e.id: pipeline.loader.is_local(e) for e in entries}
     choices = [(f"{e.id} ({e.family}, {TEST_MODEL})" if e.tiny else
                 f"{e.id} ({e.family}{'' if local[e.id] else ', downloads on first use'})", e.id) for e in entries]
     wanted = os.environ.get("SDCOMPOSE_MODEL")
