@@ -202,26 +202,19 @@ class FastMode:
         return forward
 
     def _capture(self, module: Any, leaves: list[Any], spec: Any, param: Any, report: dict[str, Any]) -> Any:
+        """A new graph for this call, or False (this shape runs eager); the report says what happened."""
         name = type(module).__name__
         try:
             graph = _Graph(self._fn(module), leaves, spec, param.device, param.dtype)
         except torch.OutOfMemoryError:
             raise
-        except Exception as exc:  # compiling failed: capture the eager forward instead
-            if not self.compile:
-                return self._failed(report, f"{name} could not be captured ({type(exc).__name__}: "
-                                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); it ran eager")
-            self.compile = False
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            compiled, self.compile = self.compile, False  # from now on, graphs of the eager forwards
             report["compiled"] = False
-            report["reason"] = (f"compiling {name} failed ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); graphs of the eager forwards")
+            report["reason"] = f"compiled {name} failed ({detail}); captured the eager forwards instead" \
+                if compiled else f"{name} could not be captured ({detail}); it ran eager"
             log.warning("fast mode: %s", report["reason"])
-            return self._capture(module, leaves, spec, param, report)
+            return self._capture(module, leaves, spec, param, report) if compiled else False
         report["captured"] += 1
         return graph
-
-    @staticmethod
-    def _failed(report: dict[str, Any], reason: str) -> bool:
-        report["reason"] = reason
-        log.warning("fast mode: %s", reason)
-        return False
