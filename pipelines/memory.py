@@ -161,21 +161,20 @@ def estimate(w: Workload, plan: MemoryPlan) -> int:
     acts = activations(w, plan.vae_slicing, plan.vae_tiling)
     peak = 0.0
     for phase in ("text", "denoise", "decode"):
-        resident = 0.0
+        resident, streamed = 0.0, 0.0
         for name, size in w.weights.items():
             if name == "vae" and phase == "decode" and w.vae_upcast:
                 size *= 2
             where = _phase(name)
-            if plan.placement == "none" or where == "all":
-                resident += size
+            if plan.placement == "none" or where == "all" or (plan.placement == "group_offload" and name == "vae"):
+                resident += size  # group offload keeps the (small) VAE on the device: see Placement.attach
             elif plan.placement == "model_offload":
                 # diffusers moves each model in when it runs; ControlNets stay until the call ends
                 kept = where == "denoise" and name.startswith("controlnet") and phase == "decode"
                 resident += size if where == phase or kept else 0
-            elif where == phase:
-                part = w.groups[name] if plan.placement == "group_offload" else 2 * w.leaves[name]
-                resident = max(resident, part)  # models of a phase run one after another
-        peak = max(peak, resident + acts[phase])
+            elif where == phase:  # models of a phase run one after another
+                streamed = max(streamed, w.groups[name] if plan.placement == "group_offload" else 2 * w.leaves[name])
+        peak = max(peak, resident + streamed + acts[phase])
     return int(peak + FIXED)
 
 
@@ -269,14 +268,22 @@ class Placement:
             from accelerate import cpu_offload
             from diffusers.hooks import apply_group_offloading
             for module in modules:
+                if plan.placement == "group_offload" and module is models.get("vae"):
+                    # stays on the device: small, and SDXL's pipeline casts it to float32 to decode, which
+                    # group offload's float16 CPU copies would undo
+                    module.to(device)
+                    self._state[module] = "none"
+                    continue
                 module.to("cpu")
                 if plan.placement == "group_offload":
                     apply_group_offloading(module, onload_device=torch.device(device), offload_type="block_level",
                                            num_blocks_per_group=1, use_stream=device.startswith("cuda"))
                 else:  # as diffusers' enable_sequential_cpu_offload, per model (ControlNets unwrapped)
                     cpu_offload(module, torch.device(device), offload_buffers=len(module._parameters) > 0)
-        for module in modules:
-            self._state[module] = plan.placement
+                self._state[module] = plan.placement
+        else:
+            for module in modules:
+                self._state[module] = plan.placement
 
     def forget(self, models: dict[str, Any]) -> None:
         """Something else moved ``models`` (hooks, devices): the next request checks and places them again."""
