@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
     start = time.perf_counter()
-    bench = Bench(args.models, json.loads(args.ids), args.device, torch.float16 if args.device == "cuda" else torch.float32)
+    dtype = torch.float16 if args.device == "cuda" else torch.float32
+    bench = Bench(args.models, json.loads(args.ids), args.device, dtype)
     case = Case("+1 ControlNet, fast mode", size=args.size)
     default = bench.generate(case, case.steps)  # loads and places the models; the reference image
     loaded = time.perf_counter()
@@ -36,8 +37,10 @@ def main() -> None:
            "fast_report": first.metadata["fast"],
            "max_abs_diff": round(float(np.abs(np.stack(first.arrays) - np.stack(default.arrays)).max()), 5)}
     if args.full:
-        fast = measure.timed(lambda tick: bench.generate(case, case.steps if tick else 2, tick, fast=True), 3, args.device)
-        out.update(fast_s_per_call=fast["s_per_call"], fast_ms_per_step=fast["ms_per_step"], fast_peak_gb=fast["peak_gb"])
+        fast = measure.timed(lambda tick: bench.generate(case, case.steps if tick else 2, tick, fast=True), 3,
+                             args.device)
+        out.update(fast_s_per_call=fast["s_per_call"], fast_ms_per_step=fast["ms_per_step"],
+                   fast_peak_gb=fast["peak_gb"])
         plain = bench.plain(Case("+1 ControlNet", size=args.size))
         out.update(plain_s_per_call=plain["s_per_call"], plain_ms_per_step=plain["ms_per_step"])
         loras = Case("+1 ControlNet + 3 LoRAs, fast mode", loras=3, size=args.size)

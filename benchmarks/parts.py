@@ -51,8 +51,8 @@ def _lora(unet, folder: Path, rank: int, seed: int) -> None:
     for name, param in unet.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=1e-3)
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name="bench"),
-                                              safe_serialization=True)
+    layers = get_peft_model_state_dict(unet, adapter_name="bench")
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
     unet.delete_adapters("bench")
 
 

@@ -258,7 +258,8 @@ def targets(rows: list[dict[str, Any]], fast: dict[str, Any]) -> dict[str, Any]:
         get(cn1, "sdcompose", "ms_per_step"))
     for gb, limit in ((4, 1.3), (2, 3)):
         out[f"capped {gb} GB s/call vs uncapped (<= {limit})"] = measure.ratio(
-            get(f"+1 ControlNet, capped at {gb} GB (auto)", "sdcompose", "s_per_call"), get(cn1, "sdcompose", "s_per_call"))
+            get(f"+1 ControlNet, capped at {gb} GB (auto)", "sdcompose", "s_per_call"),
+            get(cn1, "sdcompose", "s_per_call"))
     out["SDXL + ControlNet 1024 peak GB (< 8)"] = get(SDXL[0].name, "sdcompose", "peak_gb")
     return out
 
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     results: dict[str, Any] = {
-        "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "versions": library_versions(), "smoke": args.smoke, "rows": [], "skipped": []}
     if device == "cpu" and not args.smoke:
         print("no CUDA device: running the smoke benchmark", file=sys.stderr)

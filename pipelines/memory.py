@@ -75,7 +75,8 @@ class MemoryPlan:
 
     def describe(self) -> dict[str, Any]:
         gb = (lambda v: None if v is None else round(v / GIB, 2))
-        return {"mode": self.mode, "estimate_gb": gb(self.estimate), "budget_gb": gb(self.budget), "reason": self.reason}
+        return {"mode": self.mode, "estimate_gb": gb(self.estimate), "budget_gb": gb(self.budget),
+                "reason": self.reason}
 
 
 # ---- sizes -------------------------------------------------------------------------------------
@@ -243,9 +244,10 @@ class Placement:
         for module in modules:
             if not (plan.placement == "none" and self._on_device(module, device)):
                 self.release(module)
-        if others and plan.estimate is not None and plan.budget is not None and \
-                plan.estimate + sum(sizes(m)[0] for m in others if self._state.get(m) == "none") > HEADROOM * plan.budget:
-            for module in [m for m in others if self._state.get(m) == "none"]:  # other compositions make room
+        placed = [m for m in others if self._state.get(m) == "none"]
+        if placed and plan.estimate is not None and plan.budget is not None and \
+                plan.estimate + sum(sizes(m)[0] for m in placed) > HEADROOM * plan.budget:
+            for module in placed:  # cached modules of other compositions make room
                 self.release(module)
                 module.to("cpu")
                 self._state[module] = "cpu"
