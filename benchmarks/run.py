@@ -98,9 +98,7 @@ class Bench:
     def plain(self, case: Case) -> dict[str, Any]:
         from diffusers import DPMSolverMultistepScheduler
         controls = self.controls(case)
-        if case.plain.startswith("lora"):  # sdcompose keeps its LoRAs fused between requests: restore the base
-            self.generate(Case("restore", controls=case.controls, size=case.size), steps=1)
-        ref = self.pipe.diffusers_pipeline(self.ids["base"], controls)
+        ref = self.pipe.diffusers_pipeline(self.ids["base"], controls)  # the plain base: fused LoRAs come off
         plain = type(ref)(**ref.components)
         plain.scheduler = DPMSolverMultistepScheduler.from_config(ref.scheduler.config, algorithm_type="dpmsolver++",
                                                                   solver_order=2)
