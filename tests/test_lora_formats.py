@@ -19,9 +19,11 @@ UNET_TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 TE_TARGETS = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1", ".fc2")
 
 
-def lora_layers(pipe, seed):
-    """{(component, module name): (A, B)} for every attention projection of tiny-sd15 (and its text encoder)."""
-    base = pipe.diffusers_pipeline("tiny-sd15")
+def lora_layers(seed):
+    """{(component, module name): (A, B)} for every attention projection of tiny-sd15 (and its text encoder).
+
+    Read from a fresh load: the shared ``pipe`` may hold LoRA layers from earlier tests, which rename modules."""
+    base = sdcompose.Pipeline(device="cpu").diffusers_pipeline("tiny-sd15")
     generator = torch.Generator().manual_seed(seed)
     layers = {}
     for component, targets in (("unet", UNET_TARGETS), ("text_encoder", TE_TARGETS)):
@@ -71,7 +73,7 @@ def catalog(pipe, tmp_path, files, family="sd15"):
 
 
 def test_kohya_and_diffusers_files_make_the_same_image(pipe, tmp_path, capfd):
-    layers = lora_layers(pipe, seed=1)
+    layers = lora_layers(seed=1)
     ours = catalog(pipe, tmp_path, {"as-diffusers": lambda p: diffusers_file(layers, p),
                                     "as-kohya": lambda p: kohya_file(layers, p)})
     a = ours.generate(loras=[sdcompose.Lora("as-diffusers", 0.8)], **KW)
@@ -86,7 +88,7 @@ def test_kohya_and_diffusers_files_make_the_same_image(pipe, tmp_path, capfd):
 
 
 def test_layers_the_base_lacks_are_counted_not_shouted(pipe, tmp_path, capfd):
-    layers = lora_layers(pipe, seed=2)
+    layers = lora_layers(seed=2)
     ghost = "lora_unet_down_blocks_7_attentions_0_transformer_blocks_0_attn1_to_q"
     extra = {f"{ghost}.lora_down.weight": torch.zeros(RANK, 64), f"{ghost}.lora_up.weight": torch.zeros(64, RANK),
              f"{ghost}.alpha": torch.tensor(2.0)}
@@ -98,7 +100,7 @@ def test_layers_the_base_lacks_are_counted_not_shouted(pipe, tmp_path, capfd):
 
 
 def test_several_loras_with_weights_match_plain_diffusers_unfused(pipe, tmp_path):
-    first, second = lora_layers(pipe, seed=3), lora_layers(pipe, seed=4)
+    first, second = lora_layers(seed=3), lora_layers(seed=4)
     ours = catalog(pipe, tmp_path, {"one": lambda p: diffusers_file(first, p),
                                     "two": lambda p: kohya_file(second, p)})
     result = ours.generate(loras=[sdcompose.Lora("one", 0.7), sdcompose.Lora("two", -0.4)], **KW)
