@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from sdcompose.errors import CatalogError, ModelError, suggest
 
-SHIPPED = Path(__file__).resolve().parent.parent / "sdcompose" / "models.yaml"
+SHIPPED = Path(str(resources.files("sdcompose") / "models.yaml"))  # the repo's models.yaml, packaged with sdcompose
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 

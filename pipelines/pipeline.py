@@ -82,7 +82,7 @@ class Pipeline:
         """``memory``/``vram``: a memory mode, or "auto" to plan for a budget (docs/memory.md);
         ``attention``: auto, sdpa, xformers or sliced; ``fast``: CUDA-graph replay (docs/benchmarks.md)."""
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
-                                    controls=list(controls), loras=list(loras), init_image=init_image,
+                                    controls=list(controls or ()), loras=list(loras or ()), init_image=init_image,
                                     strength=strength, mask=mask, width=width, height=height, steps=steps,
                                     guidance=guidance, scheduler=scheduler, seed=seed, batch=batch,
                                     add_trigger_words=add_trigger_words, memory=memory, attention=attention,
@@ -150,7 +150,7 @@ class Pipeline:
                            task: str = "txt2img"):
         """The diffusers pipeline this composition runs (modules shared with sdcompose's cache)."""
         stub = Image.new("RGB", (8, 8)) if task != "txt2img" else None
-        req = validate(GenerationRequest(model=model, controls=list(controls), init_image=stub,
+        req = validate(GenerationRequest(model=model, controls=list(controls or ()), init_image=stub,
                                          mask=stub if task == "inpaint" else None))
         plan = resolve(req, self.catalog, self.registry)
         with self._lock:
