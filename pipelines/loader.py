@@ -42,6 +42,8 @@ def pipeline_class(family: str):
 class Loader:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self._hub_paths: dict[tuple, Path] = {}  # pinned revisions never change: resolve each once
+        self._checked: dict[str, tuple[Any, dict[str, str]]] = {}
         quiet()
 
     # ---- where the files are -------------------------------------------------------------
@@ -59,6 +61,12 @@ class Loader:
         return local
 
     def _hub(self, entry: Entry) -> Path:
+        key = (entry.repo, entry.revision, entry.subfolder, entry.filename, entry.kind, entry.allow_pickle)
+        if key not in self._hub_paths:
+            self._hub_paths[key] = self._download(entry)
+        return self._hub_paths[key]
+
+    def _download(self, entry: Entry) -> Path:
         from huggingface_hub import hf_hub_download, snapshot_download
         try:
             if entry.filename:
@@ -104,13 +112,22 @@ class Loader:
         return found
 
     def hashes(self, entry: Entry) -> dict[str, str]:
-        """sha256 of every weight file of an entry (verified against models.yaml for single files)."""
+        """sha256 of every weight file of an entry (verified against models.yaml for single files).
+
+        Remembered per process while the files' stat stamps stay the same, so a request for models
+        already checked costs a few stat calls."""
         root = self.path(entry)
+        found = [root] if root.is_file() else weights.weight_files(root)
+        stamp = (entry, tuple((str(f), *_stamp(f)) for f in found))
+        memo = self._checked.get(entry.id)
+        if memo is not None and memo[0] == stamp:
+            return dict(memo[1])
         out = {}
         for file in self.files(entry):
             name = file.name if root.is_file() else str(file.relative_to(root))
             out[name] = weights.verify(file, entry.sha256 if root.is_file() else None)
-        return out
+        self._checked[entry.id] = (stamp, out)
+        return dict(out)
 
     def verified_path(self, entry: Entry) -> Path:
         """``path`` once every weight file passed the content and sha256 checks (for plugins that load files)."""
@@ -170,3 +187,8 @@ class Loader:
         except Exception as exc:  # a malformed file or config from a model author: one sentence, not a traceback
             raise ModelError(f"ControlNet {entry.id!r} from {source} did not load: "
                              f"{str(exc).splitlines()[0][:300]}") from None
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
