@@ -2,7 +2,6 @@
 but sdcompose's own errors. Also: any bytes given as weights -> a format or a ModelError."""
 from __future__ import annotations
 
-import io
 import json
 import struct
 import tempfile
@@ -12,24 +11,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 import sdcompose
+from png_chunks import chunk, png_with
 from sdcompose.metadata import INPUTS_KEY, KEY, read_png
 from sdcompose.pipelines import weights
 
 FOLDER = Path(tempfile.mkdtemp(prefix="sdcompose-fuzz-metadata-"))
-
-
-def chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_with(*chunks: bytes) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-    data = buffer.getvalue()
-    return data[:33] + b"".join(chunks) + data[33:]
 
 
 json_values = st.recursive(

@@ -13,23 +13,11 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 import sdcompose
+from png_chunks import chunk, png_with
 from sdcompose.metadata import INPUTS_KEY, KEY, MAX_TEXT, read_png, save_png
 
 SMALL = dict(prompt="a red fox", model="tiny-sd15", width=64, height=64, steps=2, seed=9)
 SCRIPT = "<script>alert(document.cookie)</script>"
-
-
-def chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_with(*chunks: bytes) -> bytes:
-    """A valid 1x1 PNG with the given chunks placed before the pixels."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-    data = buffer.getvalue()
-    ihdr_end = 8 + 25
-    return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]
 
 
 def itxt(key: str, text: str | bytes, compressed: bool = True) -> bytes:
