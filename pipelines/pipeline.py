@@ -289,11 +289,7 @@ class Pipeline:
         log.info("memory plan %s: %s", plan_memory.mode, plan_memory.reason)
         final: dict[str, Any] = {}  # the last step's latents, for the fp16 VAE guard
         pipe.scheduler = schedulers.make(req.scheduler, self._bases[plan.base.id]["scheduler"].config)
-        generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
-        kwargs = compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units])
-        if req.add_trigger_words:
-            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in req.prompt]
-            kwargs["prompt"] = ", ".join([req.prompt, *words]) if req.prompt else ", ".join(words)
+        kwargs = self._call_arguments(pipe, plan, maps, init, mask)
 
         def on_step(_pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancel is not None and cancel.is_set():
@@ -310,20 +306,7 @@ class Pipeline:
             self._placement.prepare(models, plan_memory, self.device, self._cached_besides(models))
             attention.apply(list(models.values()), backend)
             if adapter is not None:
-                ctx = PluginContext(device=self.device, dtype=self.dtype)
-                adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e}
-                            for e, w in plan.loras]
-                try:
-                    report = adapter.apply(pipe, adapters, ctx)
-                except (PluginError, SdcomposeError):
-                    raise
-                except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
-                    self._bases.pop(plan.base.id, None)
-                    if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
-                        raise
-                    raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
-                                      f"(does the file fit this {plan.family} base?): {type(exc).__name__}: "
-                                      f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+                report = self._apply_adapter(adapter, pipe, plan)
             self._placement.attach(pipe, models, plan_memory, self.device)
             graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
             with torch.inference_mode(), \
@@ -339,8 +322,8 @@ class Pipeline:
             raise
         except Exception as exc:
             if adapter is not None and _raised_in(exc, type(adapter).__module__):
-                raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: {type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+                raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
+                                  f"{_first_line(exc)}") from None
             raise
         finally:
             if adapter is not None:
@@ -358,6 +341,28 @@ class Pipeline:
         runtime = {"memory_plan": plan_memory.describe(), "attention": {"backend": backend, "reason": backend_reason},
                    "fast": fast_report, "vae_decode": vae_decode}
         return arrays, report, runtime
+
+    def _call_arguments(self, pipe: Any, plan: Plan, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
+        req = plan.request
+        generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
+        kwargs = compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units])
+        if req.add_trigger_words:
+            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in req.prompt]
+            kwargs["prompt"] = ", ".join([req.prompt, *words]) if req.prompt else ", ".join(words)
+        return kwargs
+
+    def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
+        adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
+        try:
+            return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
+        except (PluginError, SdcomposeError):
+            raise
+        except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
+            self._bases.pop(plan.base.id, None)
+            if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
+                raise
+            raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
+                              f"(does the file fit this {plan.family} base?): {_first_line(exc)}") from None
 
     def _loaded_adapter(self) -> Any:
         """The LoRA plugin if it has been used: it also clears LoRAs it keeps fused between requests."""
@@ -429,6 +434,10 @@ def _target_size(size: tuple[int, int], width: int | None, height: int | None) -
     if height is None:
         height = max(1, round(size[1] * width / size[0]))
     return width, height
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc).strip() else ''}"
 
 
 def _raised_in(exc: BaseException, module: str) -> bool:
