@@ -25,6 +25,7 @@ from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guar
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
+from sdcompose.pipelines.preview import latents_to_image
 from sdcompose.pipelines.resolve import Plan, Unit, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
 from sdcompose.plugins.registry import Registry
@@ -78,19 +79,22 @@ class Pipeline:
                  guidance: float = 7.5, scheduler: str = "dpmpp_2m", seed: int | None = None, batch: int = 1,
                  add_trigger_words: bool = False, progress: Callable[[int, int], None] | None = None,
                  cancel: threading.Event | None = None, memory: str = "auto", attention: str = "auto",
-                 vram: int | str | None = None, fast: bool = False) -> Result:
+                 vram: int | str | None = None, fast: bool = False,
+                 preview: Callable[[int, int, Image.Image], None] | None = None) -> Result:
         """``memory``/``vram``: a memory mode, or "auto" to plan for a budget (docs/memory.md);
-        ``attention``: auto, sdpa, xformers or sliced; ``fast``: CUDA-graph replay (docs/benchmarks.md)."""
+        ``attention``: auto, sdpa, xformers or sliced; ``fast``: CUDA-graph replay (docs/benchmarks.md);
+        ``preview(step, total, image)``: a cheap RGB preview of the first image after every step."""
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
                                     controls=list(controls or ()), loras=list(loras or ()), init_image=init_image,
                                     strength=strength, mask=mask, width=width, height=height, steps=steps,
                                     guidance=guidance, scheduler=scheduler, seed=seed, batch=batch,
                                     add_trigger_words=add_trigger_words, memory=memory, attention=attention,
                                     vram=vram, fast=fast)
-        return self.run(request, progress=progress, cancel=cancel)
+        return self.run(request, progress=progress, cancel=cancel, preview=preview)
 
     def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
-            cancel: threading.Event | None = None) -> Result:
+            cancel: threading.Event | None = None,
+            preview: Callable[[int, int, Image.Image], None] | None = None) -> Result:
         req = validate(request)
         if req.seed is None:
             req = req.with_(seed=secrets.randbelow(2**32))
@@ -100,7 +104,7 @@ class Pipeline:
             if req.init_image is not None else None
         mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
         with self._lock:
-            arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel)
+            arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel, preview)
         inputs = {f"control-{i}": m for i, m in enumerate(maps)}
         inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
         return self._result(plan, arrays, report, inputs, runtime)
@@ -278,7 +282,8 @@ class Pipeline:
             torch.cuda.empty_cache()
 
     def _denoise(self, plan: Plan, maps: list[Image.Image], init: Any, mask: Any,
-                 progress: Callable[[int, int], None] | None, cancel: threading.Event | None):
+                 progress: Callable[[int, int], None] | None, cancel: threading.Event | None,
+                 preview: Callable[[int, int, Image.Image], None] | None = None):
         req = plan.request
         backend, backend_reason = attention.choose(req.attention, self.device)
         pipe = self._compose(plan)
@@ -296,6 +301,8 @@ class Pipeline:
                 raise Cancelled(f"cancelled at step {step + 1} of {req.steps}")
             if progress is not None:
                 progress(step + 1, req.steps)
+            if preview is not None and tensors.get("latents") is not None:
+                preview(step + 1, req.steps, latents_to_image(tensors["latents"], plan.family))
             final["latents"] = tensors.get("latents")
             return tensors
 

@@ -142,3 +142,13 @@ def test_preprocess_returns_the_control_map(pipe, photo):
     edges = pipe.preprocess("canny", photo, low_threshold=50, high_threshold=150)
     array = np.asarray(edges)
     assert edges.size == Image.open(photo).size and set(np.unique(array)) <= {0, 255} and array.max() == 255
+
+
+@pytest.mark.parametrize("model", ["tiny-sd15", "tiny-sdxl"])
+def test_step_previews_come_every_step_without_changing_the_image(pipe, model):
+    seen = []
+    result = small(pipe, model=model, steps=3, preview=lambda step, total, image: seen.append((step, total, image)))
+    assert [(s, t) for s, t, _ in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert all(image.size == (32, 32) and image.mode == "RGB" for _, _, image in seen)
+    assert np.asarray(seen[0][2]).std() > 0
+    assert max_diff(result.arrays[0], small(pipe, model=model, steps=3).arrays[0]) == 0
