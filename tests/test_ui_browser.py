@@ -76,6 +76,7 @@ def test_generate_with_a_controlnet_unit(page, photo):
     edges = np.asarray(served_png(page, "#sdc-unit-0-map img").convert("L"))
     assert edges.shape == (64, 64) and edges.max() > 200 and edges.mean() < 60, "white edges on black, at 64x64"
     page.click("#sdc-generate")
+    page.get_by_text("1 image(s), seed").wait_for(timeout=60_000)  # past the step previews: the saved PNG
     image = served_png(page)
     meta = json.loads(image.text["sdcompose"])  # the gallery serves the saved PNG, metadata and all
     assert image.size == (64, 64) and meta["request"]["prompt"] == "a lighthouse on a cliff at dawn"

@@ -81,7 +81,8 @@ def test_third_party_params_become_widgets_and_reach_the_plugin(third_party, pho
     values = form.defaults() | {"model": "tiny-sd15", "width": 64, "height": 64, "steps": 2, "seed": 4,
                                 "cn0_enable": True, "cn0_plugin": "grad-edges", "cn0_image": str(photo),
                                 "cn0_grad_edges_axis": "x", "cn0_grad_edges_invert": True}
-    gallery, info, status, seed = handlers.generate(None, progress=lambda *a, **k: None, **values)
+    *previews, (gallery, info, status, seed) = handlers.generate(None, progress=lambda *a, **k: None, **values)
+    assert [gallery_items[0][1] for gallery_items, *_ in previews][-1] == "preview at step 2"
     meta = json.loads(info)
     assert meta["plugins"]["grad-edges"] == {"version": "2.0", "package": "sdc-ui-plugins"} and seed == 4
     assert meta["request"]["controls"][0]["params"] == {"ksize": 3, "gain": 1.0, "invert": True, "axis": "x",

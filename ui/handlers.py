@@ -5,7 +5,10 @@ import functools
 import inspect
 import json
 import logging
+import queue
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -25,6 +28,7 @@ log = logging.getLogger("sdcompose.ui")
 TITLES = {ValidationError: "Invalid request", OutOfMemory: "Out of memory", ModelError: "Model problem",
           PluginError: "Plugin problem"}
 IMAGE = "<image>"
+PREVIEW_EVERY_S = 0.25  # at most four preview images a second reach the page
 
 
 @contextmanager
@@ -49,9 +53,14 @@ def errors_in_page() -> Iterator[None]:
 def with_fields(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
     """``fn(..., **values)`` with a signature that lists ``names`` as optional keywords, so Gradio's web API
     takes every form field by name and none is required (an image left out is no image)."""
-    @functools.wraps(fn)
-    def call(*args: Any, **values: Any) -> Any:
-        return fn(*args, **values)
+    if inspect.isgeneratorfunction(fn):  # Gradio streams only what it sees is a generator function
+        @functools.wraps(fn)
+        def call(*args: Any, **values: Any) -> Any:
+            yield from fn(*args, **values)
+    else:
+        @functools.wraps(fn)
+        def call(*args: Any, **values: Any) -> Any:
+            return fn(*args, **values)
 
     signature = inspect.signature(fn)
     fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
@@ -70,20 +79,45 @@ class Handlers:
         self.names = list(form.defaults())
 
     # ---- generate and stop -------------------------------------------------------------------
-    def generate(self, request: gr.Request, progress: gr.Progress = gr.Progress(), **values: Any) -> tuple:
-        """Gallery (saved PNG files with their metadata), metadata JSON, status text, first seed."""
+    def generate(self, request: gr.Request, progress: gr.Progress = gr.Progress(), **values: Any) -> Iterator[tuple]:
+        """Yields step previews while it runs, then: gallery (saved PNG files with their metadata), metadata JSON,
+        status text, first seed. The pipeline runs in a worker thread; this generator relays its steps."""
         session = session_of(request)
-
-        def report(step: int, total: int) -> None:
-            progress((step, total), desc=f"step {step} of {total}", unit="steps")
-
         with errors_in_page():
             kwargs = self.form.to_kwargs(values)
             with self.sessions.cancel_flag(session) as cancel:
+                steps: queue.Queue = queue.Queue()
+                outcome: dict[str, Any] = {}
+
+                def work() -> None:
+                    try:
+                        outcome["result"] = self.pipeline.generate(
+                            **kwargs, cancel=cancel, preview=lambda step, total, image: steps.put((step, total, image)))
+                    except BaseException as exc:  # re-raised below, in the event's own thread
+                        outcome["error"] = exc
+                    finally:
+                        steps.put(None)
+
+                worker = threading.Thread(target=work, name="sdcompose-generate", daemon=True)
+                worker.start()
+                shown = 0.0
                 try:
-                    result = self.pipeline.generate(**kwargs, progress=report, cancel=cancel)
-                except Cancelled as exc:
-                    return gr.skip(), gr.skip(), f"Stopped: {exc}.", gr.skip()
+                    while (item := steps.get()) is not None:
+                        step, total, image = item
+                        progress((step, total), desc=f"step {step} of {total}", unit="steps")
+                        if time.monotonic() - shown >= PREVIEW_EVERY_S or step == total:
+                            shown = time.monotonic()
+                            yield [(image, f"preview at step {step}")], gr.skip(), f"Step {step} of {total}", \
+                                gr.skip()
+                finally:  # the page went away mid-run: stop the worker at its next step
+                    if worker.is_alive():
+                        cancel.set()
+                if isinstance(outcome.get("error"), Cancelled):
+                    yield gr.skip(), gr.skip(), f"Stopped: {outcome['error']}.", gr.skip()
+                    return
+                if "error" in outcome:
+                    raise outcome["error"]
+            result = outcome["result"]
             paths = result.save(self.sessions.output(session))
         seeds, note = result.metadata["seeds"], result.metadata.get("note")
         gallery = [(str(path), f"seed {seed}" + (f" · {note}" if note else "")) for path, seed in zip(paths, seeds)]
@@ -92,7 +126,7 @@ class Handlers:
             model = escape(result.metadata["request"]["model"])
             status = (f"**These images are {escape(note)}** ({model}): they show the pipeline works, not what a "
                       "real model draws. " + status)
-        return gallery, json.dumps(result.metadata, indent=1, default=str), status, seeds[0]
+        yield gallery, json.dumps(result.metadata, indent=1, default=str), status, seeds[0]
 
     def stop(self, request: gr.Request) -> str:
         stopped = self.sessions.stop(session_of(request))
