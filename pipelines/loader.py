@@ -28,9 +28,11 @@ def quiet() -> None:
     """Load reports replace diffusers'/transformers' progress bars and key warnings."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
+    from huggingface_hub.utils import logging as hub_logging
     for module in (diffusers_logging, transformers_logging):
         module.set_verbosity_error()
         module.disable_progress_bar()
+    hub_logging.set_verbosity_error()  # no retry chatter; download progress bars stay
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)\.")
 
 
