@@ -34,6 +34,7 @@ def quiet() -> None:
         module.disable_progress_bar()
     hub_logging.set_verbosity_error()  # no retry chatter; download progress bars stay
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)\.")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"peft\.")  # the LoRA load report says it once
 
 
 def pipeline_class(family: str):
