@@ -35,6 +35,7 @@ from sdcompose.result import Result
 DEFAULT_MODEL = os.environ.get("SDCOMPOSE_MODEL", "sd15")
 log = logging.getLogger("sdcompose")
 TEST_MODEL_NOTE = "noise from a random-weight test model"
+CONTROLNETS_KEPT = 4  # ControlNets cached between requests (more while one request needs more)
 
 
 def best_device() -> str:
@@ -158,8 +159,9 @@ class Pipeline:
                                          mask=stub if task == "inpaint" else None))
         plan = resolve(req, self.catalog, self.registry)
         with self._lock:
-            pipe = self._compose(plan)
-            self._placement.prepare(self._modules(plan), memory.MemoryPlan(), self.device)  # all on the device
+            models = self._modules(plan)
+            pipe = self._compose(plan, models)
+            self._placement.prepare(models, memory.MemoryPlan(), self.device)  # all on the device
             adapter = self._loaded_adapter()
             if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
                 adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
@@ -249,27 +251,31 @@ class Pipeline:
         self._bases.move_to_end(entry.id)
         return self._bases[entry.id]
 
-    def _controlnet(self, entry: Entry):
+    def _controlnet(self, entry: Entry, keep: int = CONTROLNETS_KEPT):
         if entry.id not in self._controlnets:
-            while len(self._controlnets) >= 4:
+            while len(self._controlnets) >= keep:
                 self._controlnets.popitem(last=False)
                 self._free()
             self._controlnets[entry.id] = self.loader.controlnet(entry, self.dtype).eval().requires_grad_(False)
         self._controlnets.move_to_end(entry.id)
         return self._controlnets[entry.id]
 
-    def _compose(self, plan: Plan):
-        components = self._base(plan.base)
-        controlnets = [self._controlnet(unit.controlnet) for unit in plan.units]
-        return compose.build(plan.family, plan.request.task, components, controlnets,
-                             [unit.control.control_mode for unit in plan.units])
-
     def _modules(self, plan: Plan) -> dict[str, torch.nn.Module]:
-        """The cached modules a composition runs, by name (``controlnet:0``, ... for its units)."""
+        """The cached modules a composition runs, by name (``controlnet:0``, ... for its units), loaded if needed.
+
+        The ControlNet cache grows to hold every ControlNet of the plan, so none of them is evicted while
+        the plan loads the next."""
         components = self._base(plan.base)
         modules = {name: m for name, m in components.items() if isinstance(m, torch.nn.Module)}
-        modules.update({f"controlnet:{i}": self._controlnet(u.controlnet) for i, u in enumerate(plan.units)})
+        keep = max(CONTROLNETS_KEPT, len({u.controlnet.id for u in plan.units}))
+        modules.update({f"controlnet:{i}": self._controlnet(u.controlnet, keep) for i, u in enumerate(plan.units)})
         return modules
+
+    def _compose(self, plan: Plan, modules: dict[str, torch.nn.Module]):
+        """The diffusers pipeline over ``modules`` (from ``_modules(plan)``): the very modules the memory plan places."""
+        controlnets = [modules[f"controlnet:{i}"] for i in range(len(plan.units))]
+        return compose.build(plan.family, plan.request.task, self._bases[plan.base.id], controlnets,
+                             [unit.control.control_mode for unit in plan.units])
 
     def _cached_besides(self, modules: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
         used = {id(m) for m in modules.values()}
@@ -286,8 +292,8 @@ class Pipeline:
                  preview: Callable[[int, int, Image.Image], None] | None = None):
         req = plan.request
         backend, backend_reason = attention.choose(req.attention, self.device)
-        pipe = self._compose(plan)
         models = self._modules(plan)
+        pipe = self._compose(plan, models)
         plan_memory = memory.choose(req.memory, memory.workload(models, req.width, req.height, req.batch,
                                                                  req.guidance, self.dtype, plan.family),
                                     self.device, req.vram)

@@ -129,6 +129,21 @@ def test_family_mismatch_is_refused_before_loading(home):
     assert not pipe._bases and not pipe._controlnets
 
 
+def test_five_controlnets_in_one_request_are_each_loaded_once_and_run(home, photo):
+    """More ControlNets than the cache keeps between requests: the pipeline runs the very modules that were placed."""
+    pipe = sdcompose.Pipeline(device="cpu")
+    loaded = []
+    load = pipe.loader.controlnet
+    pipe.loader.controlnet = lambda entry, dtype: (loaded.append(entry.id), load(entry, dtype))[1]
+    kinds = ["canny", "depth", "openpose", "softedge", "lineart"]
+    controls = [sdcompose.Control("canny", photo, preprocessed=True, model=f"tiny-controlnet-{k}-sd15") for k in kinds]
+    small(pipe, controls=controls)
+    assert sorted(loaded) == sorted(f"tiny-controlnet-{k}-sd15" for k in kinds)
+    composed = pipe.diffusers_pipeline("tiny-sd15", controls)
+    assert [id(net) for net in composed.controlnet.nets] == [id(net) for net in pipe._controlnets.values()]
+    assert len(loaded) == 5
+
+
 def test_unknown_ids_suggest_the_nearest(pipe):
     with pytest.raises(sdcompose.ModelError, match="did you mean 'tiny-sd15'"):
         small(pipe, model="tiny-sd51")
