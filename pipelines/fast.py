@@ -33,6 +33,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from sdcompose.errors import describe
+
 log = logging.getLogger("sdcompose.fast")
 
 WARMUP = 2  # eager (or compiling) runs on a side stream before capture
@@ -209,7 +211,7 @@ class FastMode:
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:
-            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            detail = describe(exc, 200)
             compiled, self.compile = self.compile, False  # from now on, graphs of the eager forwards
             report["compiled"] = False
             report["reason"] = f"compiled {name} failed ({detail}); captured the eager forwards instead" \

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sdcompose.errors import ModelError
+from sdcompose.errors import ModelError, describe, first_line
 from sdcompose.pipelines import tiny, weights
 from sdcompose.pipelines.catalog import CONFIGS, Catalog, Entry
 
@@ -85,7 +85,7 @@ class Loader:
             return folder / entry.subfolder if entry.subfolder else folder
         except Exception as exc:  # network, auth, missing revision: one sentence for the user
             raise ModelError(f"model {entry.id!r}: could not get {entry.repo}@{entry.revision[:10]} "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the network "
+                             f"({describe(exc, 200)}); check the network "
                              "or download it and point models.yaml `path:` at the folder") from None
 
     def is_local(self, entry: Entry) -> bool:
@@ -167,7 +167,7 @@ class Loader:
             raise
         except Exception as exc:  # a malformed file or config from a model author: one sentence, not a traceback
             raise ModelError(f"model {entry.id!r} from {source} did not load as a {entry.family} model: "
-                             f"{str(exc).splitlines()[0][:300]}") from None
+                             f"{first_line(exc)}") from None
         return {k: v for k, v in pipe.components.items() if v is not None}
 
     def controlnet(self, entry: Entry, dtype: torch.dtype):
@@ -189,7 +189,7 @@ class Loader:
             raise
         except Exception as exc:  # a malformed file or config from a model author: one sentence, not a traceback
             raise ModelError(f"ControlNet {entry.id!r} from {source} did not load: "
-                             f"{str(exc).splitlines()[0][:300]}") from None
+                             f"{first_line(exc)}") from None
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:

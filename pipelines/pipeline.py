@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
@@ -336,7 +336,7 @@ class Pipeline:
         except Exception as exc:
             if adapter is not None and _raised_in(exc, type(adapter).__module__):
                 raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
-                                  f"{_first_line(exc)}") from None
+                                  f"{describe(exc)}") from None
             raise
         finally:
             if adapter is not None:
@@ -375,7 +375,7 @@ class Pipeline:
             if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
                 raise
             raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
-                              f"(does the file fit this {plan.family} base?): {_first_line(exc)}") from None
+                              f"(does the file fit this {plan.family} base?): {describe(exc)}") from None
 
     def _loaded_adapter(self) -> Any:
         """The LoRA plugin if it has been used: it also clears LoRAs it keeps fused between requests."""
@@ -447,10 +447,6 @@ def _target_size(size: tuple[int, int], width: int | None, height: int | None) -
     if height is None:
         height = max(1, round(size[1] * width / size[0]))
     return width, height
-
-
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc).strip() else ''}"
 
 
 def _raised_in(exc: BaseException, module: str) -> bool:

@@ -31,6 +31,17 @@ class OutOfMemory(SdcomposeError):
     """The device ran out of memory; what the request held was freed."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters ('' when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``TypeName: first line of the message``, for a one-sentence error about a caught exception."""
+    return f"{type(exc).__name__}: {first_line(exc, limit)}"
+
+
 def suggest(name: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the nearest known name, or ''."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
@@ -38,4 +49,4 @@ def suggest(name: str, known: Iterable[str]) -> str:
 
 
 __all__ = ["SdcomposeError", "ValidationError", "ModelError", "CatalogError", "Cancelled",
-           "OutOfMemory", "PluginError", "suggest"]
+           "OutOfMemory", "PluginError", "describe", "first_line", "suggest"]

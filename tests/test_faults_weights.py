@@ -174,3 +174,17 @@ def test_corrupt_sha256_cache_is_ignored(home, tmp_path):
     finally:
         if saved is not None:
             cache.write_bytes(saved)
+
+
+def test_a_loading_error_with_no_message_is_still_one_sentence(pipe, monkeypatch):
+    """diffusers can fail on a bare ``assert``: the error names the model instead of raising an IndexError."""
+    from sdcompose.pipelines import loader
+
+    class Failing:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise AssertionError()
+
+    monkeypatch.setattr(loader, "pipeline_class", lambda family: Failing)
+    with pytest.raises(sdcompose.ModelError, match=r"model 'tiny-sd15' from .* did not load as a sd15 model: $"):
+        pipe.loader.base(pipe.catalog.get("tiny-sd15"), pipe.dtype)
