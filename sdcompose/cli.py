@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError
 from sdcompose.plugins.api import PluginError
@@ -76,6 +76,17 @@ def _progress_bar(quiet: bool):
     return update, lambda: bar["bar"].close() if "bar" in bar else None
 
 
+T = TypeVar("T")
+
+
+def _write(output: Any, save: Callable[[], T]) -> T:
+    """Run ``save``, which writes ``output``; a path that cannot be written is a one-line error."""
+    try:
+        return save()
+    except (ValueError, OSError) as exc:
+        raise ValidationError(f"cannot write {output} ({exc}); give a writable path ending in .png") from None
+
+
 def _report(result: Any, paths: list[Path]) -> None:
     for path, seed in zip(paths, result.metadata["seeds"]):
         print(f"{path}  seed {seed}")
@@ -102,7 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast)
     finally:
         close()
-    _report(result, result.save(args.output))
+    _report(result, _write(args.output, lambda: result.save(args.output)))
     return 0
 
 
@@ -110,7 +121,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
     result = pipe.reproduce(args.image, strict=not args.allow_changed_models)
     output = args.output or Path(args.image).with_name(Path(args.image).stem + "-reproduced.png")
-    _report(result, result.save(output))
+    _report(result, _write(output, lambda: result.save(output)))
     return 0
 
 
@@ -118,11 +129,12 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
     image = pipe.preprocess(args.plugin, args.image, width=args.width, height=args.height,
                             resize_mode=args.resize_mode, **parse_params(args.param))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    try:
+
+    def save() -> None:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         image.save(args.output)
-    except (ValueError, OSError) as exc:
-        raise ValidationError(f"cannot write {args.output} ({exc}); give a writable path ending in .png") from None
+
+    _write(args.output, save)
     print(args.output)
     return 0
 

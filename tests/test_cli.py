@@ -44,6 +44,16 @@ def test_errors_are_one_line_without_traceback(args, message, home):
     assert len(run.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", [["generate", "--model", "tiny-sd15", "-W", "64", "-H", "64", "--steps", "1"],
+                                     ["preprocess", "canny", "{photo}"]])
+def test_an_output_that_cannot_be_written_is_a_one_line_error(command, tmp_path, photo, home):
+    (tmp_path / "file").write_text("not a folder")
+    run = cli(*[arg.format(photo=photo) for arg in command], "-o", tmp_path / "file" / "out.png")
+    assert run.returncode == 2, run.stderr
+    assert f"sdcompose: error: cannot write {tmp_path / 'file' / 'out.png'}" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_lists_models_and_plugins(home):
     models = cli("models", "list")
     assert models.returncode == 0 and "tiny-sd15" in models.stdout and "stabilityai/stable-diffusion-xl-base-1.0" in models.stdout
