@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-MODES = ("balanced", "prompt_first", "control_first")
+from sdcompose.request import CONTROL_MODES as MODES
 SOFT = 0.825  # sd-webui-controlnet's soft-injection base
 
 
