@@ -96,7 +96,7 @@ class LoraAdapter(Adapter):
         state = self._states.setdefault(pipe.unet, _BaseState())
         wanted = tuple(sorted((adapter_name(a["id"]), float(a["weight"])) for a in adapters))  # one order: one result
         if state.fused == wanted and wanted:
-            return self._report(state, adapters, fused=True)
+            return self._report(state, adapters)
         if state.fused:
             self._unfuse(pipe, state)
         if not wanted:
@@ -110,7 +110,7 @@ class LoraAdapter(Adapter):
         pipe.set_adapters(names, adapter_weights=[weight for _, weight in wanted])
         self._fuse(pipe, state, names)
         state.fused = wanted
-        return self._report(state, adapters, fused=True)
+        return self._report(state, adapters)
 
     def remove(self, pipe: Any) -> None:
         """Fused LoRAs stay for the next request with the same set; anything unfused is switched off."""
@@ -182,8 +182,9 @@ class LoraAdapter(Adapter):
         state.fused = ()
 
     @staticmethod
-    def _report(state: _BaseState, adapters: list[dict[str, Any]], fused: bool) -> dict[str, Any]:
-        return {a["id"]: {"weight": a["weight"], "fused": fused, **state.reports[adapter_name(a["id"])]}
+    def _report(state: _BaseState, adapters: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per LoRA: its weight and load report; the set is always fused when a report is made."""
+        return {a["id"]: {"weight": a["weight"], "fused": True, **state.reports[adapter_name(a["id"])]}
                 for a in adapters}
 
 
