@@ -17,7 +17,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from sdcompose.errors import CatalogError, ModelError, suggest
+from sdcompose.errors import CatalogError, ModelError, first_line, suggest
 
 SHIPPED = Path(str(resources.files("sdcompose") / "models.yaml"))  # the repo's models.yaml, packaged with sdcompose
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -149,7 +149,7 @@ def read_catalog(path: Path, root: Path | None = None) -> dict[str, Entry]:
         line = mark.line + 1 if mark else None
         where = f":{line}" if line else ""
         key = _key_at(tree, line) if line else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc) or type(exc).__name__
         if "constructor for the tag" in problem:
             problem += " (models.yaml is plain data: tags that build Python objects are refused)"
         raise CatalogError(f"{path}{where}: {key + ': ' if key else ''}{problem}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from sdcompose.plugins.api import PluginError
+from sdcompose.plugins.api import PluginError, first_line
 
 
 class SdcomposeError(Exception):
@@ -29,12 +29,6 @@ class Cancelled(SdcomposeError):
 
 class OutOfMemory(SdcomposeError):
     """The device ran out of memory; what the request held was freed."""
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of ``exc``'s message, at most ``limit`` characters ('' when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else ""
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:

@@ -203,7 +203,7 @@ def test_plugin_raising_at_import_is_listed_broken_and_the_rest_keep_working(sit
 @pytest.mark.parametrize("plugin_id,match", [
     ("badmeta", r"families \['sd3'\] must be a non-empty subset"),
     ("wrongid", "declares id 'not-the-entry-point-name' but its entry point is named 'wrongid'"),
-    ("oldapi", "written for plugin API 0.3; this sdcompose provides 1.0"),
+    ("oldapi", "written for plugin API 0.3; this sdcompose provides 1.1"),
 ])
 def test_plugin_with_bad_metadata_refused_at_registration(site, photo, plugin_id, match):
     registry = Registry(deny="sdc-hooky-lora:lora,sdc-stuck-lora:lora")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from sdcompose.plugins.api import PluginError
+from sdcompose.plugins.api import PluginError, first_line
 
 
 def import_quietly(module: str) -> Any:
@@ -38,7 +38,7 @@ def load_state(path: Path, what: str) -> dict[str, Any]:
         raise PluginError(f"{what} weights {path.name} hold objects other than tensors and were refused "
                           "(weights-only loading); download them again from the pinned source") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise PluginError(f"{what} weights {path.name} could not be read ({str(exc).splitlines()[0][:120]}); "
+        raise PluginError(f"{what} weights {path.name} could not be read ({first_line(exc, 120)}); "
                           "delete the file and download it again") from None
     if not isinstance(state, dict):
         raise PluginError(f"{what} weights {path.name} are not a state dict; is this the right file?")
@@ -51,7 +51,7 @@ def fill(net: Any, state: dict[str, Any], path: Path, what: str) -> Any:
         net.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
         raise PluginError(f"{what} weights {path.name} do not fit the {what} network "
-                          f"({str(exc).splitlines()[0][:120]}); is models.yaml pointing at the right file?") from None
+                          f"({first_line(exc, 120)}); is models.yaml pointing at the right file?") from None
     return net.float().eval().requires_grad_(False)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdcompose.plugins.api import Conditioner, ParamSpec, PluginError
+from sdcompose.plugins.api import Conditioner, ParamSpec, PluginError, first_line
 
 from .annotators import NetCache, detect_size
 
@@ -79,7 +79,7 @@ def _load_estimator(folder, device: str):
         model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise PluginError(f"depth estimator in {folder} did not load ({str(exc).splitlines()[0][:160]}); "
+        raise PluginError(f"depth estimator in {folder} did not load ({first_line(exc, 160)}); "
                           "download it again") from None
     return model.float().eval().requires_grad_(False).to(device), processor
 

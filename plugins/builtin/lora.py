@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdcompose.plugins.api import Adapter, PluginError
+from sdcompose.plugins.api import Adapter, PluginError, first_line
 
 MAX_LOADED = 8  # adapters kept loaded per base model; older unused ones are deleted
 LAYER_KEY = re.compile(r"^(?P<layer>.+?)\.(?:(?:lora_down|lora_up|lora_A|lora_B|lora\.down|lora\.up|lora_mid"
@@ -70,7 +70,7 @@ def _keys(path: Path, lora_id: str) -> list[str]:
             return list(f.keys())
     except (SafetensorError, OSError, ValueError) as exc:
         raise PluginError(f"lora {lora_id!r}: {path.name} is not a readable .safetensors file "
-                          f"({str(exc).splitlines()[0][:120]}); download it again") from None
+                          f"({first_line(exc, 120)}); download it again") from None
 
 
 @dataclass
@@ -145,7 +145,7 @@ class LoraAdapter(Adapter):
             pipe.load_lora_weights(str(path), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:
             self._discard(pipe, name)
-            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            detail = first_line(exc, 200) or type(exc).__name__
             raise PluginError(f"lora {lora_id!r} does not fit the {family} base ({detail}); is it a LoRA for "
                               "another model family?") from None
         layers, other = file_layers(keys)
