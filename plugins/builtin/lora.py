@@ -70,7 +70,8 @@ def _keys(path: Path, lora_id: str) -> list[str]:
             return list(f.keys())
     except (SafetensorError, OSError, ValueError) as exc:
         raise PluginError(f"lora {lora_id!r}: {path.name} is not a readable .safetensors file "
-                          f"({first_line(exc, 120)}); download it again") from None
+                          f"({first_line(exc, 120)}); LoRAs load from .safetensors only: convert a .pt/.bin "
+                          "LoRA, or download a damaged file again") from None
 
 
 @dataclass
