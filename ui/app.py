@@ -126,10 +126,12 @@ def _events(ui: SimpleNamespace, handlers: Handlers, form: Form, fields: dict[st
             defaults: dict[str, Any]) -> None:
     """Every event that reaches the server has an api_name; the web API takes the form's field names."""
     groups = [unit["group"] for unit in ui.units]
-    run = ui.generate.click(with_fields(handlers.generate, list(fields)), inputs_kwargs=fields,
-                            outputs=[ui.gallery, ui.info, ui.status, ui.last_seed], api_name="generate",
-                            concurrency_limit=1, concurrency_id="device", show_progress_on=ui.gallery)
-    ui.stop.click(handlers.stop, None, ui.status, api_name="stop", cancels=[run], concurrency_limit=None)
+    ui.generate.click(with_fields(handlers.generate, list(fields)), inputs_kwargs=fields,
+                      outputs=[ui.gallery, ui.info, ui.status, ui.last_seed], api_name="generate",
+                      concurrency_limit=1, concurrency_id="device", show_progress_on=ui.gallery)
+    # Stop sets the run's cancel flag: the pipeline stops at the end of the step and the run reports it.
+    # (Gradio's own `cancels=` would drop the streaming event while its worker still holds the queue.)
+    ui.stop.click(handlers.stop, None, ui.status, api_name="stop", concurrency_limit=None)
     ui.random_seed.click(None, None, fields["seed"], js=f"() => {defaults['seed']}")
     ui.reuse_seed.click(handlers.reuse_seed, ui.last_seed, fields["seed"], api_name="reuse_seed",
                         api_visibility="undocumented")
