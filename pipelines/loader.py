@@ -151,11 +151,10 @@ class Loader:
     # ---- loading modules -----------------------------------------------------------------
     def base(self, entry: Entry, dtype: torch.dtype) -> dict[str, Any]:
         """The diffusers components of a base model, on the CPU in ``dtype``."""
-        self.hashes(entry)
         cls = pipeline_class(entry.family)
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
             if entry.family == "sd15" else {}
-        source = self.path(entry)
+        source = self.verified_path(entry)
         try:
             if source.is_file():
                 pipe = cls.from_single_file(str(source), config=str(self._config(entry)), local_files_only=True,
@@ -172,8 +171,7 @@ class Loader:
 
     def controlnet(self, entry: Entry, dtype: torch.dtype):
         from diffusers import ControlNetModel
-        self.hashes(entry)
-        source = self.path(entry)
+        source = self.verified_path(entry)
         try:
             if source.is_file():
                 config = self._config(entry)

@@ -233,9 +233,7 @@ class Pipeline:
         return digest.hexdigest()
 
     def _annotator(self, model_id: str) -> Path:
-        entry = self.catalog.get(model_id, "annotator")
-        self.loader.hashes(entry)
-        return self.loader.path(entry)
+        return self.loader.verified_path(self.catalog.get(model_id, "annotator"))
 
     # ---- weights and composition ---------------------------------------------------------------
     def _base(self, entry: Entry) -> dict[str, Any]:
