@@ -180,6 +180,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    import importlib.util
+    if importlib.util.find_spec("gradio") is None:  # the one dependency that only the web UI needs
+        raise SdcomposeError("the web UI needs gradio, which is not installed: pip install 'gradio>=5.0,<7'")
     from sdcompose.ui.serve import serve
     return serve(args)
 

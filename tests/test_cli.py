@@ -80,3 +80,14 @@ def test_models_check_reports_hub_models_not_downloaded(home):
     run = cli("models", "check", "sd15")
     assert run.returncode == 0, run.stderr
     assert "not downloaded" in run.stdout and "--download" in run.stdout
+
+
+def test_ui_without_gradio_is_a_one_line_error(home):
+    """The CLI imports no gradio until `sdcompose ui`, which says how to install it where it is missing."""
+    code = ("import sys; sys.modules['gradio'] = None; from sdcompose.cli import main; "
+            "assert 'gradio' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]; "
+            "sys.exit(main(['ui']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=os.environ | {"SDCOMPOSE_DEBUG": ""})
+    assert run.returncode == 2, run.stderr
+    assert "the web UI needs gradio" in run.stderr and "Traceback" not in run.stderr
