@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdcompose.metadata import save_png
-from sdcompose.request import GenerationRequest
-from test_ui_server import running_ui
+import sdcompose
+from test_ui_form import crafted_png
+from test_ui_server import running_ui, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser,
@@ -57,6 +57,27 @@ def set_numbers(page, **values):
         box = page.locator(f"#sdc-{name} input[type=number]")
         box.fill(str(value))
         box.press("Enter")
+
+
+def pick(page, selector, text):
+    """Choose the option of the dropdown ``selector`` that matches ``text`` (typed into its filter)."""
+    box = page.locator(f"{selector} input")
+    box.fill(text)
+    box.press("Enter")
+    page.keyboard.press("Escape")
+
+
+def options(page, selector) -> list[str]:
+    """The ids a dropdown offers (its labels up to the first space)."""
+    page.click(f"{selector} input")
+    page.wait_for_selector(f"{selector} [role=option]")
+    labels = page.locator(f"{selector} [role=option]").evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    page.keyboard.press("Escape")
+    return [label.split(" ")[0] for label in labels]
+
+
+def chosen_loras(page) -> list[str]:
+    return [label.split(" ")[0] for label in page.locator("#sdc-loras .token span").all_inner_texts()]
 
 
 def served_png(page, selector="#sdc-gallery img") -> Image.Image:
@@ -108,10 +129,8 @@ def test_stop_interrupts_a_long_run_and_errors_leave_the_session_working(page):
 
 
 def test_image_info_shows_metadata_as_text_and_restores_it(page, tmp_path):
-    request = GenerationRequest(prompt=XSS, negative_prompt="</textarea><b>bold</b>", model="tiny-sd15", width=64,
-                                height=72, steps=3, guidance=4.0, seed=9, scheduler="euler")
-    meta = {"format": 1, "task": "txt2img", "request": request.summary(), "seed": 9, "seeds": [9]}
-    png = save_png(Image.new("RGB", (64, 72), "gray"), meta, {}, tmp_path / "crafted.png")
+    png = crafted_png(tmp_path / "crafted.png", prompt=XSS, negative_prompt="</textarea><b>bold</b>", model="tiny-sd15",
+                      width=64, height=72, steps=3, guidance=4.0, seed=9, scheduler="euler")
     page.get_by_role("tab", name="Image info").click()
     page.set_input_files("#sdc-info-image input[type=file]", str(png))
     page.wait_for_function("document.querySelector('#sdc-info-parameters textarea').value.includes('__xss')")
@@ -122,3 +141,48 @@ def test_image_info_shows_metadata_as_text_and_restores_it(page, tmp_path):
     assert page.input_value("#sdc-seed input") == "9"
     assert page.input_value("#sdc-height input[type=number]") == "72"
     assert page.evaluate("window.__xss") is None and page.dialogs == []
+
+
+def test_lora_and_controlnet_choices_follow_the_model(page):
+    page.click("#sdc-lora button.label-wrap")
+    page.click("#sdc-controlnet button.label-wrap")
+    page.click("#sdc-add-unit")
+    wait_for(lambda: "tiny-lora-sdxl" not in options(page, "#sdc-loras"), "the page load to narrow the LoRAs")
+    assert "tiny-lora-sd15" in options(page, "#sdc-loras")
+    offered = options(page, "#sdc-unit-0-model")
+    assert offered[0] == "auto" and "tiny-controlnet-canny-sd15" in offered
+    assert not any(model.endswith("sdxl") for model in offered)
+    pick(page, "#sdc-loras", "tiny-lora-sd15")
+    pick(page, "#sdc-unit-0-model", "tiny-controlnet-canny-sd15")
+    assert chosen_loras(page) == ["tiny-lora-sd15"]
+    pick(page, "#sdc-model", "tiny-sdxl")
+    page.get_by_text("LoRA tiny-lora-sd15 is for sd15; cleared. ControlNet unit 1: model tiny-controlnet-canny-sd15 "
+                     "is for sd15; set to auto.").wait_for(timeout=30_000)
+    assert chosen_loras(page) == [] and page.input_value("#sdc-unit-0-model input").startswith("auto ")
+    assert "tiny-lora-sdxl" in options(page, "#sdc-loras") and "tiny-lora-sd15" not in options(page, "#sdc-loras")
+    offered = options(page, "#sdc-unit-0-model")
+    assert "tiny-controlnet-canny-sdxl" in offered and not any(model.endswith("sd15") for model in offered)
+    assert page.dialogs == []
+
+
+def test_restoring_an_image_of_the_other_family_switches_the_model_and_keeps_its_choices(page, tmp_path):
+    control = sdcompose.Control("canny", Image.new("RGB", (64, 64)), model="tiny-controlnet-canny-sdxl",
+                                preprocessed=True)
+    png = crafted_png(tmp_path / "sdxl.png", prompt="a tower", model="tiny-sdxl", width=64, height=64, steps=2,
+                      seed=9, loras=[sdcompose.Lora("tiny-lora-sdxl", 0.6)], controls=[control])
+    page.get_by_role("tab", name="Image info").click()
+    page.set_input_files("#sdc-info-image input[type=file]", str(png))
+    page.wait_for_function("document.querySelector('#sdc-info-parameters textarea').value.includes('a tower')")
+    page.click("#sdc-restore")
+    page.wait_for_function("document.querySelector('#sdc-model input').value.startsWith('tiny-sdxl ')")
+    page.click("#sdc-lora button.label-wrap")
+    page.click("#sdc-controlnet button.label-wrap")
+    wait_for(lambda: "tiny-lora-sd15" not in options(page, "#sdc-loras"), "the LoRAs to follow the restored model")
+    assert chosen_loras(page) == ["tiny-lora-sdxl"]
+    assert page.input_value("#sdc-unit-0-model input").startswith("tiny-controlnet-canny-sdxl ")
+    assert "cleared" not in page.inner_text("#sdc-status")
+    page.click("#sdc-generate")  # the restored selections are among the choices the server now holds
+    page.get_by_text("1 image(s), seed 9").wait_for(timeout=120_000)
+    request = json.loads(served_png(page).text["sdcompose"])["request"]
+    assert (request["model"], request["loras"]) == ("tiny-sdxl", [{"id": "tiny-lora-sdxl", "weight": 0.6}])
+    assert request["controls"][0]["model"] == "tiny-controlnet-canny-sdxl" and page.dialogs == []

@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 import sdcompose
-from sdcompose.metadata import read_png
+from sdcompose.metadata import read_png, save_png
 from sdcompose.plugins.api import ParamSpec
+from sdcompose.request import GenerationRequest
 from sdcompose.ui.form import Form
 
 CANNY = (ParamSpec("low_threshold", "int", 100, min=1, max=255),
@@ -18,6 +19,26 @@ CANNY = (ParamSpec("low_threshold", "int", 100, min=1, max=255),
 def form():
     conditioners = {"canny": CANNY, "my-edges": (ParamSpec("blur", "float", 1.0),)}
     return Form(conditioners, ["tiny-lora-sd15", "tiny_lora_sd15"], 2)
+
+
+@pytest.fixture
+def handlers(pipe, tmp_path):
+    from sdcompose.ui.handlers import Handlers
+    from sdcompose.ui.sessions import Sessions
+    form = Form({"canny": CANNY}, ["tiny-lora-sd15", "tiny-lora-sdxl"], 2)
+    return Handlers(pipe, form, Sessions(tmp_path / "out"), ["tiny-sd15", "tiny-sdxl"])
+
+
+def crafted_png(path, **request):
+    """A PNG carrying sdcompose metadata for ``request`` (its control maps embedded), made without running a model."""
+    req = GenerationRequest(**request)
+    meta = {"format": 1, "task": "txt2img", "request": req.summary(), "seed": req.seed, "seeds": [req.seed]}
+    inputs = {f"control-{i}": control.image for i, control in enumerate(req.controls)}
+    return save_png(Image.new("RGB", (req.width, req.height), "gray"), meta, inputs, path)
+
+
+def choice_ids(update):
+    return [value for _, value in update["choices"]]
 
 
 def test_defaults_make_a_plain_txt2img_request_with_a_random_seed(form):
@@ -134,3 +155,46 @@ def test_importing_the_ui_loads_no_model_code():
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_lora_and_controlnet_choices_follow_the_models_family(handlers, pipe, family):
+    import gradio as gr
+    families = {entry.id: entry.family for entry in pipe.catalog.entries.values()}
+    lora, controlnet = f"tiny-lora-{family}", f"tiny-controlnet-canny-{family}"
+    loras, *units, status = handlers.follow_model(f"tiny-{family}", [lora], controlnet, "auto")
+    assert lora in choice_ids(loras) and {families[x] for x in choice_ids(loras)} == {family}
+    assert loras["value"] == [lora]
+    for unit, value in zip(units, [controlnet, "auto"]):
+        first, *rest = choice_ids(unit)
+        assert first == "auto" and controlnet in rest and {families[x] for x in rest} == {family}
+        assert unit["value"] == value
+    assert status == gr.skip(), "nothing cleared: the status line keeps what it said"
+    everything = handlers.follow_model("not-in-the-catalogue", [], "auto", "auto")
+    assert {families[x] for x in choice_ids(everything[0])} == {"sd15", "sdxl"}
+
+
+def test_selections_of_the_other_family_are_cleared_with_a_note(handlers):
+    loras, unit0, unit1, status = handlers.follow_model(
+        "tiny-sdxl", ["tiny-lora-sd15", "tiny-lora-sdxl"], "tiny-controlnet-canny-sd15", "no-such-controlnet")
+    assert loras["value"] == ["tiny-lora-sdxl"] and unit0["value"] == unit1["value"] == "auto"
+    assert status == ("LoRA tiny-lora-sd15 is for sd15; cleared. ControlNet unit 1: model tiny-controlnet-canny-sd15 "
+                      "is for sd15; set to auto. ControlNet unit 2: model no-such-controlnet is not in this server's "
+                      "models.yaml; set to auto.")
+
+
+def test_restoring_an_image_of_the_other_family_keeps_its_loras_and_controlnet(handlers, tmp_path):
+    control = sdcompose.Control("canny", Image.new("RGB", (64, 64)), model="tiny-controlnet-canny-sdxl",
+                                preprocessed=True)
+    png = crafted_png(tmp_path / "sdxl.png", prompt="a tower", model="tiny-sdxl", width=64, height=64, steps=2,
+                      seed=9, loras=[sdcompose.Lora("tiny-lora-sdxl", 0.6)], controls=[control])
+    restored = dict(zip(handlers.names, handlers.restore(None, str(png))))
+    assert (restored["model"], restored["prompt"], restored["seed"]) == ("tiny-sdxl", "a tower", 9)
+    assert (restored["loras"], restored["lora_tiny_lora_sdxl"]) == (["tiny-lora-sdxl"], 0.6)
+    assert restored["cn0_enable"] and restored["cn0_model"] == "tiny-controlnet-canny-sdxl"
+    assert Image.open(restored["cn0_image"]).size == (64, 64)
+    # The page then narrows the pickers to the restored model's family: the restored selections stay.
+    loras, unit0, unit1, status = handlers.follow_model(restored["model"], restored["loras"], restored["cn0_model"],
+                                                        restored["cn1_model"])
+    assert loras["value"] == ["tiny-lora-sdxl"] and (unit0["value"], unit1["value"]) == (control.model, "auto")
+    assert "tiny-lora-sd15" not in choice_ids(loras)

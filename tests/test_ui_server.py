@@ -202,6 +202,20 @@ def test_image_info_round_trip_restores_every_field_and_the_same_image(client, p
     assert np.array_equal(pixels(remade), pixels(made))
 
 
+def test_the_pickers_follow_the_model_through_the_web_api(server):
+    own = server.client()  # its own session: the narrowed choices stay with it
+    try:
+        loras, *units, status = own.predict("tiny-sdxl", ["tiny-lora-sd15"], "tiny-controlnet-canny-sd15", "auto",
+                                            "auto", api_name="/follow_model")
+    finally:
+        own.close()
+    offered = [value for _, value in loras["choices"]]
+    assert "tiny-lora-sdxl" in offered and "tiny-lora-sd15" not in offered and loras["value"] == []
+    assert [unit["value"] for unit in units] == ["auto"] * 3
+    assert "tiny-controlnet-canny-sdxl" in [value for _, value in units[0]["choices"]]
+    assert status.startswith("LoRA tiny-lora-sd15 is for sd15; cleared. ControlNet unit 1: model")
+
+
 def test_inpaint_with_an_uploaded_mask_round_trips(client, photo, mask):
     from gradio_client import handle_file
     editor = {"background": handle_file(str(photo)), "layers": [], "composite": None}

@@ -72,7 +72,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) 
                              headers=["id", "kind", "families", "version", "package", "status", "error"])
         if set(fields) != set(handlers.names):
             raise RuntimeError(f"the page and the form disagree on fields: {sorted(set(fields) ^ set(handlers.names))}")
-        _events(ui, handlers, form, fields, defaults)
+        _events(demo, ui, handlers, form, fields, defaults)
         demo.unload(handlers.forget)
     return demo
 
@@ -122,10 +122,16 @@ def _image_info(ui: SimpleNamespace) -> None:
         ui.restored = gr.JSON(label="Fields")
 
 
-def _events(ui: SimpleNamespace, handlers: Handlers, form: Form, fields: dict[str, Any],
+def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form, fields: dict[str, Any],
             defaults: dict[str, Any]) -> None:
     """Every event that reaches the server has an api_name; the web API takes the form's field names."""
     groups = [unit["group"] for unit in ui.units]
+    unit_models = [fields[form.unit(i, "model")] for i in range(form.units)]
+    # The LoRA and ControlNet-model pickers follow the model: at page load, when the user picks one, after a restore.
+    # Unpreprocessed: a restore sets selections before the choices that hold them, which Gradio's check would refuse.
+    follow = dict(fn=handlers.follow_model, inputs=[fields["model"], fields["loras"], *unit_models],
+                  outputs=[fields["loras"], *unit_models, ui.status], preprocess=False, api_visibility="undocumented")
+    gr.on([demo.load, fields["model"].input], **follow, api_name="follow_model")
     ui.generate.click(with_fields(handlers.generate, list(fields)), inputs_kwargs=fields,
                       outputs=[ui.gallery, ui.info, ui.status, ui.last_seed], api_name="generate",
                       concurrency_limit=1, concurrency_id="device", show_progress_on=ui.gallery)
@@ -150,9 +156,10 @@ def _events(ui: SimpleNamespace, handlers: Handlers, form: Form, fields: dict[st
                            api_name="lora_weights", api_visibility="undocumented")
     ui.info_image.change(handlers.image_info, ui.info_image, [ui.parameters, ui.metadata, ui.restored],
                          api_name="image_info")
-    ui.restore.click(handlers.restore, ui.info_image,
-                     [*(fields[name] for name in handlers.names), *groups, ui.shown, ui.main_tabs, ui.mode_tabs],
-                     api_name="restore")
+    restored = ui.restore.click(handlers.restore, ui.info_image,
+                                [*(fields[name] for name in handlers.names), *groups, ui.shown, ui.main_tabs,
+                                 ui.mode_tabs], api_name="restore")
+    restored.success(**follow, api_name="follow_restored_model")
 
 
 def _mode_tabs(add: Add, task_field: Any) -> None:
@@ -210,7 +217,7 @@ def _control_unit(add: Add, i: int, pipeline: Any, form: Form, helps: dict[str, 
             add(name("plugin"), gr.Dropdown([(f"{pid}: {helps[pid]}" if helps[pid] else pid, pid) for pid in helps],
                                             value=defaults[name("plugin")], label="Conditioner"))
             add(name("model"), gr.Dropdown(widgets.controlnet_models(pipeline), value=defaults[name("model")],
-                                           label="ControlNet model"))
+                                           label="ControlNet model", elem_id=f"sdc-unit-{i}-model"))
         with gr.Row():
             add(name("image"), gr.Image(type="filepath", image_mode=None, label="Control image", height=220,
                                         sources=["upload", "clipboard"], elem_id=f"sdc-unit-{i}-image"))
@@ -237,12 +244,9 @@ def _control_unit(add: Add, i: int, pipeline: Any, form: Form, helps: dict[str, 
 
 def _loras(add: Add, loras: list[Any], form: Form) -> None:
     """A multi-select of the catalogue's LoRAs (family and trigger words shown), one weight slider each."""
-    def label(entry: Any) -> str:
-        words = f"; trigger words: {', '.join(entry.trigger_words)}" if entry.trigger_words else ""
-        return f"{entry.id} ({entry.family}{words})"
-
     with gr.Accordion("LoRA", open=False, elem_id="sdc-lora"):
-        add("loras", gr.Dropdown([(label(e), e.id) for e in loras], value=[], multiselect=True, label="LoRAs"))
+        add("loras", gr.Dropdown(widgets.lora_choices(loras), value=[], multiselect=True, label="LoRAs",
+                                 elem_id="sdc-loras"))
         for entry in loras:
             add(form.lora(entry.id), gr.Slider(-2, 2, value=1.0, step=0.05, label=f"{entry.id} weight",
                                                info=f"trigger words: {', '.join(entry.trigger_words)}"

@@ -20,6 +20,7 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.plugins.api import PluginError
 
+from . import widgets
 from .form import Form
 from .sessions import Sessions
 from .widgets import escape
@@ -158,6 +159,26 @@ class Handlers:
 
     def lora_weights(self, chosen: list[str] | None) -> list:
         return [gr.update(visible=lora_id in (chosen or [])) for lora_id in self.form.loras]
+
+    def follow_model(self, model: str | None, loras: list[str] | None, *unit_models: str | None) -> list:
+        """The LoRA and each unit's ControlNet-model choices narrowed to ``model``'s family (all, for a model the
+        catalogue lacks). Selections that no longer fit are cleared (a unit's model back to auto), with a note in the
+        status line. Outputs: the LoRA picker, each unit's model picker, the status."""
+        family = widgets.family_of(self.pipeline, model)
+        lora_choices = widgets.lora_choices(widgets.lora_models(self.pipeline, family))
+        model_choices = widgets.controlnet_models(self.pipeline, family)
+        lora_ids, model_ids = [value for _, value in lora_choices], [value for _, value in model_choices]
+        loras = loras or []
+        notes = [f"{self._misfit('LoRA', lora_id)}; cleared" for lora_id in loras if lora_id not in lora_ids]
+        notes += [f"{self._misfit(f'ControlNet unit {i + 1}: model', model_id)}; set to auto"
+                  for i, model_id in enumerate(unit_models) if model_id and model_id not in model_ids]
+        return [gr.update(choices=lora_choices, value=[x for x in loras if x in lora_ids]),
+                *(gr.update(choices=model_choices, value=x if x in model_ids else "auto") for x in unit_models),
+                escape(". ".join(notes) + ".") if notes else gr.skip()]
+
+    def _misfit(self, what: str, model_id: str) -> str:
+        family = widgets.family_of(self.pipeline, model_id)
+        return f"{what} {model_id} is " + (f"for {family}" if family else "not in this server's models.yaml")
 
     def previewer(self, i: int) -> Callable[..., Any]:
         """The preprocessor preview of unit ``i``: the control map its conditioner makes at the chosen size."""

@@ -53,13 +53,29 @@ def base_models(pipeline: Any) -> tuple[list[tuple[str, str]], str]:
     return choices, (real or tiny or ids or [""])[0]
 
 
-def controlnet_models(pipeline: Any) -> list[tuple[str, str]]:
-    entries = [e for e in pipeline.catalog.entries.values() if e.kind == "controlnet"]
+def family_of(pipeline: Any, model_id: str | None) -> str | None:
+    """The family (sd15, sdxl) of a catalogue entry; None for an id the catalogue lacks."""
+    entry = pipeline.catalog.entries.get(model_id)
+    return entry.family if entry else None
+
+
+def controlnet_models(pipeline: Any, family: str | None = None) -> list[tuple[str, str]]:
+    """ControlNet model choices ``(label, id)``: auto, then the catalogue's ControlNets of ``family`` (all: None)."""
+    entries = [e for e in pipeline.catalog.entries.values() if e.kind == "controlnet" and family in (None, e.family)]
     return [("auto (the conditioner's own for the base)", "auto")] + [(f"{e.id} ({e.family})", e.id) for e in entries]
 
 
-def lora_models(pipeline: Any) -> list[Any]:
-    return [e for e in pipeline.catalog.entries.values() if e.kind == "lora"]
+def lora_models(pipeline: Any, family: str | None = None) -> list[Any]:
+    """The catalogue's LoRAs of ``family`` (all: None)."""
+    return [e for e in pipeline.catalog.entries.values() if e.kind == "lora" and family in (None, e.family)]
+
+
+def lora_choices(loras: list[Any]) -> list[tuple[str, str]]:
+    """Dropdown choices ``(label, id)`` for LoRA entries, family and trigger words shown."""
+    def label(entry: Any) -> str:
+        words = f"; trigger words: {', '.join(entry.trigger_words)}" if entry.trigger_words else ""
+        return f"{entry.id} ({entry.family}{words})"
+    return [(label(e), e.id) for e in loras]
 
 
 def conditioners(pipeline: Any) -> tuple[dict[str, tuple[ParamSpec, ...]], dict[str, str]]:
