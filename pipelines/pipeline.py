@@ -69,6 +69,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._bases: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._controlnets: OrderedDict[str, Any] = OrderedDict()
+        self._schedulers: dict[tuple[str, str], Any] = {}
         self._maps: OrderedDict[str, Image.Image] = OrderedDict()
         self._placement = memory.Placement()
         self._fast = FastMode(home() / "compile")
@@ -297,7 +298,10 @@ class Pipeline:
                                     self.device, req.vram)
         log.info("memory plan %s: %s", plan_memory.mode, plan_memory.reason)
         final: dict[str, Any] = {}  # the last step's latents, for the fp16 VAE guard
-        pipe.scheduler = schedulers.make(req.scheduler, self._bases[plan.base.id]["scheduler"].config)
+        key = (plan.base.id, req.scheduler)  # one per base and name, reused as diffusers reuses its own: requests run
+        if key not in self._schedulers:  # one at a time, and set_timesteps resets a run's state (building costs ms)
+            self._schedulers[key] = schedulers.make(req.scheduler, self._bases[plan.base.id]["scheduler"].config)
+        pipe.scheduler = self._schedulers[key]
         kwargs = self._call_arguments(pipe, plan, maps, init, mask)
 
         def on_step(_pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ CHOICES = {
 
 
 def make(name: str, base_config: Any):
-    """A fresh scheduler (they keep per-run state, so each request gets its own)."""
+    """A new scheduler of the kind ``name``, from the model's own scheduler config."""
     import diffusers
     class_name, options = CHOICES[name]
     return getattr(diffusers, class_name).from_config(base_config, **options)
