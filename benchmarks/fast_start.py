@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,11 +25,12 @@ def main() -> None:
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     start = time.perf_counter()
     dtype = torch.float16 if args.device == "cuda" else torch.float32
     bench = Bench(args.models, json.loads(args.ids), args.device, dtype)
-    case = Case("+1 ControlNet, fast mode", size=args.size)
+    case = Case("+1 ControlNet, fast mode", size=args.size, steps=args.steps)
     default = bench.generate(case, case.steps)  # loads and places the models; the reference image
     loaded = time.perf_counter()
     first = bench.generate(case, case.steps, fast=True)
@@ -41,9 +43,9 @@ def main() -> None:
                              args.device)
         out.update(fast_s_per_call=fast["s_per_call"], fast_ms_per_step=fast["ms_per_step"],
                    fast_peak_gb=fast["peak_gb"])
-        plain = bench.plain(Case("+1 ControlNet", size=args.size))
+        plain = bench.plain(replace(case, name="+1 ControlNet"))
         out.update(plain_s_per_call=plain["s_per_call"], plain_ms_per_step=plain["ms_per_step"])
-        loras = Case("+1 ControlNet + 3 LoRAs, fast mode", loras=3, size=args.size)
+        loras = replace(case, name="+1 ControlNet + 3 LoRAs, fast mode", loras=3)
         fused = measure.timed(lambda tick: bench.generate(loras, loras.steps if tick else 2, tick, fast=True), 3,
                               args.device)
         out.update(lora3_fast_ms_per_step=fused["ms_per_step"], lora3_fast_report=fused["output"].metadata["fast"])

@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --smoke                    CPU, tiny models, seconds (CI runs this)
     python benchmarks/run.py --out DIR [--budget S]     CUDA: full-size SD1.5 (then SDXL) parts, random weights
+    python benchmarks/run.py --dry-run                  the CUDA sections on CPU at 64x64: checks this script
 
 Plain diffusers runs the very modules sdcompose has loaded (``Pipeline.diffusers_pipeline``), built
 into the diffusers pipeline class of the composition, with diffusers' own calls for each memory mode.
@@ -18,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from PIL import Image
 import measure
 import parts
 import sdcompose
+from sdcompose.errors import describe
 from sdcompose.metadata import library_versions, read_png
 from sdcompose.pipelines import memory
 from sdcompose.pipelines.catalog import home
@@ -130,7 +132,7 @@ class Bench:
             plain.enable_sequential_cpu_offload(device=device)
         elif mode == "group_offload":
             plain.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1,
-                                       use_stream=True)
+                                       use_stream=device.type == "cuda")
         elif mode in ("vae_tiling", "vae_slicing"):
             getattr(plain.vae, f"enable_{mode[4:]}")()
         elif mode == "sliced":
@@ -167,13 +169,18 @@ class Bench:
         for side, run in (("sdcompose", self.ours), ("diffusers", self.plain)):
             if side == "diffusers" and case.plain is None:
                 continue
-            try:
-                row[side] = run(case)
-            except Exception as exc:  # one failing case must not lose the others
-                row[side] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+            row[side] = guarded(lambda: run(case))
             torch.cuda.empty_cache() if self.device.startswith("cuda") else None
         print(json.dumps({k: v for k, v in row.items() if k != "setting"}), flush=True)
         return row
+
+
+def guarded(section: Callable[[], Any]) -> Any:
+    """What ``section`` returns, or its error: one failing case or section must not lose the others."""
+    try:
+        return section()
+    except Exception as exc:
+        return {"error": describe(exc)}
 
 
 # ---- sections ------------------------------------------------------------------------------------
@@ -198,34 +205,39 @@ SDXL = [Case("SDXL + 1 ControlNet, 1024x1024, capped at 8 GB (auto)", size=1024,
              runs=1)]
 
 
-def fast_mode(overlay: Path, ids: dict[str, Any], seconds: float) -> dict[str, Any]:
+def fast_mode(overlay: Path, ids: dict[str, Any], seconds: float, device: str, case: Case) -> dict[str, Any]:
     """Fast mode in fresh processes: cold (empty compile cache), then warm; within ``seconds``."""
     deadline = time.monotonic() + seconds
     cache = home() / "compile"
     subprocess.run(["rm", "-rf", str(cache)], check=False)
     out = {}
     for label in ("cold", "warm"):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(HERE / "fast_start.py"), "--models", str(overlay),
-                               "--ids", json.dumps(ids)] + (["--full"] if label == "cold" else []),
-                              capture_output=True, text=True, timeout=max(30.0, deadline - time.monotonic()))
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        out[label] = json.loads(lines[-1]) if lines else {"error": proc.stderr.strip().splitlines()[-3:]}
+        start, limit = time.perf_counter(), max(30.0, deadline - time.monotonic())
+        try:
+            proc = subprocess.run([sys.executable, str(HERE / "fast_start.py"), "--models", str(overlay),
+                                   "--ids", json.dumps(ids), "--device", device, "--size", str(case.size),
+                                   "--steps", str(case.steps)] + (["--full"] if label == "cold" else []),
+                                  capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired:  # the sections after this one still run
+            out[label] = {"error": f"not done within the {limit:.0f} s left"}
+        else:
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            out[label] = json.loads(lines[-1]) if lines else {"error": proc.stderr.strip().splitlines()[-3:]}
         out[label]["process_s"] = round(time.perf_counter() - start, 1)
         print(json.dumps({"fast": label, **out[label]}), flush=True)
     return out
 
 
-def cli_check(bench: Bench, overlay: Path, work: Path) -> dict[str, Any]:
+def cli_check(bench: Bench, overlay: Path, work: Path, case: Case) -> dict[str, Any]:
     """`sdcompose generate ... --vram 2GB` against the same image made without a cap."""
-    case = Case("cli")
-    default = bench.generate(case, 20)
+    default = bench.generate(case, case.steps)
     control = work / "control.png"
-    bench.control_map(512).save(control)
+    bench.control_map(case.size).save(control)
     target = work / "capped.png"
     cmd = [sys.executable, "-m", "sdcompose.cli", "generate", PROMPT, "-m", bench.ids["base"], "--models", str(overlay),
            "--control", f"canny={control}:preprocessed=true:model={bench.ids['cn'][0]}:resize_mode=just_resize",
-           "-W", "512", "-H", "512", "--steps", "20", "--guidance", "7.5", "--seed", "0", "--vram", "2GB",
+           "-W", str(case.size), "-H", str(case.size), "--steps", str(case.steps), "--guidance", "7.5", "--seed", "0",
+           "--vram", "2GB",
            "-o", str(target), "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode:
@@ -245,12 +257,12 @@ def targets(rows: list[dict[str, Any]], fast: dict[str, Any]) -> dict[str, Any]:
     cn1 = "+1 ControlNet"
     out = {"default s/call vs diffusers (<= 1.02)": measure.ratio(get(cn1, "sdcompose", "s_per_call"),
                                                                    get(cn1, "diffusers", "s_per_call"))}
-    warm = fast.get("cold", {})
-    if warm.get("fast_ms_per_step"):
-        out["fast ms/step"] = warm["fast_ms_per_step"]
-        out["fast step rate vs diffusers (>= 3)"] = measure.ratio(warm.get("plain_ms_per_step"),
-                                                                  warm["fast_ms_per_step"])
-        out["fast vs default max abs pixel diff"] = warm.get("max_abs_diff")
+    cold = fast.get("cold", {})  # the process that also timed plain diffusers
+    if cold.get("fast_ms_per_step"):
+        out["fast ms/step"] = cold["fast_ms_per_step"]
+        out["fast step rate vs diffusers (>= 3)"] = measure.ratio(cold.get("plain_ms_per_step"),
+                                                                  cold["fast_ms_per_step"])
+        out["fast vs default max abs pixel diff"] = cold.get("max_abs_diff")
     out["3 LoRAs fused ms/step vs no LoRA (<= 1.05)"] = measure.ratio(
         get("+1 ControlNet + 3 LoRAs (sdcompose fuses; diffusers unfused)", "sdcompose", "ms_per_step"),
         get(cn1, "sdcompose", "ms_per_step"))
@@ -268,58 +280,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT") or tempfile.mkdtemp(prefix="sdcompose-bench-"))
     parser.add_argument("--budget", type=float, default=330, help="seconds for the GPU sections (default 330)")
     parser.add_argument("--no-sdxl", action="store_true")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the CUDA sections on CPU, fp32, 64x64, 3 steps, one timed call: checks this script and "
+                             "its parts before GPU time is spent; measures nothing (give it a --budget of ~3000)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    device = "cuda" if torch.cuda.is_available() and not (args.smoke or args.dry_run) else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    shape = (lambda todo: [replace(c, size=64, steps=3, runs=1) for c in todo] if args.dry_run else todo)
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "versions": library_versions(), "smoke": args.smoke, "rows": [], "skipped": []}
-    if device == "cpu" and not args.smoke:
+        "versions": library_versions(), "smoke": args.smoke, "dry_run": args.dry_run, "rows": [], "skipped": []}
+    if device == "cpu" and not (args.smoke or args.dry_run):
         print("no CUDA device: running the smoke benchmark", file=sys.stderr)
     save = lambda: (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     left = (lambda: args.budget - (time.monotonic() - start))
 
-    if device == "cpu":
+    if device == "cpu" and not args.dry_run:
         torch.set_num_threads(1)  # tiny models: one thread is the fastest and steadiest on a shared CPU
         bench = Bench(None, {"base": "tiny-sd15", "cn": ["tiny-controlnet-canny-sd15"], "lora": ["tiny-lora-sd15"]},
                       "cpu", torch.float32)
         results["rows"] = [bench.row(case) for case in SMOKE]
     else:
         root = home() / "models"
-        entries = parts.build(root, "sd15", device, torch.float16, controlnets=2, loras=3)
+        entries = parts.build(root, "sd15", device, dtype, controlnets=2, loras=3)
         overlay = parts.overlay(home() / "bench-models.yaml", entries)
         ids = {"base": "bench-sd15", "cn": ["bench-sd15-cn0", "bench-sd15-cn1"],
                "lora": [f"bench-sd15-lora{i}" for i in range(3)]}
 
         def cases(bench: Bench, todo: list[Case], need: float) -> None:
-            for case in todo:
+            for case in shape(todo):
                 if left() < need:
                     results["skipped"].append(case.name)
                     continue
                 results["rows"].append(bench.row(case))
                 save()
 
-        bench = Bench(overlay, ids, device, torch.float16)
+        bench = Bench(overlay, ids, device, dtype)
         cases(bench, TARGETS, 20)
-        results["fast"] = fast_mode(overlay, ids, left()) if left() > 150 else {"skipped": "time"}
+        fast = shape([Case("fast")])[0]
+        results["fast"] = guarded(lambda: fast_mode(overlay, ids, left(), device, fast)) if left() > 150 \
+            else {"skipped": "time"}
         save()
-        results["cli_vram_2gb"] = cli_check(bench, overlay, Path(tempfile.mkdtemp())) if left() > 40 else "skipped"
+        cli = shape([Case("cli")])[0]
+        results["cli_vram_2gb"] = guarded(lambda: cli_check(bench, overlay, Path(tempfile.mkdtemp()), cli)) \
+            if left() > 40 else "skipped"
         save()
         del bench  # SDXL's 8 GB cap counts every module this process holds on the GPU
         torch.cuda.empty_cache()
-        if not args.no_sdxl and left() > 120:
-            entries.update(parts.build(root, "sdxl", device, torch.float16, controlnets=1))
+        built = guarded(lambda: parts.build(root, "sdxl", device, dtype, controlnets=1)) \
+            if not args.no_sdxl and left() > 120 else None
+        if built and "error" in built:
+            results["sdxl_error"] = built["error"]
+        elif built:
+            entries.update(built)
             xl = Bench(parts.overlay(overlay, entries), {"base": "bench-sdxl", "cn": ["bench-sdxl-cn0"], "lora": []},
-                       device, torch.float16)
+                       device, dtype)
             cases(xl, SDXL, 0)
             del xl
             torch.cuda.empty_cache()
         else:
             results["skipped"] += [case.name for case in SDXL]
-        cases(Bench(overlay, ids, device, torch.float16), MORE, 25)
+        cases(Bench(overlay, ids, device, dtype), MORE, 25)
         results["targets"] = targets(results["rows"], results.get("fast", {}))
     results["elapsed_s"] = round(time.monotonic() - start, 1)
     save()
