@@ -99,6 +99,8 @@ class Bench:
     # ---- plain diffusers -----------------------------------------------------------------------
     def plain(self, case: Case) -> dict[str, Any]:
         from diffusers import DPMSolverMultistepScheduler
+        if case.plain == "sequential_offload" and not self.device.startswith("cuda"):  # its hooks then break the modules
+            raise RuntimeError("diffusers' sequential offload needs an execution device other than the CPU")
         controls = self.controls(case)
         ref = self.pipe.diffusers_pipeline(self.ids["base"], controls)  # the plain base: fused LoRAs come off
         plain = type(ref)(**ref.components)
