@@ -7,7 +7,7 @@
 # (fills the git-ignored .whl/), then carry .whl along. Through this workplace's device tool:
 #   run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540)
 # Order: install, GPU correctness tests (tiny models), the benchmark (sdcompose next to plain
-# diffusers, fast mode cold/warm, --vram 2GB CLI check, memory modes, SDXL), the plot, then the
+# diffusers, --vram 2GB CLI check, fast mode cold/warm, SDXL, memory modes), the plot, then the
 # reference script of plain diffusers with whatever time is left.
 set -uo pipefail
 cd "$(dirname "$0")/.."

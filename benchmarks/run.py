@@ -188,7 +188,7 @@ def guarded(section: Callable[[], Any]) -> Any:
 # ---- sections ------------------------------------------------------------------------------------
 SMOKE = [Case("txt2img", controls=0, size=64, steps=3, runs=1), Case("+1 ControlNet", size=64, steps=3, runs=1),
          Case("+1 ControlNet + LoRA (diffusers: unfused)", loras=1, size=64, steps=3, runs=1, plain="lora_unfused")]
-# GPU sections, most important first (the targets, then fast mode, the CLI check, SDXL, the rest)
+# GPU sections, most important first (the targets, then the CLI check, fast mode, SDXL, the rest)
 TARGETS = [Case("+1 ControlNet"), Case("+1 ControlNet + 3 LoRAs (sdcompose fuses; diffusers unfused)", loras=3,
                                        plain="lora_unfused"),
            Case("+1 ControlNet, capped at 4 GB (auto)", vram="4GB", cap_gb=4, plain=None, runs=2),
@@ -323,13 +323,13 @@ def main(argv: list[str] | None = None) -> int:
 
         bench = Bench(overlay, ids, device, dtype)
         cases(bench, TARGETS, 20)
-        fast = shape([Case("fast")])[0]
-        results["fast"] = guarded(lambda: fast_mode(overlay, ids, left(), device, fast)) if left() > 150 \
-            else {"skipped": "time"}
-        save()
         cli = shape([Case("cli")])[0]
         results["cli_vram_2gb"] = guarded(lambda: cli_check(bench, overlay, Path(tempfile.mkdtemp()), cli)) \
             if left() > 40 else "skipped"
+        save()
+        fast = shape([Case("fast")])[0]
+        results["fast"] = guarded(lambda: fast_mode(overlay, ids, left(), device, fast)) if left() > 150 \
+            else {"skipped": "time"}
         save()
         del bench  # SDXL's 8 GB cap counts every module this process holds on the GPU
         torch.cuda.empty_cache()
