@@ -279,14 +279,14 @@ def targets(rows: list[dict[str, Any]], fast: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, a few seconds")
-    parser.add_argument("--out", default=os.environ.get("OUT") or tempfile.mkdtemp(prefix="sdcompose-bench-"))
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="results folder (default: a new temp folder)")
     parser.add_argument("--budget", type=float, default=330, help="seconds for the GPU sections (default 330)")
     parser.add_argument("--no-sdxl", action="store_true")
     parser.add_argument("--dry-run", action="store_true",
                         help="the CUDA sections on CPU, fp32, 64x64, 3 steps, one timed call: checks this script and "
                              "its parts before GPU time is spent; measures nothing (give it a --budget of ~3000)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out or tempfile.mkdtemp(prefix="sdcompose-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     device = "cuda" if torch.cuda.is_available() and not (args.smoke or args.dry_run) else "cpu"

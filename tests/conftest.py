@@ -1,7 +1,9 @@
 """Shared fixtures: an isolated SDCOMPOSE_HOME (tiny models built once per session), small images."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,7 +12,13 @@ import pytest
 from hypothesis import settings
 from PIL import Image, ImageDraw
 
-_HOME = Path(os.environ.get("SDCOMPOSE_TEST_HOME") or tempfile.mkdtemp(prefix="sdcompose-test-"))
+# Whatever a run writes to the temp folder (the tiny models, pytest's folders, gradio_client's downloads, the
+# subprocesses' files) goes in one folder removed at exit, so repeated runs do not fill the disk.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="sdcompose-test-"))
+atexit.register(shutil.rmtree, _SCRATCH, True)
+os.environ["TMPDIR"] = tempfile.tempdir = str(_SCRATCH)
+_HOME = Path(os.environ.get("SDCOMPOSE_TEST_HOME") or _SCRATCH / "home")
+_HOME.mkdir(parents=True, exist_ok=True)
 os.environ["SDCOMPOSE_HOME"] = str(_HOME)
 os.environ["SDCOMPOSE_MODELS_YAML"] = str(_HOME / "no-user-models.yaml")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
