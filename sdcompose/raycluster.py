@@ -4,7 +4,6 @@ Only the ``--ray`` paths import this module; nothing else in sdcompose imports R
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
@@ -14,15 +13,22 @@ INSTALL = "pip install 'sdcompose[ray]'"
 FORWARDED = ("SDCOMPOSE_", "HF_")  # the settings a worker needs to find the same models
 
 
-def require_ray() -> None:
-    if importlib.util.find_spec("ray") is None:
-        raise SdcomposeError(f"--ray needs Ray, which is not installed: {INSTALL}")
+def require_ray() -> Any:
+    """The ``ray`` module, or one sentence saying what to install."""
+    try:
+        import ray
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("ray", None) and not str(exc.name).startswith("ray."):
+            raise SdcomposeError(f"Ray does not import: {exc}; reinstall it with {INSTALL}") from None
+        raise SdcomposeError(f"--ray needs Ray, which is not installed: {INSTALL}") from None
+    except ImportError as exc:
+        raise SdcomposeError(f"Ray does not import: {exc}; reinstall it with {INSTALL}") from None
+    return ray
 
 
 def connect(address: str | None) -> Any:
     """Join the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or start a local one."""
-    require_ray()
-    import ray
+    ray = require_ray()
     if not ray.is_initialized():
         try:
             local = {} if address else {"include_dashboard": False}  # a new local Ray: no dashboard to serve
