@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,3 +28,9 @@ def pixels(path: Path) -> np.ndarray:
 
 def pngs(folder: Path) -> dict[str, Path]:
     return {p.name: p for p in folder.glob("*.png")}
+
+
+def batch(*args, env: dict | None = None) -> subprocess.Popen:
+    """``sdcompose batch ARGS`` as a subprocess (its output read with ``communicate``)."""
+    return subprocess.Popen([sys.executable, "-m", "sdcompose.cli", "batch", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=(env or os.environ) | {"SDCOMPOSE_DEBUG": ""})

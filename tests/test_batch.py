@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 
 import sdcompose
-from batch_files import pixels, pngs, request, write_jobs
+from batch_files import batch, pixels, pngs, request, write_jobs
 from sdcompose.metadata import read_png
 
 BAD_LINE = 7
-
-
-def batch(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "sdcompose.cli", "batch", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ | {"SDCOMPOSE_DEBUG": ""}, **kw)
 
 
 def wait_for(predicate, what, timeout=300.0):
