@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=6, help="timed lines for the per-line overhead")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,12 +66,45 @@ def main() -> None:
         address = ray.get_runtime_context().gcs_address
         case("--ray, 1 actor", "--ray", "--address", address, "--workers", "1")
         case("--ray, 2 actors", "--ray", "--address", address, "--workers", "2")
+        overhead = ray_overhead(jobs, args.repeats)
+        print(f"Ray per line: {overhead['ray_ms']:.0f} ms vs in-process {overhead['local_ms']:.0f} ms "
+              f"(overhead {overhead['overhead_ms']:.0f} ms)", flush=True)
     finally:
         ray.shutdown()
     results = {"lines": args.lines, "steps": args.steps, "size": args.size, "cpus": args.cpus, "cores": os.cpu_count(),
-               "rows": rows, "date": time.strftime("%Y-%m-%d")}
+               "rows": rows, "overhead": overhead, "date": time.strftime("%Y-%m-%d")}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "plot.png")
+
+
+def ray_overhead(jobs: Path, repeats: int) -> dict:
+    """Median time of one line on a warm worker in this process and on a warm Ray actor (1 thread each)."""
+    import statistics
+
+    import ray
+    import torch
+
+    from sdcompose.batch.jobs import read_jobs
+    from sdcompose.batch.ray_workers import RayWorker
+    from sdcompose.batch.worker import Worker
+    job = read_jobs(jobs)[0]
+    torch.set_num_threads(1)  # the actor has one CPU, so one thread
+    local = Worker("local-0")
+    actor = RayWorker(ray.remote(num_cpus=1)(Worker).remote("ray-0"), "ray-0")
+
+    def median_ms(worker) -> float:
+        worker.render(job)  # warm: the model loads
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            files, reason = worker.render(job)
+            times.append(time.perf_counter() - start)
+            assert reason is None, reason
+        return statistics.median(times) * 1000
+
+    local_ms, ray_ms = median_ms(local), median_ms(actor)
+    ray.kill(actor.handle)
+    return {"local_ms": round(local_ms, 1), "ray_ms": round(ray_ms, 1), "overhead_ms": round(ray_ms - local_ms, 1)}
 
 
 def plot(results: dict, target: Path) -> None:
