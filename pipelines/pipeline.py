@@ -187,7 +187,7 @@ class Pipeline:
                                     weights=_LazyWeights(plugin.annotators, self._annotator))
                 try:
                     image = plugin.preprocess(source, ctx, params)
-                except (PluginError, SdcomposeError):  # lazily fetched weights raise ModelError as they are
+                except SdcomposeError:  # lazily fetched weights raise ModelError as they are
                     raise
                 except Exception as exc:  # a plugin's bug fails this request only
                     raise PluginError(f"conditioner {control.id!r} failed on its input: "
@@ -313,7 +313,7 @@ class Pipeline:
             stopped = "oom"
         except Cancelled as exc:
             stopped = str(exc)
-        except (PluginError, SdcomposeError):
+        except SdcomposeError:
             raise
         except Exception as exc:
             if adapter is not None and _raised_in(exc, type(adapter).__module__):
@@ -350,7 +350,7 @@ class Pipeline:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
         try:
             return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
-        except (PluginError, SdcomposeError):
+        except SdcomposeError:
             raise
         except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
             self._bases.pop(plan.base.id, None)

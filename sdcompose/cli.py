@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError
-from sdcompose.plugins.api import PluginError
 from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control,
                                GenerationRequest, Lora, bounds, default)
 from sdcompose.settings import DEFAULT_MODEL, Settings
@@ -295,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt = ""
     try:
         return args.func(args)
-    except (SdcomposeError, PluginError) as exc:
+    except SdcomposeError as exc:
         if Settings.from_env().debug:
             raise
         print(f"sdcompose: error: {exc}", file=sys.stderr)
