@@ -64,12 +64,25 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
     return "\n".join(lines + [", ".join(fields)])
 
 
-def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image], path: Path) -> Path:
+def png_info(meta: dict[str, Any], inputs: dict[str, Image.Image]) -> PngImagePlugin.PngInfo:
+    """The three text chunks of an sdcompose PNG."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", a1111_parameters(meta))
     info.add_itxt(KEY, json.dumps(meta, sort_keys=True), zip=True)
     if inputs:
         info.add_itxt(INPUTS_KEY, json.dumps({k: encode_image(v) for k, v in inputs.items()}), zip=True)
+    return info
+
+
+def png_bytes(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image]) -> bytes:
+    """The PNG ``save_png`` writes, as bytes (what the HTTP API answers)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=png_info(meta, inputs))
+    return buf.getvalue()
+
+
+def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image], path: Path) -> Path:
+    info = png_info(meta, inputs)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     image.save(tmp, format="PNG", pnginfo=info)
