@@ -216,13 +216,13 @@ class SecurityLayer:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _TooLarge
+                raise _TooLarge(f"the request body is larger than {limit // 2**20} MB")
             return message
         return capped
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(ValidationError):
+    """Raised inside the app when the body passes the cap; the APIs answer it as 413, and so does the layer."""
 
 
 def _with_headers(send):
