@@ -97,9 +97,11 @@ def _control(i: int, data: Any, files: dict[str, bytes]) -> Control:
     if "id" not in values:
         raise FieldError(f"{where}.id", f"{where}.id is missing (a conditioner plugin id such as canny)")
     image = files.get(f"{where}.image", values.get("image"))
+    if image is None:
+        raise FieldError(f"{where}.image", f"{where}.image is missing (a base64 image, or a pose as JSON)")
     if isinstance(image, (dict, list)):  # parsed JSON for plugins that read it (an OpenPose pose)
         values["image"] = image
-    elif image is not None:
+    else:
         values["image"] = image_bytes(image, f"{where}.image")
     return Control(**values)
 
