@@ -161,7 +161,7 @@ def router(service: Service) -> APIRouter:
             if plugin == "canny":
                 params = {"low_threshold": int(data.get("controlnet_threshold_a", 100)),
                           "high_threshold": int(data.get("controlnet_threshold_b", 200))}
-            pictures = data.get("controlnet_input_images") or []
+            pictures = data.get("controlnet_input_images", data.get("controlnet_images")) or []  # new name, old
             if not isinstance(pictures, list) or not pictures:
                 raise FieldError("controlnet_input_images", "controlnet_input_images must list base64 images")
             inputs = [image_bytes(x, f"controlnet_input_images[{i}]") for i, x in enumerate(pictures)]

@@ -173,8 +173,8 @@ def _img2img(payload: dict) -> dict[str, Any]:
                            "strength": payload.get("denoising_strength", 0.75)}
     mask = payload.get("mask")
     if mask:
-        for key, allowed in (("inpainting_fill", (1,)), ("inpaint_full_res", (False, 0))):
-            value = payload.get(key, allowed[0])
+        for key, allowed, default in (("inpainting_fill", (1,), 0), ("inpaint_full_res", (False, 0), True)):
+            value = payload.get(key, default)  # A1111's defaults: fill, and only the masked area
             if isinstance(value, bool) != isinstance(allowed[0], bool) or value not in allowed:
                 meaning = {"inpainting_fill": "only 1 (original) is supported",
                            "inpaint_full_res": "inpainting only the masked area is not supported; send false"}

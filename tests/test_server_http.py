@@ -247,7 +247,7 @@ def test_webuiapi_img2img_inpaint_png_info_models_and_options(live, pipe, photo,
     assert json.loads(inpainted.image.text["sdcompose"])["task"] == "inpaint"
     refused = live.http.post("/sdapi/v1/img2img", json=dict(init_images=[data_url(photo)], mask=data_url(mask),
                                                             **A1111_SMALL))
-    assert error_of(refused, 422)["field"] == "inpaint_full_res"  # A1111's default: only-masked inpainting
+    assert error_of(refused, 422)["field"] == "inpainting_fill"  # A1111's default (0: fill) is not available
     info = api.png_info(made.image)
     assert info.info.startswith("a door") and info.parameters["Seed"] == "9"
     titles = [m["title"] for m in api.get_sd_models()]
@@ -281,8 +281,9 @@ def test_webuiapi_interrupts_a_long_run_and_reports_its_progress(live):
 
 
 def test_detect_returns_the_control_map(live, pipe, photo):
-    answer = live.webui().controlnet_detect(images=[Image.open(photo)], module="canny")
-    direct = pipe.preprocess("canny", photo, low_threshold=100, high_threshold=200)
+    answer = live.webui().controlnet_detect(images=[Image.open(photo)], module="canny", threshold_a=60,
+                                            threshold_b=180)
+    direct = pipe.preprocess("canny", photo, low_threshold=60, high_threshold=180)
     assert np.array_equal(pixels(answer.image), pixels(direct))
 
 
