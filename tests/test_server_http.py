@@ -294,8 +294,10 @@ def mixed_requests(photo):
     out = []
     for c in range(8):
         for j in range(5):
-            seed, kind = 100 + 10 * c + j, (c + j) % 5
-            if kind == 0:
+            seed, kind = 100 + 10 * c + j, (5 * c + j) % 8  # kinds 0 and 5-7: plain; 1-4: one of each mix
+            if kind in (0, 6):
+                out.append(("/sdapi/v1/txt2img", dict(prompt=f"{c}-{j}", seed=seed, **A1111_SMALL)))
+            elif kind in (5, 7):
                 out.append(("/v1/generate", dict(prompt=f"{c}-{j}", seed=seed, **SMALL)))
             elif kind == 1:
                 out.append(("/v1/generate", dict(prompt=f"{c}-{j}", seed=seed, loras=[{"id": "tiny-lora-sd15",
@@ -313,6 +315,7 @@ def mixed_requests(photo):
     return out
 
 
+@pytest.mark.slow
 def test_load_eight_clients_five_mixed_requests_each_equal_the_same_request_alone(live, photo):
     requests = mixed_requests(photo)
 
