@@ -41,5 +41,8 @@ def build_app(service: Service, security: Security | None = None, api: bool = Tr
         ui.queue(default_concurrency_limit=1, max_size=256)
         gr.mount_gradio_app(app, ui, path="/", max_file_size=MAX_BYTES, ssr_mode=False, show_error=True,
                             enable_monitoring=False, favicon_path=None, footer_links=["api", "settings"])
+        # Gradio checks that file inputs were uploaded (not server paths) only once it thinks it launched, and
+        # a mounted app never does: without this, an API call could name any file on the server as an input.
+        ui.has_launched = True
     app.add_middleware(SecurityLayer, security=security)  # added last: the outermost layer
     return app

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 from sdcompose.errors import ValidationError
@@ -49,6 +51,10 @@ def serve(args: argparse.Namespace, api: bool = True, ui: bool = True) -> int:
         parts += ["the API at /v1 and /sdapi/v1, its docs at /docs"] if api else []
         print(f"sdcompose: serving on http://{shown}:{args.port} ({'; '.join(parts)})", flush=True)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3, ws="none", lifespan="on")
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn shuts down on SIGTERM, then raises the signal again with the handler it found: this one, so
+            # the process ends through the clean-up below instead of dying before it
+            signal.signal(signal.SIGTERM, _interrupt)
         uvicorn.Server(config).run(sockets=[sock])
         return 0
     finally:
@@ -71,3 +77,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.set_inheritable(True)
     return sock
 
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
