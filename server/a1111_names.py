@@ -27,11 +27,14 @@ MODULES: dict[str, tuple[str, dict[str, Any]]] = {
     "dw_openpose_full": ("pose", {"include_hand": True, "include_face": True}),
     "softedge_pidinet": ("softedge", {"detector": "pidinet"}), "softedge_hed": ("softedge", {"detector": "hed"}),
     "lineart_realistic": ("lineart", {}), "lineart": ("lineart", {}), "lineart_coarse": ("lineart", {"coarse": True}),
+    "tile_resample": ("tile", {}), "shuffle": ("shuffle", {}), "mlsd": ("mlsd", {}), "normal_bae": ("normal", {}),
+    "scribble_hed": ("scribble", {"detector": "hed"}), "scribble_pidinet": ("scribble", {"detector": "pidinet"}),
 }
 NO_PREPROCESSOR = ("none", "None", "")
 # words in a ControlNet model's name -> the conditioner it was trained for (for module "none")
 MODEL_KINDS = (("canny", "canny"), ("depth", "depth"), ("openpose", "pose"), ("pose", "pose"),
-               ("softedge", "softedge"), ("hed", "softedge"), ("lineart", "lineart"))
+               ("softedge", "softedge"), ("hed", "softedge"), ("lineart", "lineart"), ("tile", "tile"),
+               ("shuffle", "shuffle"), ("mlsd", "mlsd"), ("normal", "normal"), ("scribble", "scribble"))
 RESIZE_MODES = {"Just Resize": "just_resize", "Crop and Resize": "crop_and_resize",
                 "Resize and Fill": "resize_and_fill", "Scale to Fit (Inner Fit)": "crop_and_resize",
                 "Envelope (Outer Fit)": "resize_and_fill", 0: "just_resize", 1: "crop_and_resize",
