@@ -84,8 +84,8 @@ def router(service: Service) -> APIRouter:
                  "config": None} for m in _entries(service, "base")]
 
     @api.post("/sdapi/v1/refresh-checkpoints")
-    async def refresh_checkpoints() -> None:  # models.yaml is read when the server starts
-        return None
+    async def refresh_checkpoints() -> dict[str, list[str]]:  # the model folders scanned again
+        return service.pipeline.refresh()
 
     @api.get("/sdapi/v1/samplers")
     async def samplers() -> list[dict[str, Any]]:

@@ -135,13 +135,13 @@ def _model(overrides: Any, default: str, catalog: Any) -> str:
 
 def checkpoint(value: Any, catalog: Any, field: str) -> str:
     name = names.model_name(value) if isinstance(value, str) else None
-    entry = catalog.entries.get(name) if name else None
-    if entry is None or entry.kind != "base":
+    entry = catalog.find(name, "base") if name else None  # an id, a file name, or a scanned folder's sub/name
+    if entry is None:
         bases = [i for i, e in catalog.entries.items() if e.kind == "base"]
         from sdcompose.errors import suggest
         raise FieldError(field, f"{field} {str(value)[:80]!r} is not a base model in models.yaml "
                                 f"(GET /sdapi/v1/sd-models lists them){suggest(str(name), bases)}")
-    return name
+    return entry.id
 
 
 def _loras(prompt: str, catalog: Any, parse: bool) -> tuple[str, list[Lora]]:
@@ -151,12 +151,12 @@ def _loras(prompt: str, catalog: Any, parse: bool) -> tuple[str, list[Lora]]:
     loras = []
     for match in LORA_TAG.finditer(prompt):
         name, weight = match[1].strip(), match[2]
-        entry = catalog.entries.get(name)
-        if entry is None or entry.kind != "lora":
+        entry = catalog.find(name, "lora")
+        if entry is None:
             raise FieldError("prompt", f"prompt: <lora:{name[:60]}> is not a LoRA in models.yaml "
                                        "(GET /sdapi/v1/loras lists them)")
         try:
-            loras.append(Lora(name, float(weight) if weight not in (None, "") else 1.0))
+            loras.append(Lora(entry.id, float(weight) if weight not in (None, "") else 1.0))
         except ValueError:
             raise FieldError("prompt", f"prompt: <lora:{name[:60]}:{weight[:20]}> has a weight that is not a "
                                        "number") from None
@@ -230,8 +230,8 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Cont
         raise FieldError(f"{where}.module", f"{where}: module and model must be names")
     preprocessed = module in names.NO_PREPROCESSOR
     model_id = names.model_name(model)
-    entry = catalog.entries.get(model_id)
-    own = entry is not None and entry.kind == "controlnet"  # a models.yaml id: used as it is
+    entry = catalog.find(model_id, "controlnet") if model_id else None
+    own = entry is not None  # a models.yaml id or a file in a model folder: used as it is
     kind = names.conditioner_for_model(model_id)
     if model_id in ("", "None", "none") or (not own and kind is None):
         raise FieldError(f"{where}.model", f"{where}.model {model_id[:80]!r} is not a ControlNet sdcompose has "
@@ -266,7 +266,7 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Cont
         raise FieldError(f"{where}.image", f"{where}.image is missing (a base64 image)")
     return Control(plugin, image=data, weight=unit.get("weight", 1.0), start=unit.get("guidance_start", 0.0),
                    end=unit.get("guidance_end", 1.0), params=params, preprocessed=preprocessed,
-                   model=model_id if own else None,  # None: the conditioner's ControlNet for the base family
+                   model=entry.id if own else None,  # None: the conditioner's ControlNet for the base family
                    resize_mode=names.choice(names.RESIZE_MODES, unit.get("resize_mode", "Crop and Resize"),
                                             f"{where}.resize_mode"),
                    control_mode=names.choice(names.CONTROL_MODES, unit.get("control_mode", "Balanced"),
