@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import re
 from typing import Any
 
@@ -60,7 +59,7 @@ def check_depth(value: Any, field: str = "body", depth: int = 0) -> None:
 def _fields(cls: type, data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FieldError(where or "body", f"{where or 'the body'} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(cls.model_fields)
     for key in data:
         if key not in names:
             from sdcompose.errors import suggest
@@ -125,21 +124,17 @@ def field_of(exc: BaseException) -> str | None:
         return None
     name = match["name"]
     base = name.split("[")[0]
-    if base not in {f.name for f in dataclasses.fields(GenerationRequest)}:
+    if base not in GenerationRequest.model_fields:
         return None
     sub = match["sub"]
-    if "[" in name and sub in {f.name for f in dataclasses.fields(Control)} | {"id", "weight"}:
+    if "[" in name and sub in set(Control.model_fields) | {"id", "weight"}:
         return f"{name}.{sub}"
     return name
 
 
 def request_schema() -> dict[str, Any]:
     """The JSON schema of the request, every ``$ref`` inlined (OpenAPI documents keep their own ``$defs``)."""
-    schema_of = getattr(GenerationRequest, "model_json_schema", None)
-    if schema_of is None:
-        from pydantic import TypeAdapter
-        schema_of = TypeAdapter(GenerationRequest).json_schema
-    schema = schema_of()
+    schema = GenerationRequest.model_json_schema()
     defs = schema.pop("$defs", {})
 
     def inline(node: Any) -> Any:
