@@ -82,16 +82,18 @@ class Pipeline:
                  add_trigger_words: bool = False, progress: Callable[[int, int], None] | None = None,
                  cancel: threading.Event | None = None, memory: str = "auto", attention: str = "auto",
                  vram: int | str | None = None, fast: bool = False,
-                 preview: Callable[[int, int, Image.Image], None] | None = None) -> Result:
+                 preview: Callable[[int, int, Image.Image], None] | None = None,
+                 clip_skip: int = 1, prompt_syntax: str = "a1111") -> Result:
         """``memory``/``vram``: a memory mode, or "auto" to plan for a budget (docs/memory.md);
         ``attention``: auto, sdpa, xformers or sliced; ``fast``: CUDA-graph replay (docs/benchmarks.md);
-        ``preview(step, total, image)``: a cheap RGB preview of the first image after every step."""
+        ``preview(step, total, image)``: a cheap RGB preview of the first image after every step;
+        ``clip_skip``/``prompt_syntax``: A1111's clip skip, and "a1111" or "literal" prompts (docs/prompts.md)."""
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
                                     controls=list(controls or ()), loras=list(loras or ()), init_image=init_image,
                                     strength=strength, mask=mask, width=width, height=height, steps=steps,
                                     guidance=guidance, scheduler=scheduler, seed=seed, batch=batch,
                                     add_trigger_words=add_trigger_words, memory=memory, attention=attention,
-                                    vram=vram, fast=fast)
+                                    vram=vram, fast=fast, clip_skip=clip_skip, prompt_syntax=prompt_syntax)
         return self.run(request, progress=progress, cancel=cancel, preview=preview)
 
     def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
@@ -128,7 +130,8 @@ class Pipeline:
                 loras=[Lora(x["id"], x["weight"]) for x in r["loras"]], init_image=inputs.get("init_image"),
                 strength=r["strength"], mask=inputs.get("mask"), width=r["width"], height=r["height"],
                 steps=r["steps"], guidance=r["guidance"], scheduler=r["scheduler"], seed=meta["seed"], batch=1,
-                add_trigger_words=r.get("add_trigger_words", False))
+                add_trigger_words=r.get("add_trigger_words", False), clip_skip=r.get("clip_skip", 1),
+                prompt_syntax=r.get("prompt_syntax", "literal"))  # images from before the syntax took their text as is
         except (KeyError, TypeError) as exc:
             raise ValidationError(f"the image's metadata lacks {exc}; it cannot be reproduced") from None
         if strict:
@@ -302,7 +305,8 @@ class Pipeline:
         if key not in self._schedulers:  # one at a time, and set_timesteps resets a run's state (building costs ms)
             self._schedulers[key] = schedulers.make(req.scheduler, self._bases[plan.base.id]["scheduler"].config)
         pipe.scheduler = self._schedulers[key]
-        kwargs = self._call_arguments(pipe, plan, maps, init, mask)
+        schedulers.seed(pipe.scheduler, req.seed)
+        kwargs: dict[str, Any] = {}
 
         def on_step(_pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancel is not None and cancel.is_set():
@@ -326,6 +330,7 @@ class Pipeline:
             graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
             with torch.inference_mode(), \
                     self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
+                kwargs = self._call_arguments(pipe, plan, maps, init, mask)  # encodes prompts: after placement, LoRAs
                 with vae_guard.Watch(pipe.vae) as watch:
                     output = pipe(**kwargs, callback_on_step_end=on_step)
                 images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
@@ -360,11 +365,11 @@ class Pipeline:
     def _call_arguments(self, pipe: Any, plan: Plan, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
         req = plan.request
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
-        kwargs = compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units])
+        prompt = plan.prompt
         if req.add_trigger_words:
-            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in req.prompt]
-            kwargs["prompt"] = ", ".join([req.prompt, *words]) if req.prompt else ", ".join(words)
-        return kwargs
+            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in prompt]
+            prompt = ", ".join([prompt, *words]) if prompt else ", ".join(words)
+        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt)
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]

@@ -13,7 +13,7 @@ from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError
 from sdcompose.plugins.api import PluginError
-from sdcompose.request import ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control, Lora
+from sdcompose.request import ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, Control, Lora
 
 CONTROL_FIELDS = {"weight": float, "start": float, "end": float, "model": str, "resize_mode": str,
                   "control_mode": str, "preprocessed": lambda v: v.lower() in ("1", "true", "yes")}
@@ -110,7 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             init_image=args.init_image, strength=args.strength, mask=args.mask, width=args.width,
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
             seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update,
-            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast)
+            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast, clip_skip=args.clip_skip,
+            prompt_syntax="literal" if args.literal_prompt else "a1111")
     finally:
         close()
     _report(result, _write(args.output, lambda: result.save(args.output)))
@@ -207,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"control_mode ({'|'.join(CONTROL_MODES)}), preprocessed, or the plugin's params")
     g.add_argument("--lora", action="append", default=[], metavar="ID[:WEIGHT]")
     g.add_argument("--trigger-words", action="store_true", help="add the LoRAs' trigger words to the prompt")
+    g.add_argument("--clip-skip", type=int, default=1, help="A1111's clip skip (1: the text encoder's last layer)")
+    g.add_argument("--literal-prompt", action="store_true",
+                   help="take the prompt as written: no (emphasis:1.2), BREAK or <lora:...> tags (docs/prompts.md)")
     g.add_argument("--init-image", help="img2img source")
     g.add_argument("--strength", type=float, default=0.75)
     g.add_argument("--mask", help="inpaint mask (white = repaint); needs --init-image")
@@ -214,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-H", "--height", type=int, default=512)
     g.add_argument("--steps", type=int, default=20)
     g.add_argument("--guidance", "--cfg", type=float, default=7.5)
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="dpmpp_2m")
+    g.add_argument("--scheduler", "--sampler", default="dpmpp_2m",
+                   help="a sampler id (dpmpp_2m, euler_a, dpmpp_2m_sde_karras, ...) or A1111's name ('DPM++ 2M Karras'); "
+                        "see docs/samplers.md")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--batch", type=int, default=1)
     g.add_argument("--memory", choices=MEMORY_MODES, default="auto",

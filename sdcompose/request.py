@@ -7,15 +7,16 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sdcompose.errors import ValidationError
+from sdcompose.prompt_syntax import check_syntax, lora_tags, parse
+from sdcompose.samplers import IDS as SCHEDULERS, canonical as canonical_sampler
 
-SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
 CONTROL_MODES = ("balanced", "prompt_first", "control_first")
 MEMORY_MODES = ("auto", "none", "vae_slicing", "vae_tiling", "model_offload", "group_offload", "sequential_offload")
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "sliced")
 LIMITS = dict(size=(64, 4096), pixels=4096 * 4096, steps=(1, 500), guidance=(0.0, 50.0), batch=(1, 16),
               prompt_chars=20_000, controls=8, loras=16, lora_weight=(-4.0, 4.0), control_weight=(0.0, 4.0),
-              seed=(0, 2**63 - 1))
+              seed=(0, 2**63 - 1), clip_skip=(1, 12))
 
 
 @dataclass
@@ -62,6 +63,8 @@ class GenerationRequest:
     attention: str = "auto"  # an ATTENTION_BACKENDS name
     vram: int | str | None = None  # memory budget, e.g. "4GB"; None: what the card has free
     fast: bool = False  # compiled UNet/ControlNet replayed as CUDA graphs (CUDA only)
+    clip_skip: int = 1  # A1111's count: 1 = the text encoder's last layer, 2 = the one before it, ...
+    prompt_syntax: str = "a1111"  # a1111: emphasis, BREAK, <lora:...> tags; literal: the text as written
 
     @property
     def task(self) -> str:
@@ -167,10 +170,7 @@ def validate(req: GenerationRequest) -> GenerationRequest:
         if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
             raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {_short(seed)}")
         seed = _number("seed", seed, LIMITS["seed"][0], LIMITS["seed"][1] - batch, integer=True)
-    if not isinstance(req.scheduler, str) or req.scheduler not in SCHEDULERS:
-        from sdcompose.errors import suggest
-        raise ValidationError(f"scheduler {_short(req.scheduler)} is not one of {', '.join(SCHEDULERS)}"
-                              f"{suggest(req.scheduler if isinstance(req.scheduler, str) else '', SCHEDULERS)}")
+    scheduler = canonical_sampler(req.scheduler)  # an id, or A1111's name ("DPM++ 2M Karras")
     if len(req.controls) > LIMITS["controls"]:
         raise ValidationError(f"at most {LIMITS['controls']} controls per request, got {len(req.controls)}")
     if len(req.loras) > LIMITS["loras"]:
@@ -190,8 +190,16 @@ def validate(req: GenerationRequest) -> GenerationRequest:
     if not isinstance(req.fast, bool):
         raise ValidationError(f"fast must be true or false, got {_short(req.fast)}")
     vram = None if req.vram is None else parse_size(req.vram, "vram")
+    clip_skip = _number("clip_skip", req.clip_skip, *LIMITS["clip_skip"], integer=True)
+    syntax = check_syntax("prompt_syntax", req.prompt_syntax)
+    text, tags = lora_tags(req.prompt, syntax)
+    parse(text, syntax)  # a malformed prompt is refused before any model loads
+    for name, weight in tags:
+        _number(f"<lora:{name[:60]}> weight", weight, *LIMITS["lora_weight"])
+    parse(req.negative_prompt, syntax)
     return replace(req, width=size["width"], height=size["height"], steps=steps, guidance=guidance,
-                   strength=strength, batch=batch, seed=seed, controls=controls, loras=loras, vram=vram)
+                   strength=strength, batch=batch, seed=seed, scheduler=scheduler, controls=controls, loras=loras, vram=vram,
+                   clip_skip=clip_skip, prompt_syntax=syntax)
 
 
 def parse_size(value: Any, name: str) -> int:
