@@ -20,13 +20,14 @@ from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
+from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.preview import latents_to_image
-from sdcompose.pipelines.resolve import Plan, Unit, resolve
+from sdcompose.pipelines.resolve import Plan, Unit, base_by_name, lora_by_name, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
 from sdcompose.plugins.registry import Registry
 from sdcompose.request import LIMITS, Control, GenerationRequest, Lora, validate
@@ -113,11 +114,16 @@ class Pipeline:
         inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
         return self._result(plan, arrays, report, inputs, runtime)
 
-    def reproduce(self, png: Any, strict: bool = True) -> Result:
+    def reproduce(self, png: Any, strict: bool = True, model: str | None = None) -> Result:
         """Make an sdcompose PNG again from its own metadata and embedded inputs.
 
         With ``strict``, a model whose files changed since (sha256) is refused before any work.
+        An AUTOMATIC1111 image (PNG, JPEG or WebP) is made again from its ``parameters`` text, best effort:
+        ``result.metadata["reproduced_from"]`` lists what was dropped; ``model`` overrides its base model.
         """
+        found = infotext.foreign(png)
+        if found.tool != "sdcompose":
+            return self._reproduce_foreign(found, model)
         meta, inputs = read_png(png)
         r = meta["request"]
         try:
@@ -141,6 +147,21 @@ class Pipeline:
                     raise ModelError(f"model {model_id!r} has changed since this image was made (different "
                                      "file hashes); restore that version, or pass strict=False")
         return self.run(request)
+
+    def _reproduce_foreign(self, found: infotext.Found, model: str | None) -> Result:
+        if found.tool == "ComfyUI":
+            raise ValidationError("this image was made by ComfyUI: its prompt and workflow are shown in Image info, "
+                                  "but sdcompose cannot run a ComfyUI graph")
+        if found.tool is None:
+            raise ValidationError("this image carries no settings sdcompose can read (no sdcompose metadata, A1111 "
+                                  "parameters or ComfyUI workflow in its text chunks or EXIF)")
+        restored = infotext.to_request(
+            infotext.parse(found.text["parameters"]), lambda name, digest: base_by_name(self.catalog, name, digest),
+            lambda name: _resolves(self.catalog, name), model)
+        result = self.run(GenerationRequest(**restored.fields))
+        for meta in (result.metadata, *result.per_image):
+            meta["reproduced_from"] = restored.describe()
+        return result
 
     def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:
@@ -454,6 +475,14 @@ def _target_size(size: tuple[int, int], width: int | None, height: int | None) -
     if height is None:
         height = max(1, round(size[1] * width / size[0]))
     return width, height
+
+
+def _resolves(catalog: Catalog, lora_name: str) -> bool:
+    try:
+        lora_by_name(catalog, lora_name)
+        return True
+    except ModelError:
+        return False
 
 
 def _raised_in(exc: BaseException, module: str) -> bool:

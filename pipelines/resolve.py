@@ -67,15 +67,34 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
     return plan
 
 
+def _stems(entry: Entry) -> set[str]:
+    names = set()
+    for value in (entry.file, entry.filename, entry.path):
+        stem = (value or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        if stem:
+            names.update((stem, stem.rsplit(".", 1)[0]))
+    return names
+
+
+def base_by_name(catalog: Catalog, name: str | None, short_hash: str | None) -> str | None:
+    """The base model an A1111 infotext means: by its ``Model hash`` (sha256 prefix), id or file name; or None."""
+    bases = {model_id: entry for model_id, entry in catalog.entries.items() if entry.kind == "base"}
+    if short_hash:
+        for model_id, entry in bases.items():
+            if entry.sha256 and entry.sha256.startswith(short_hash.lower()):
+                return model_id
+    if name in bases:
+        return name
+    return next((model_id for model_id, entry in bases.items() if name and name in _stems(entry)), None)
+
+
 def lora_by_name(catalog: Catalog, name: str) -> Entry:
     """The LoRA a ``<lora:name:w>`` tag means: a models.yaml id, or the file name (with or without extension)."""
     loras = {model_id: entry for model_id, entry in catalog.entries.items() if entry.kind == "lora"}
     if name in loras:
         return loras[name]
     for entry in loras.values():
-        for value in (entry.file, entry.filename, entry.path):
-            stem = (value or "").replace("\\", "/").rsplit("/", 1)[-1]
-            if stem and name in (stem, stem.rsplit(".", 1)[0]):
-                return entry
+        if name in _stems(entry):
+            return entry
     raise ModelError(f"the prompt's <lora:{name}> names no LoRA in models.yaml (by id or file name)"
                      f"{suggest(name, loras)}")

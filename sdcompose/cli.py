@@ -120,7 +120,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
-    result = pipe.reproduce(args.image, strict=not args.allow_changed_models)
+    result = pipe.reproduce(args.image, strict=not args.allow_changed_models, model=args.model)
+    restored = result.metadata.get("reproduced_from")
+    if restored:
+        print(f"made again from {restored['tool']} settings ({restored['note']})", file=sys.stderr)
+        print("dropped: " + ("; ".join(restored["dropped"]) or "nothing"), file=sys.stderr)
     output = args.output or Path(args.image).with_name(Path(args.image).stem + "-reproduced.png")
     _report(result, _write(output, lambda: result.save(output)))
     return 0
@@ -233,8 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(g)
     g.set_defaults(func=cmd_generate)
 
-    r = sub.add_parser("reproduce", help="make an sdcompose PNG again from its metadata")
+    r = sub.add_parser("reproduce", help="make an sdcompose PNG again from its metadata, or an A1111 image from "
+                                         "its parameters (best effort)")
     r.add_argument("image")
+    r.add_argument("--model", help="base model for an A1111 image (default: found by its Model hash or name)")
     r.add_argument("-o", "--output")
     r.add_argument("--allow-changed-models", action="store_true", help="run even if model files changed")
     runtime(r)
