@@ -22,7 +22,7 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
+from sdcompose.pipelines import attention, compose, memory, prompt_encode, schedulers, vae_guard
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -30,6 +30,7 @@ from sdcompose.pipelines.preview import latents_to_image
 from sdcompose.pipelines.resolve import Plan, Unit, base_by_name, lora_by_name, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
 from sdcompose.plugins.registry import Registry
+from sdcompose.prompt_syntax import check_syntax
 from sdcompose.request import LIMITS, Control, GenerationRequest, Lora, validate
 from sdcompose.result import Result
 
@@ -191,6 +192,18 @@ class Pipeline:
             if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
                 adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
             return pipe
+
+    def token_counts(self, prompt: str, model: str = DEFAULT_MODEL, prompt_syntax: str = "a1111") -> dict[str, Any]:
+        """What A1111 shows under a prompt: ``{"tokens": 83, "limit": 150, "chunks": [75, 8], "label": "83/150"}``.
+
+        Loads the base model's tokenizer with the model if it is not loaded yet (the next generation uses it).
+        """
+        entry = self.catalog.get(model, "base")
+        components = self._bases.get(entry.id)
+        if components is None:
+            with self._lock:
+                components = self._base(entry)
+        return prompt_encode.token_counts(components["tokenizer"], prompt, check_syntax("prompt_syntax", prompt_syntax))
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()

@@ -63,6 +63,7 @@ def test_long_prompt_chunks_and_token_counts(pipe):
     assert len(counts["chunks"]) == 3 and counts["limit"] == 225 and counts["label"] == f"{counts['tokens']}/225"
     assert all(n <= 75 for n in counts["chunks"]) and counts["chunks"][-1] == 3  # "dog"; the tag is not counted
     assert prompt_encode.token_counts(tokenizer, "")["label"] == "0/75"
+    assert pipe.token_counts(LONG, model="tiny-sd15")["label"] == f"{prompt_encode.token_counts(tokenizer, LONG)['tokens']}/150"
     with torch.inference_mode():
         kw = prompt_encode.arguments(pipe.diffusers_pipeline(model="tiny-sd15"), LONG, "")
     assert kw["prompt_embeds"].shape[1] == kw["negative_prompt_embeds"].shape[1] == 2 * 77  # negative padded
