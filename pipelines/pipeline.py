@@ -152,19 +152,24 @@ class Pipeline:
         return self.run(request)
 
     def _reproduce_foreign(self, found: infotext.Found, model: str | None) -> Result:
+        restored = self.restored(found, model)
+        restored.require_model()
+        result = self.run(GenerationRequest(**restored.fields))
+        for meta in (result.metadata, *result.per_image):
+            meta["reproduced_from"] = restored.describe()
+        return result
+
+    def restored(self, found: infotext.Found, model: str | None = None) -> infotext.Restored:
+        """Request fields from another tool's image (``infotext.foreign(image)``), and what they leave out."""
         if found.tool == "ComfyUI":
             raise ValidationError("this image was made by ComfyUI: its prompt and workflow are shown in Image info, "
                                   "but sdcompose cannot run a ComfyUI graph")
         if found.tool is None:
             raise ValidationError("this image carries no settings sdcompose can read (no sdcompose metadata, A1111 "
                                   "parameters or ComfyUI workflow in its text chunks or EXIF)")
-        restored = infotext.to_request(
+        return infotext.to_request(
             infotext.parse(found.text["parameters"]), lambda name, digest: base_by_name(self.catalog, name, digest),
             lambda name: _resolves(self.catalog, name), model)
-        result = self.run(GenerationRequest(**restored.fields))
-        for meta in (result.metadata, *result.per_image):
-            meta["reproduced_from"] = restored.describe()
-        return result
 
     def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:

@@ -77,24 +77,26 @@ def _stems(entry: Entry) -> set[str]:
 
 
 def base_by_name(catalog: Catalog, name: str | None, short_hash: str | None) -> str | None:
-    """The base model an A1111 infotext means: by its ``Model hash`` (sha256 prefix), id or file name; or None."""
-    bases = {model_id: entry for model_id, entry in catalog.entries.items() if entry.kind == "base"}
-    if short_hash:
-        for model_id, entry in bases.items():
-            if entry.sha256 and entry.sha256.startswith(short_hash.lower()):
-                return model_id
-    if name in bases:
-        return name
-    return next((model_id for model_id, entry in bases.items() if name and name in _stems(entry)), None)
+    """The base model an A1111 infotext means: by its ``Model hash``, id or file name; or None."""
+    entry = (catalog.by_hash(short_hash, "base") if short_hash else None) or _named(catalog, name, "base")
+    return entry.id if entry is not None else None
+
+
+def _named(catalog: Catalog, name: str | None, kind: str) -> Entry | None:
+    """By id or scanned file name (Catalog.find), else a models.yaml ``file:``/``path:`` entry's file name."""
+    if not name:
+        return None
+    found = catalog.find(name, kind)
+    if found is not None:
+        return found
+    return next((e for e in catalog.entries.values() if e.kind == kind and name in _stems(e)), None)
 
 
 def lora_by_name(catalog: Catalog, name: str) -> Entry:
     """The LoRA a ``<lora:name:w>`` tag means: a models.yaml id, or the file name (with or without extension)."""
-    loras = {model_id: entry for model_id, entry in catalog.entries.items() if entry.kind == "lora"}
-    if name in loras:
-        return loras[name]
-    for entry in loras.values():
-        if name in _stems(entry):
-            return entry
+    found = _named(catalog, name, "lora")
+    if found is not None:
+        return found
+    loras = catalog.ids("lora")
     raise ModelError(f"the prompt's <lora:{name}> names no LoRA in models.yaml (by id or file name)"
                      f"{suggest(name, loras)}")

@@ -147,6 +147,11 @@ class Restored:
     def describe(self) -> dict[str, Any]:
         return {"tool": self.tool, "dropped": self.dropped, "note": self.note}
 
+    def require_model(self) -> None:
+        if "model" not in self.fields:
+            raise ValidationError(f"this image was made with a model that is not here ({self.dropped[-1]}): name one "
+                                  "(reproduce --model ID, or model=)")
+
 
 def to_request(params: dict[str, str], find_model: Callable[[str | None, str | None], str | None],
                find_lora: Callable[[str], bool], model: str | None = None) -> Restored:
@@ -190,11 +195,11 @@ def to_request(params: dict[str, str], find_model: Callable[[str | None, str | N
             dropped.append(f"{name} {out[name]} (sdcompose needs a multiple of 8: used {out[name] // 8 * 8})")
             out[name] = max(64, out[name] // 8 * 8)
     found = model or find_model(params.get("Model"), params.get("Model hash"))
-    if not found:
-        raise ValidationError(f"this image was made with model {params.get('Model', '?')[:80]!r} (hash "
-                              f"{params.get('Model hash', '?')[:12]}); no base model here matches its hash or name: "
-                              "name one (reproduce --model ID, or model=)")
-    out["model"] = found
+    if found:
+        out["model"] = found
+    else:
+        dropped.append(f"Model: {params.get('Model', '?')[:80]} (hash {params.get('Model hash', '?')[:12]}): no base "
+                       "model here matches its hash or name")
     for key, value in params.items():
         if key in ("Prompt", "Negative prompt") or key in USED or key in NOT_SETTINGS or re.fullmatch(r".+-[12]", key):
             continue

@@ -149,3 +149,22 @@ def test_huge_compressed_parameters_under_a_memory_limit(tmp_path):
                          env=os.environ)
     assert run.returncode == 0, run.stderr
     assert "30000000 characters, more than the 100000" in run.stdout
+
+
+def test_image_info_shows_and_restores_an_a1111_png(pipe, tmp_path):
+    from sdcompose.ui.form import Form
+    from sdcompose.ui.handlers import Handlers
+    from sdcompose.ui.sessions import Sessions
+    handlers = Handlers(pipe, Form({}, ["tiny-lora-sd15"], 1), Sessions(tmp_path / "out"), ["tiny-sd15"])
+    source = png_with(tmp_path / "a1111.png", parameters=A1111_TEXT)
+    text, shown, values = handlers.image_info(str(source))
+    assert A1111_TEXT in text  # the raw text, always
+    shown = json.loads(shown)
+    assert shown["tool"] == "AUTOMATIC1111" and any(d.startswith("Hires upscale") for d in shown["dropped"])
+    assert (values["prompt"], values["seed"], values["steps"], values["scheduler"]) == \
+        (A1111_TEXT.split("\n")[0], 1234, 3, "dpmpp_2m_karras")
+    restored = dict(zip(handlers.names, handlers.restore(None, str(source))))
+    assert (restored["model"], restored["negative_prompt"], restored["guidance"]) == ("tiny-sd15", "blurry, lowres", 7.0)
+    comfy = png_with(tmp_path / "comfy.png", prompt=json.dumps(COMFY_PROMPT))
+    text, shown, values = handlers.image_info(str(comfy))
+    assert values is None and json.loads(shown)["prompt"] == COMFY_PROMPT and "cannot be run" in shown
