@@ -165,8 +165,8 @@ class Pipeline:
             raise ValidationError("this image was made by ComfyUI: its prompt and workflow are shown in Image info, "
                                   "but sdcompose cannot run a ComfyUI graph")
         if found.tool is None:
-            raise ValidationError("this image carries no settings sdcompose can read (no sdcompose metadata, A1111 "
-                                  "parameters or ComfyUI workflow in its text chunks or EXIF)")
+            raise ValidationError("this image carries no sdcompose metadata, A1111 parameters or ComfyUI workflow "
+                                  "(in its text chunks or EXIF): was it saved without them?")
         return infotext.to_request(
             infotext.parse(found.text["parameters"]), lambda name, digest: base_by_name(self.catalog, name, digest),
             lambda name: _resolves(self.catalog, name), model)
