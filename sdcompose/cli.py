@@ -1,4 +1,4 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, models, plugins, ui.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, batch, models, plugins, ui.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
@@ -211,6 +211,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from sdcompose.batch.run import run_batch
+    if args.workers < 1:
+        raise ValidationError(f"--workers must be at least 1, got {args.workers}")
+    models = str(Path(args.models).resolve()) if args.models else None
+    if args.ray:
+        from sdcompose.raycluster import require_ray
+        require_ray()
+        from sdcompose.batch import ray_workers
+        start = lambda n: ray_workers.start_workers(n, args.address, models, args.device, args.dtype,  # noqa: E731
+                                                    args.gpus_per_worker, args.cpus_per_worker)
+        stop = ray_workers.stop_workers
+    else:
+        from sdcompose.batch.worker import Worker
+        start = lambda n: [Worker(f"local-{i}", models, args.device, args.dtype) for i in range(n)]  # noqa: E731
+        stop = lambda pool: None  # noqa: E731
+    summary = run_batch(args.jobs, args.out, start, args.workers, args.quiet, stop)
+    print(summary.text(Path(args.out)))
+    return 1 if summary.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdcompose", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sdcompose {_version()}")
@@ -292,6 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("action", choices=("list",))
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
+
+    b = sub.add_parser("batch", help="make the images of a JSON-lines file of requests, resumably")
+    b.add_argument("jobs", help="one request per line in the request's JSON form, with an optional \"id\"")
+    b.add_argument("--out", required=True, help="folder for <id>.png and failures.jsonl; a rerun skips finished lines")
+    b.add_argument("--workers", type=int, default=1, help="pipelines working at once (Ray actors with --ray)")
+    b.add_argument("--ray", action="store_true", help="spread the lines over Ray actors (pip install 'sdcompose[ray]')")
+    b.add_argument("--address", help="with --ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: start a "
+                                     "local Ray")
+    b.add_argument("--gpus-per-worker", type=float, default=0, help="with --ray: GPUs each actor reserves")
+    b.add_argument("--cpus-per-worker", type=float, default=1, help="with --ray: CPUs each actor reserves")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    runtime(b)
+    b.set_defaults(func=cmd_batch)
 
     u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
     u.add_argument("--host", default="127.0.0.1")
