@@ -103,7 +103,7 @@ def _sampler_of(text: str) -> tuple[str, str]:
         if sched and key.endswith(suffix) and key[:-len(suffix)] in by_name:
             return by_name[key[:-len(suffix)]], sched
     names = list(IDS) + [a1111 for a1111, *_rest in SAMPLERS.values()]
-    raise ValidationError(f"scheduler {text!r:.60} is not a known sampler (ids: {', '.join(SAMPLERS)}; "
+    raise ValidationError(f"scheduler {text!r:.60} is not one of the samplers (ids: {', '.join(SAMPLERS)}; "
                           f"or A1111's names, see docs/samplers.md){suggest(text, names)}")
 
 

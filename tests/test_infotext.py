@@ -122,7 +122,7 @@ def test_comfyui_png_is_shown_not_reproduced(pipe, tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("\x01\x02 garbage ☃ with no settings", "not A1111 settings"),
-    ("a cat\nSteps: 3, Sampler: DPM++ 2M, Seed: 1, Size: 64x64, Model: no-such-model", "made with model 'no-such-model' (hash ?); no base model here"),
+    ("a cat\nSteps: 3, Sampler: DPM++ 2M, Seed: 1, Size: 64x64, Model: no-such-model", "Model: no-such-model (hash ?): no base model here matches"),
     ("x" * 200_000, "200000 characters, more than the 100000"),
 ])
 def test_bad_parameters_are_one_sentence(pipe, tmp_path, text, message):
