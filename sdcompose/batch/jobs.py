@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def _item(kind: type, item: Any, where: str, folder: Path) -> Any:
 
 
 def _known(data: dict[str, Any], kind: type, where: str) -> None:
-    names = [f.name for f in fields(kind)]
+    names = list(kind.model_fields)
     for key in data:
         if key not in names:
             raise ValidationError(f"{where} has an unknown field {str(key)[:60]!r}{suggest(str(key), names)}")
