@@ -107,8 +107,9 @@ class GenerationRequest(BaseModel):
     height: int = Field(512, ge=64, le=4096, multiple_of=8)
     steps: int = Field(20, ge=1, le=500, description="num_inference_steps")
     guidance: float = Field(7.5, ge=0.0, le=50.0, description="guidance_scale (CFG)")
-    scheduler: str = Field("dpmpp_2m", description="a sampler id or A1111's name, e.g. 'DPM++ 2M Karras' "
-                                                   "(docs/samplers.md); kept as the id")
+    scheduler: str = Field("dpmpp_2m", json_schema_extra={"enum": list(SCHEDULERS)},
+                           description="a sampler id, or A1111's name such as 'DPM++ 2M Karras' (docs/samplers.md); "
+                                       "kept as the id")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="image i uses seed + i; None: a random seed")
     batch: int = Field(1, ge=1, le=16, description="images per call")
     add_trigger_words: bool = Field(False, description="add the LoRAs' trigger words to the prompt")
