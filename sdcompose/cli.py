@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
     u.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
     u.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
+    u.add_argument("--outputs", metavar="DIR", help="keep every image here (default: $SDCOMPOSE_HOME/outputs)")
+    u.add_argument("--no-save", action="store_true", help="keep images only for the browser session")
     runtime(u)
     u.set_defaults(func=cmd_ui)
     return parser

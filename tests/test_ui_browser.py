@@ -26,8 +26,13 @@ XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory, home):
-    with running_ui(tmp_path_factory.mktemp("ui-browser") / "server.log") as (address, _):
+def outputs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ui-outputs")
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, home, outputs):
+    with running_ui(tmp_path_factory.mktemp("ui-browser") / "server.log", "--outputs", str(outputs)) as (address, _):
         yield address
 
 
