@@ -88,12 +88,12 @@ class Form:
     # ---- form -> request ---------------------------------------------------------------------
     def to_kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
         """Arguments for ``Pipeline.generate`` from the form's values; ValidationError for what the form must fix."""
-        for name, value in values.items():
-            if isinstance(value, Rejected):
-                raise ValidationError(f"{field_title(name)}: {value.reason}")
         task = values.get("task") or "txt2img"
         if task not in TASKS:
             raise ValidationError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        for name in {"img2img": ("init_image",), "inpaint": ("mask",)}.get(task, ()):  # units: in control()
+            if isinstance(values.get(name), Rejected):
+                raise ValidationError(f"{field_title(name)}: {values[name].reason}")
         kwargs = {name: values[name] for name in (*SCALARS, "batch", "add_trigger_words")
                   if values.get(name) is not None and name != "strength"}
         kwargs["seed"] = _seed(values.get("seed"))
