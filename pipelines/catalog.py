@@ -237,10 +237,13 @@ class Catalog:
                              "(symlinks out of it are refused)")
 
     def stand_in(self, model_id: str, tiny: bool) -> str:
-        """For a tiny base, the tiny model standing in for ``model_id``; else ``model_id``."""
-        if not tiny or self.get(model_id).tiny:
+        """For a tiny base, the tiny model standing in for ``model_id``; else ``model_id``.
+
+        A stand-in may name a real model the shipped catalogue does not pin (users add it themselves)."""
+        if not tiny or (model_id in self.entries and self.entries[model_id].tiny):
             return model_id
         for other_id, entry in self.entries.items():
             if entry.tiny and entry.stands_in_for == model_id:
                 return other_id
+        self.get(model_id)
         raise ModelError(f"no tiny test model stands in for {model_id!r}; use a real base model with it")
