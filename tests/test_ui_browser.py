@@ -1,6 +1,6 @@
 """The page in a real browser: Debian's chromium, headless, driven by playwright, against `sdcompose ui`.
 
-``SDCOMPOSE_UI_SCREENSHOT=docs/img/ui.png`` saves the README's screenshot of the generation test.
+``SDCOMPOSE_UI_SCREENSHOTS=docs/img`` saves the screenshots of README.md and docs/ui.md from these tests.
 """
 from __future__ import annotations
 
@@ -89,6 +89,11 @@ def chosen_loras(page) -> list[str]:
     return [label.split(" ")[0] for label in page.locator("#sdc-loras .token span").all_inner_texts()]
 
 
+def screenshot(page, name: str, full_page: bool = True) -> None:
+    if os.environ.get("SDCOMPOSE_UI_SCREENSHOTS"):
+        page.screenshot(path=str(Path(os.environ["SDCOMPOSE_UI_SCREENSHOTS"]) / name), full_page=full_page)
+
+
 def search_box(page):
     return page.locator("#sdc-history-search").locator("textarea, input").first
 
@@ -120,8 +125,7 @@ def test_generate_with_a_controlnet_unit(page, photo):
     assert image.size == (64, 64) and meta["request"]["prompt"] == "a lighthouse on a cliff at dawn"
     assert [c["id"] for c in meta["request"]["controls"]] == ["canny"] and meta["request"]["steps"] == 2
     assert "noise from a random-weight test model" in page.inner_text("#sdc-status")
-    if os.environ.get("SDCOMPOSE_UI_SCREENSHOT"):
-        page.screenshot(path=os.environ["SDCOMPOSE_UI_SCREENSHOT"], full_page=True)
+    screenshot(page, "ui.png")
     assert page.dialogs == []
 
 
@@ -232,6 +236,7 @@ def test_a_generated_image_is_kept_in_history_and_on_disk_across_a_reload_and_a_
     shown = served_png(page, "#sdc-history img")
     assert np.array_equal(pixels(shown), pixels(Image.open(kept))), "History serves the kept PNG itself"
     assert json.loads(shown.text["sdcompose"])["seed"] == 321
+    screenshot(page, "ui-history.png", full_page=False)
     remade = pipe.reproduce(kept)  # the PNG carries all it takes to make it again, pixel for pixel
     assert np.array_equal(pixels(remade.images[0]), pixels(Image.open(kept)))
 
@@ -271,6 +276,7 @@ def test_a_non_image_control_file_gives_one_sentence_and_the_page_keeps_working(
     assert text.startswith("Invalid request: ControlNet unit 1: the control image: this file is not an image"), text
     assert len(text) < 200 and "/" not in text and "notanimage" not in text and "Traceback" not in text
     assert "Error" not in page.inner_text("#sdc-gallery")
+    screenshot(page, "ui-error.png", full_page=False)
     page.click("#sdc-unit-0-remove")
     page.click("#sdc-generate")
     page.get_by_text("1 image(s), seed").wait_for(timeout=120_000)
@@ -288,6 +294,8 @@ def test_an_openpose_json_file_drives_a_generation(page, tmp_path):
     page.set_input_files("#sdc-unit-0-file input[type=file]", str(pose))
     drawn = pixels(served_png(page, "#sdc-unit-0-map img"))  # the pose it draws, shown as the file arrives
     assert drawn.shape == (64, 64, 3) and drawn.max() > 150 and len(np.unique(drawn.reshape(-1, 3), axis=0)) > 3
+    page.locator("#sdc-unit-0").scroll_into_view_if_needed()
+    screenshot(page, "ui-pose.png", full_page=False)
     page.click("#sdc-generate")
     page.get_by_text("1 image(s), seed").wait_for(timeout=120_000)
     meta = json.loads(served_png(page).text["sdcompose"])
@@ -312,4 +320,5 @@ def test_generate_and_stop_stay_in_reach_on_a_narrow_screen(browser, url):
     for button in ("#sdc-generate", "#sdc-stop"):
         box = page.locator(button).bounding_box()
         assert box and 0 <= box["y"] and box["y"] + box["height"] <= 800, (button, box)
+    screenshot(page, "ui-narrow.png", full_page=False)
     page.close()
