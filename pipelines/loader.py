@@ -6,6 +6,7 @@ pointer) before diffusers sees it, and hashed for the image metadata.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ HUB_PATTERNS = {
              "vae/config.json", "vae/diffusion_pytorch_model.safetensors"],
     "controlnet": ["config.json", "diffusion_pytorch_model.safetensors"],
 }
+
+# Loading patches torch.nn for the whole process while it runs (accelerate's init_empty_weights, used by
+# from_pretrained), so two threads loading at once, for two Pipelines, break each other's modules.
+LOADING = threading.RLock()
 
 
 def quiet() -> None:
@@ -57,6 +62,8 @@ class Loader:
             return target / "pytorch_lora_weights.safetensors" if entry.kind == "lora" else target
         if entry.repo:
             return self._hub(entry)
+        if entry.found:
+            return self.catalog.found_file(entry)
         relative = entry.path or entry.file
         local = self.catalog.local(f"{relative}/{entry.filename}" if entry.filename else relative)
         if not local.exists():
@@ -97,6 +104,8 @@ class Loader:
             probe = entry.filename or ("model_index.json" if entry.kind == "base" else "config.json")
             probe = f"{entry.subfolder}/{probe}" if entry.subfolder else probe
             return isinstance(try_to_load_from_cache(entry.repo, probe, revision=entry.revision), str)
+        if entry.found:
+            return Path(entry.found).is_file()
         try:
             return self.catalog.local(entry.path or entry.file).exists()
         except ModelError:
@@ -139,6 +148,8 @@ class Loader:
 
     def _config(self, entry: Entry) -> Path:
         """The diffusers config folder of a single-file model: shipped (sd15, sdxl) or under the models root."""
+        if entry.found:
+            return self.catalog.found_config(entry)
         if entry.config is None:
             raise ModelError(f"model {entry.id!r} is a single file and needs `config:` in models.yaml "
                              "(sd15, sdxl, or a diffusers config folder under the models root)")
@@ -154,6 +165,10 @@ class Loader:
         cls = pipeline_class(entry.family)
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
             if entry.family == "sd15" else {}
+        with LOADING:
+            return self._base(entry, cls, dtype, extra)
+
+    def _base(self, entry: Entry, cls: Any, dtype: torch.dtype, extra: dict[str, Any]) -> dict[str, Any]:
         source = self.verified_path(entry)
         try:
             if source.is_file():
@@ -170,6 +185,10 @@ class Loader:
         return {k: v for k, v in pipe.components.items() if v is not None}
 
     def controlnet(self, entry: Entry, dtype: torch.dtype):
+        with LOADING:
+            return self._controlnet(entry, dtype)
+
+    def _controlnet(self, entry: Entry, dtype: torch.dtype):
         from diffusers import ControlNetModel
         source = self.verified_path(entry)
         try:

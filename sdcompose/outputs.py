@@ -2,20 +2,23 @@
 
 Layout, as AUTOMATIC1111 keeps it: ``ROOT/YYYY-MM-DD/NNNNN-SEED.png``, ``NNNNN`` counting up within
 the day's folder. Each PNG is written whole under a hidden name, then linked to its final name, so a
-reader never sees half a file and two writers (threads or processes) never take the same number.
+reader never sees half a file; the number is picked and taken under a lock on the day folder's
+``.lock`` file, so two writers (threads or processes) never take the same one.
 The PNGs themselves are the history: nothing else is stored, so a restart, a copied folder or a
 deleted file is simply what the next listing shows. Used by the web UI; any other front end (the
 HTTP API, batch runs) saves through the same ``Outputs``.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import secrets
 import struct
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +61,6 @@ class Outputs:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
-        self._lock = threading.Lock()
-        self._next: dict[Path, int] = {}  # day folder -> the next number to try
         self._heads: dict[Path, tuple[tuple[int, int], Entry | None]] = {}  # path -> ((mtime_ns, size), entry)
 
     # ---- saving -------------------------------------------------------------------------------
@@ -73,23 +74,12 @@ class Outputs:
     def _save_one(self, folder: Path, image: Any, meta: dict[str, Any], inputs: dict[str, Any]) -> Path:
         hidden = save_png(image, meta, inputs, folder / f".{secrets.token_hex(8)}.png")
         try:
-            while True:
-                number = self._take_number(folder)
-                target = folder / f"{number:05d}-{meta['seed']}.png"
-                try:
-                    os.link(hidden, target)  # fails if the name exists: never overwrites
-                    return target
-                except FileExistsError:
-                    with self._lock:
-                        self._next[folder] = self._scan_next(folder)
+            with _locked(folder):  # the number is picked and taken under one lock, across threads and processes
+                target = folder / f"{self._scan_next(folder):05d}-{meta['seed']}.png"
+                os.link(hidden, target)  # fails if the name exists: never overwrites
+            return target
         finally:
             hidden.unlink(missing_ok=True)
-
-    def _take_number(self, folder: Path) -> int:
-        with self._lock:
-            number = self._next.get(folder) or self._scan_next(folder)
-            self._next[folder] = number + 1
-            return number
 
     @staticmethod
     def _scan_next(folder: Path) -> int:
@@ -129,6 +119,17 @@ class Outputs:
         entry = _read_entry(path)
         self._heads[path] = (version, entry)
         return entry
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the day folder's ``.lock`` file (each holder opens its own, so threads exclude too)."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _read_entry(path: Path) -> Entry | None:

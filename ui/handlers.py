@@ -18,10 +18,9 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, PluginError, SdcomposeError, ValidationError
 from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.outputs import Outputs
-from sdcompose.plugins.api import PluginError
 
 from . import widgets
 from .form import TASKS, Form
@@ -47,7 +46,7 @@ def errors_in_page(units: list[int] | None = None) -> Iterator[None]:
         yield
     except gr.Error:
         raise
-    except (SdcomposeError, PluginError) as exc:
+    except SdcomposeError as exc:
         title = next((t for cls, t in TITLES.items() if isinstance(exc, cls)), "Error")
         raise gr.Error(escape(page_names(str(exc), units or [])), title=title, print_exception=False) from None
     except Exception as exc:  # a bug must not end the session: say so, keep the traceback in the server log
