@@ -1,4 +1,4 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, batch, models, plugins, ui.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, batch, models, plugins, ui, serve.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
@@ -199,11 +199,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    return _serve(args, api=False, ui=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args, api=True, ui=not args.no_ui)
+
+
+def _serve(args: argparse.Namespace, api: bool, ui: bool) -> int:
     import importlib.util
-    if importlib.util.find_spec("gradio") is None:  # the one dependency that only the web UI needs
-        raise SdcomposeError("the web UI needs gradio, which is not installed: pip install 'gradio>=5.0,<7'")
-    from sdcompose.ui.serve import serve
-    return serve(args)
+    if ui and importlib.util.find_spec("gradio") is None:  # the one dependency that only the web UI needs
+        raise SdcomposeError("the web UI needs gradio, which is not installed: pip install 'gradio>=5.0,<7'"
+                             + (" (or serve the API alone with --no-ui)" if api else ""))
+    from sdcompose.server.serve import serve
+    return serve(args, api=api, ui=ui)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -326,16 +335,31 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(b)
     b.set_defaults(func=cmd_batch)
 
+    def serving(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=7860)
+        p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
+        p.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
+        p.add_argument("--auth-token-file", metavar="FILE", help="bearer tokens, one a line (16+ characters each)")
+        p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
+        p.add_argument("--outputs", metavar="DIR", help="the web UI keeps every image here "
+                                                         "(default: $SDCOMPOSE_HOME/outputs)")
+        p.add_argument("--no-save", action="store_true", help="the web UI keeps images only for the browser session")
+        runtime(p)
+
     u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
-    u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=7860)
-    u.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
-    u.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
-    u.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
-    u.add_argument("--outputs", metavar="DIR", help="keep every image here (default: $SDCOMPOSE_HOME/outputs)")
-    u.add_argument("--no-save", action="store_true", help="keep images only for the browser session")
-    runtime(u)
-    u.set_defaults(func=cmd_ui)
+    serving(u)
+    u.set_defaults(func=cmd_ui, max_queue=64, cors_allow_origin=[])
+
+    s = sub.add_parser("serve", help="serve the HTTP API (/v1, /sdapi/v1) and the web UI (127.0.0.1:7860)")
+    serving(s)
+    s.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests waiting at most; more answer 429 with Retry-After (default 64)")
+    s.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://app.example) call the API; off by default")
+    s.add_argument("--no-ui", action="store_true", help="serve the API alone")
+    s.add_argument("-m", "--model", help="the AUTOMATIC1111 API's checkpoint until a client sets one")
+    s.set_defaults(func=cmd_serve)
     return parser
 
 
