@@ -110,7 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             init_image=args.init_image, strength=args.strength, mask=args.mask, width=args.width,
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
             seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update,
-            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast)
+            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast, clip_skip=args.clip_skip,
+            prompt_syntax="literal" if args.literal_prompt else "a1111")
     finally:
         close()
     _report(result, _write(args.output, lambda: result.save(args.output)))
@@ -119,7 +120,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
-    result = pipe.reproduce(args.image, strict=not args.allow_changed_models)
+    result = pipe.reproduce(args.image, strict=not args.allow_changed_models, model=args.model)
+    restored = result.metadata.get("reproduced_from")
+    if restored:
+        print(f"made again from {restored['tool']} settings ({restored['note']})", file=sys.stderr)
+        print("dropped: " + ("; ".join(restored["dropped"]) or "nothing"), file=sys.stderr)
     output = args.output or Path(args.image).with_name(Path(args.image).stem + "-reproduced.png")
     _report(result, _write(output, lambda: result.save(output)))
     return 0
@@ -269,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"control_mode ({'|'.join(CONTROL_MODES)}), preprocessed, or the plugin's params")
     g.add_argument("--lora", action="append", default=[], metavar="ID[:WEIGHT]")
     g.add_argument("--trigger-words", action="store_true", help="add the LoRAs' trigger words to the prompt")
+    g.add_argument("--clip-skip", type=int, default=1, help="A1111's clip skip (1: the text encoder's last layer)")
+    g.add_argument("--literal-prompt", action="store_true",
+                   help="take the prompt as written: no (emphasis:1.2), BREAK or <lora:...> tags (docs/prompts.md)")
     g.add_argument("--init-image", help="img2img source")
     g.add_argument("--strength", type=float, default=field("strength"), help=ranged("strength"))
     g.add_argument("--mask", help="inpaint mask (white = repaint); needs --init-image")
@@ -276,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-H", "--height", type=int, default=field("height"), help=ranged("height"))
     g.add_argument("--steps", type=int, default=field("steps"), help=ranged("steps"))
     g.add_argument("--guidance", "--cfg", type=float, default=field("guidance"), help=ranged("guidance"))
-    g.add_argument("--scheduler", choices=SCHEDULERS, default=field("scheduler"))
+    g.add_argument("--scheduler", "--sampler", default=field("scheduler"),
+                   help="a sampler id (dpmpp_2m, euler_a, dpmpp_2m_sde_karras, ...) or A1111's name ('DPM++ 2M Karras'); "
+                        "see docs/samplers.md")
     g.add_argument("--seed", type=int, default=field("seed"), help="default: a random seed")
     g.add_argument("--batch", type=int, default=field("batch"), help=ranged("batch"))
     g.add_argument("--memory", choices=MEMORY_MODES, default=field("memory"),
@@ -289,8 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(g)
     g.set_defaults(func=cmd_generate)
 
-    r = sub.add_parser("reproduce", help="make an sdcompose PNG again from its metadata")
+    r = sub.add_parser("reproduce", help="make an sdcompose PNG again from its metadata, or an A1111 image from "
+                                         "its parameters (best effort)")
     r.add_argument("image")
+    r.add_argument("--model", help="base model for an A1111 image (default: found by its Model hash or name)")
     r.add_argument("-o", "--output")
     r.add_argument("--allow-changed-models", action="store_true", help="run even if model files changed")
     runtime(r)
