@@ -17,7 +17,9 @@ import gradio as gr
 from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, PluginError, SdcomposeError, ValidationError
+from sdcompose import infotext
 from sdcompose.metadata import a1111_parameters, read_png
+from sdcompose.request import GenerationRequest, validate
 
 from . import widgets
 from .form import Form
@@ -193,20 +195,41 @@ class Handlers:
 
     # ---- image info ------------------------------------------------------------------------------
     def image_info(self, image: str | None) -> tuple[str, str, dict | None]:
-        """The A1111-style parameters text, the full metadata as JSON, and the form fields it restores."""
+        """The parameters text (another tool's raw text as it is), the metadata as JSON (for another tool's
+        image: what was read and what was dropped), and the form fields it restores (None for ComfyUI)."""
         if image is None:
             return "", "", None
         with errors_in_page():
-            meta, inputs = read_png(image)
+            text, shown, meta, inputs, _ = self._settings(image)
+            if meta is None:
+                return text, json.dumps(shown, indent=1, default=str), None
             values, _ = self.form.from_metadata(meta, inputs, store=lambda name, picture: IMAGE)
         values["inpaint"] = IMAGE if values["inpaint"] else None
-        return a1111_parameters(meta), json.dumps(meta, indent=1, default=str), values
+        return text, json.dumps(shown, indent=1, default=str), values
+
+    def _settings(self, image: Any) -> tuple[str, dict, dict | None, dict, list[str]]:
+        """(text to show, JSON to show, sdcompose-style metadata to restore or None, embedded inputs, warnings)."""
+        found = infotext.foreign(image)
+        if found.tool == "sdcompose":
+            meta, inputs = read_png(image)
+            return a1111_parameters(meta), meta, meta, inputs, []
+        if found.tool == "ComfyUI":
+            shown = {"tool": "ComfyUI", "note": "made by ComfyUI: its graph cannot be run or restored here",
+                     **{key: _json_or_text(found.text[key]) for key in infotext.COMFY_KEYS if key in found.text}}
+            return found.raw, shown, None, {}, [shown["note"]]
+        restored = self.pipeline.restored(found)
+        request = validate(GenerationRequest(**({"model": self.base_ids[0]} | restored.fields))).summary()
+        if "model" not in restored.fields:
+            request["model"] = None  # the form keeps its own model and says so
+        shown = {**restored.describe(), "parameters": infotext.parse(found.text["parameters"]), "request": request}
+        meta = {"request": request, "seed": request["seed"], "task": "txt2img"}
+        return found.raw, shown, meta, {}, [*restored.dropped, restored.note]
 
     def restore(self, request: gr.Request, image: str | None) -> list:
         """Every field of the form set from an sdcompose PNG, in ``self.names`` order, then the units shown,
         the unit count, and the tabs to select."""
         if image is None:
-            raise gr.Error("Upload a PNG made by sdcompose first.")
+            raise gr.Error("Upload a PNG made by sdcompose or AUTOMATIC1111 first.")
         folder = self.sessions.folder(session_of(request), "restored")
 
         def store(name: str, picture: Image.Image) -> str:
@@ -215,8 +238,11 @@ class Handlers:
             return str(path)
 
         with errors_in_page():
-            meta, inputs = read_png(image)
+            _, _, meta, inputs, notes = self._settings(image)
+            if meta is None:
+                raise ValidationError(notes[0])
             values, warnings = self.form.from_metadata(meta, inputs, store)
+            warnings += [f"left out: {note}" for note in notes[:-1]] + notes[-1:]
         if values["model"] not in self.base_ids:
             warnings.append(f"model {values['model']!r} is not in this server's models.yaml; pick one")
             values["model"] = gr.skip()
@@ -226,3 +252,10 @@ class Handlers:
         shown = max(enabled) + 1 if enabled else 0
         return [*(values[name] for name in self.names), *(gr.update(visible=i < shown) for i in range(self.form.units)),
                 shown, gr.Tabs(selected="generate"), gr.Tabs(selected=values["task"])]
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
