@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
         p.add_argument("--auth-token-file", metavar="FILE", help="bearer tokens, one a line (16+ characters each)")
         p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
+        p.add_argument("--outputs", metavar="DIR", help="the web UI keeps every image here "
+                                                         "(default: $SDCOMPOSE_HOME/outputs)")
+        p.add_argument("--no-save", action="store_true", help="the web UI keeps images only for the browser session")
         runtime(p)
 
     u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
