@@ -41,11 +41,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_ui(log: Path, *args: str, command: str = "ui"):
+def running_ui(log: Path, *args: str, command: str = "ui", env: dict[str, str] | None = None):
     """``sdcompose ui`` (or ``command``: serve) on CPU in a subprocess on a free loopback port; yields (url, process);
     always shut down."""
     port = free_port()
-    env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"} | (env or {})
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "sdcompose.cli", command, "--port", str(port), "--device",
                                  "cpu", *args],
