@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
-from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
+from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import attention, compose, memory, prompt_encode, schedulers, vae_guard
@@ -98,10 +98,11 @@ class Pipeline:
         if req.seed is None:
             req = req.with_(seed=secrets.randbelow(2**32))
         plan = resolve(req, self.catalog, self.registry)
-        maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
-        init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
-            if req.init_image is not None else None
-        mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
+        with pixel_budget("this request"):  # every image this request decodes, together
+            maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
+            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
+                if req.init_image is not None else None
+            mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
         with self._lock:
             arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel, preview)
         inputs = {f"control-{i}": m for i, m in enumerate(maps)}
