@@ -37,7 +37,7 @@ class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = ""
-    kind: Literal["base", "controlnet", "lora", "annotator"]
+    kind: Literal["base", "controlnet", "lora", "annotator", "upscaler"]
     family: Literal["sd15", "sdxl"] | None = None
     description: str = ""
     license: str = ""
@@ -65,7 +65,7 @@ class Entry(BaseModel):
             raise ValueError("a single `file` needs its `sha256`")
         if self.file and self.kind in ("base", "controlnet") and not self.config:
             raise ValueError(f"a single-file {self.kind} needs an explicit `config` (sd15, sdxl or a folder)")
-        if self.kind != "annotator" and self.family is None:
+        if self.kind not in ("annotator", "upscaler") and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` (sd15 or sdxl)")
         return self
 

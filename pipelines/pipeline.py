@@ -21,7 +21,7 @@ from PIL import Image
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
+from sdcompose.pipelines import attention, compose, memory, schedulers, upscale, vae_guard
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -167,6 +167,37 @@ class Pipeline:
             if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
                 adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
             return pipe
+
+    def upscale(self, image: Any, model: str, scale: float | None = None, tile: int = upscale.TILE,
+                cancel: threading.Event | None = None) -> Result:
+        """``image`` enlarged ``scale`` times (default: the network's own) by a models.yaml upscaler, tile by tile."""
+        source = load_rgb(image, "image to upscale")
+        entry = self.catalog.get(model, "upscaler")
+        if scale is not None:
+            upscale.target_size(source.size, scale)  # a size over the limits is refused before anything loads
+        with self._lock:
+            net = self._upscaler(entry)
+            out, report = upscale.upscale(net, source, net.scale if scale is None else scale, self.device, tile, cancel)
+        meta = {"format": FORMAT, "task": "upscale", "upscale": {"model": entry.id, "architecture": net.architecture,
+                                                                  "source_size": list(source.size), **report},
+                "models": {entry.id: {"kind": entry.kind, "source": _source_of(entry), "sha256": self.loader.hashes(entry)}},
+                "plugins": {upscale.PLUGIN: {"version": self.registry.get(upscale.PLUGIN).version,
+                                             "package": self.registry.entries[upscale.PLUGIN].package}},
+                "device": self.device, "dtype": str(self.dtype).removeprefix("torch."), "versions": library_versions()}
+        if entry.tiny:
+            meta["note"] = TEST_MODEL_NOTE
+        return Result(images=[out], metadata=meta, per_image=[meta],
+                      arrays=[np.asarray(out, dtype=np.float32) / 255])
+
+    def _upscaler(self, entry: Entry) -> Any:
+        plugin = self.registry.get(upscale.PLUGIN, "upscaler")
+        path = self.loader.verified_path(entry)
+        try:
+            return plugin.load(path, PluginContext(device=self.device, dtype=self.dtype))
+        except (PluginError, SdcomposeError):
+            raise
+        except Exception as exc:  # a plugin's bug fails this request only
+            raise PluginError(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}: {describe(exc)}") from None
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()

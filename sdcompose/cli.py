@@ -1,4 +1,4 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, models, plugins, ui.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, upscale, models, plugins, ui.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
@@ -139,6 +139,19 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upscale(args: argparse.Namespace) -> int:
+    pipe = _pipeline(args)
+    result = pipe.upscale(args.image, model=args.model, scale=args.scale, tile=args.tile)
+    output = args.output or Path(args.image).with_name(Path(args.image).stem + "-upscaled.png")
+    path, = _write(output, lambda: result.save(output))
+    done = result.metadata["upscale"]
+    print(f"{path}  {done['size'][0]}x{done['size'][1]}  ({args.model}, {done['passes']} pass(es) at "
+          f"{done['native_scale']}x)")
+    if "note" in result.metadata:
+        print(f"note: {result.metadata['note']}", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from sdcompose.pipelines.catalog import Catalog
     catalog = Catalog(args.models)
@@ -246,10 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(pp)
     pp.set_defaults(func=cmd_preprocess)
 
+    up = sub.add_parser("upscale", help="enlarge an image with an upscaler model (ESRGAN and kin), tile by tile")
+    up.add_argument("image")
+    up.add_argument("-m", "--model", required=True, help="a models.yaml upscaler id")
+    up.add_argument("--scale", type=float, help="default: the model's own (2 or 4)")
+    up.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory grows with its square)")
+    up.add_argument("-o", "--output", help="default: IMAGE-upscaled.png")
+    runtime(up)
+    up.set_defaults(func=cmd_upscale)
+
     m = sub.add_parser("models", help="the models.yaml catalogue")
     m.add_argument("action", choices=("list", "check"))
     m.add_argument("ids", nargs="*", help="check only these")
-    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator"))
+    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator", "upscaler"))
     m.add_argument("--models", help="extra models.yaml")
     m.add_argument("--download", action="store_true", help="check: download pinned hub models that are missing")
     m.set_defaults(func=cmd_models)

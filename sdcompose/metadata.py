@@ -66,7 +66,8 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
 
 def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image], path: Path) -> Path:
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", a1111_parameters(meta))
+    if "request" in meta:  # a generation (an upscale has no prompt to tell)
+        info.add_text("parameters", a1111_parameters(meta))
     info.add_itxt(KEY, json.dumps(meta, sort_keys=True), zip=True)
     if inputs:
         info.add_itxt(INPUTS_KEY, json.dumps({k: encode_image(v) for k, v in inputs.items()}), zip=True)
