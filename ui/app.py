@@ -132,6 +132,9 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
     follow = dict(fn=handlers.follow_model, inputs=[fields["model"], fields["loras"], *unit_models],
                   outputs=[fields["loras"], *unit_models, ui.status], preprocess=False, api_visibility="undocumented")
     gr.on([demo.load, fields["model"].input], **follow, api_name="follow_model")
+    gr.on([fields["model"].input, fields["loras"].input], handlers.recommended, [fields["model"], fields["loras"]],
+          [fields["steps"], fields["guidance"], fields["scheduler"], ui.status], api_name="recommended",
+          api_visibility="undocumented")  # a few-step model's steps, guidance and sampler, when the user picks it
     ui.generate.click(with_fields(handlers.generate, list(fields)), inputs_kwargs=fields,
                       outputs=[ui.gallery, ui.info, ui.status, ui.last_seed], api_name="generate",
                       concurrency_limit=1, concurrency_id="device", show_progress_on=ui.gallery)
