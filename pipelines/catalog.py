@@ -19,17 +19,18 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from sdcompose.errors import CatalogError, ModelError, first_line, suggest
 from sdcompose.pipelines.folders import FolderIndex
+from sdcompose.settings import Settings
 
 SHIPPED = Path(str(resources.files("sdcompose") / "models.yaml"))  # the repo's models.yaml, packaged with sdcompose
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def home() -> Path:
-    return Path(os.environ.get("SDCOMPOSE_HOME") or Path.home() / ".cache" / "sdcompose")
+    return Settings.from_env().home
 
 
 def user_catalog() -> Path:
-    return Path(os.environ.get("SDCOMPOSE_MODELS_YAML") or Path.home() / ".config" / "sdcompose" / "models.yaml")
+    return Settings.from_env().user_models
 
 
 class Recommended(BaseModel):

@@ -5,7 +5,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import secrets
 import threading
 import warnings
@@ -29,10 +28,10 @@ from sdcompose.pipelines.preview import latents_to_image
 from sdcompose.pipelines.resolve import Plan, Unit, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
 from sdcompose.plugins.registry import Registry
-from sdcompose.request import LIMITS, Control, GenerationRequest, Lora, validate
+from sdcompose.request import LIMITS, Control, GenerationRequest, validate
 from sdcompose.result import Result
+from sdcompose.settings import Settings
 
-DEFAULT_MODEL = os.environ.get("SDCOMPOSE_MODEL", "sd15")
 log = logging.getLogger("sdcompose")
 TEST_MODEL_NOTE = "noise from a random-weight test model"
 CONTROLNETS_KEPT = 4  # ControlNets cached between requests (more while one request needs more)
@@ -58,6 +57,7 @@ class Pipeline:
     def __init__(self, models: Any = None, device: str | None = None, dtype: torch.dtype | str | None = None,
                  plugins_allow: str | None = None, plugins_deny: str | None = None, keep_models: int = 1,
                  folders: Any = None) -> None:
+        self.settings = Settings.from_env()
         self.catalog = Catalog(models, folders=folders)
         self.loader = Loader(self.catalog)
         self.registry = Registry(plugins_allow, plugins_deny)
@@ -77,29 +77,22 @@ class Pipeline:
         self._fast = FastMode(home() / "compile")
 
     # ---- public API ------------------------------------------------------------------------
-    def generate(self, prompt: str = "", negative_prompt: str = "", model: str = DEFAULT_MODEL,
-                 controls: list[Control] | tuple = (), loras: list[Lora] | tuple = (), init_image: Any = None,
-                 strength: float = 0.75, mask: Any = None, width: int = 512, height: int = 512, steps: int = 20,
-                 guidance: float = 7.5, scheduler: str = "dpmpp_2m", seed: int | None = None, batch: int = 1,
-                 add_trigger_words: bool = False, progress: Callable[[int, int], None] | None = None,
-                 cancel: threading.Event | None = None, memory: str = "auto", attention: str = "auto",
-                 vram: int | str | None = None, fast: bool = False,
-                 preview: Callable[[int, int, Image.Image], None] | None = None) -> Result:
-        """``memory``/``vram``: a memory mode, or "auto" to plan for a budget (docs/memory.md);
-        ``attention``: auto, sdpa, xformers or sliced; ``fast``: CUDA-graph replay (docs/benchmarks.md);
-        ``preview(step, total, image)``: a cheap RGB preview of the first image after every step."""
-        request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
-                                    controls=list(controls or ()), loras=list(loras or ()), init_image=init_image,
-                                    strength=strength, mask=mask, width=width, height=height, steps=steps,
-                                    guidance=guidance, scheduler=scheduler, seed=seed, batch=batch,
-                                    add_trigger_words=add_trigger_words, memory=memory, attention=attention,
-                                    vram=vram, fast=fast)
-        return self.run(request, progress=progress, cancel=cancel, preview=preview)
+    def generate(self, prompt: str | None = None, /, progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None,
+                 preview: Callable[[int, int, Image.Image], None] | None = None, **fields: Any) -> Result:
+        """``run(GenerationRequest(prompt, **fields))``: the fields, their defaults and limits are in
+        sdcompose/request.py (docs/api.md). ``progress(step, total)`` after every step; ``cancel``: set it
+        to stop; ``preview(step, total, image)``: a cheap RGB preview of the first image after every step."""
+        if prompt is not None:
+            fields["prompt"] = prompt
+        return self.run(GenerationRequest(**fields), progress=progress, cancel=cancel, preview=preview)
 
     def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
             cancel: threading.Event | None = None,
             preview: Callable[[int, int, Image.Image], None] | None = None) -> Result:
         req = validate(request)
+        if req.model is None:
+            req = req.with_(model=self.settings.default_model)
         if req.seed is None:
             req = req.with_(seed=secrets.randbelow(2**32))
         plan = resolve(req, self.catalog, self.registry)
@@ -119,20 +112,7 @@ class Pipeline:
         With ``strict``, a model whose files changed since (sha256) is refused before any work.
         """
         meta, inputs = read_png(png)
-        r = meta["request"]
-        try:
-            controls = [Control(id=c["id"], image=inputs[f"control-{i}"], weight=c["weight"], start=c["start"],
-                                end=c["end"], params=c["params"], model=c["model"], resize_mode=c["resize_mode"],
-                                control_mode=c["control_mode"], preprocessed=True)
-                        for i, c in enumerate(r["controls"])]
-            request = GenerationRequest(
-                prompt=r["prompt"], negative_prompt=r["negative_prompt"], model=r["model"], controls=controls,
-                loras=[Lora(x["id"], x["weight"]) for x in r["loras"]], init_image=inputs.get("init_image"),
-                strength=r["strength"], mask=inputs.get("mask"), width=r["width"], height=r["height"],
-                steps=r["steps"], guidance=r["guidance"], scheduler=r["scheduler"], seed=meta["seed"], batch=1,
-                add_trigger_words=r.get("add_trigger_words", False))
-        except (KeyError, TypeError) as exc:
-            raise ValidationError(f"the image's metadata lacks {exc}; it cannot be reproduced") from None
+        request = GenerationRequest.from_metadata(meta, inputs, runtime=False)
         if strict:
             for model_id, recorded in meta.get("models", {}).items():
                 current = self.loader.hashes(self.catalog.get(model_id))
@@ -145,8 +125,8 @@ class Pipeline:
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:
         """The control map a conditioner makes from ``image`` (cached by content and params)."""
         plugin = self.registry.get(plugin_id, "conditioner")
-        control = validate(GenerationRequest(controls=[Control(plugin_id, image, params=params,
-                                                               resize_mode=resize_mode)])).controls[0]
+        control = GenerationRequest(controls=[Control(plugin_id, image, params=params,
+                                                      resize_mode=resize_mode)]).controls[0]
         unit = Unit(control, plugin, None)  # type: ignore[arg-type]
         image = self._control_map(unit, None, None)
         if width is None and height is None:
@@ -154,12 +134,12 @@ class Pipeline:
         width, height = _target_size(image.size, width, height)
         return fit(image, width, height, control.resize_mode).copy()
 
-    def diffusers_pipeline(self, model: str = DEFAULT_MODEL, controls: list[Control] | tuple = (),
+    def diffusers_pipeline(self, model: str | None = None, controls: list[Control] | tuple = (),
                            task: str = "txt2img"):
         """The diffusers pipeline this composition runs (modules shared with sdcompose's cache)."""
         stub = Image.new("RGB", (8, 8)) if task != "txt2img" else None
-        req = validate(GenerationRequest(model=model, controls=list(controls or ()), init_image=stub,
-                                         mask=stub if task == "inpaint" else None))
+        req = GenerationRequest(model=model or self.settings.default_model, controls=list(controls or ()),
+                                init_image=stub, mask=stub if task == "inpaint" else None)
         plan = resolve(req, self.catalog, self.registry)
         with self._lock:
             models = self._modules(plan)
@@ -244,7 +224,7 @@ class Pipeline:
                                     weights=_LazyWeights(plugin.annotators, self._annotator))
                 try:
                     image = plugin.preprocess(source, ctx, params)
-                except (PluginError, SdcomposeError):  # lazily fetched weights raise ModelError as they are
+                except SdcomposeError:  # lazily fetched weights raise ModelError as they are
                     raise
                 except Exception as exc:  # a plugin's bug fails this request only
                     raise PluginError(f"conditioner {control.id!r} failed on its input: "
@@ -370,7 +350,7 @@ class Pipeline:
             stopped = "oom"
         except Cancelled as exc:
             stopped = str(exc)
-        except (PluginError, SdcomposeError):
+        except SdcomposeError:
             raise
         except Exception as exc:
             if adapter is not None and _raised_in(exc, type(adapter).__module__):
@@ -407,7 +387,7 @@ class Pipeline:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
         try:
             return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
-        except (PluginError, SdcomposeError):
+        except SdcomposeError:
             raise
         except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
             self._bases.pop(plan.base.id, None)

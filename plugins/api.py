@@ -15,24 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from sdcompose.errors import PluginError, first_line  # re-exported: a plugin imports them from here
+
 API_VERSION = "1.2"  # 1.1: first_line; 1.2: Upscaler
 API_MAJOR = 1
 
 FAMILIES = frozenset({"sd15", "sdxl"})
 KINDS = frozenset({"conditioner", "adapter", "upscaler"})
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
-
-
-class PluginError(Exception):
-    """Raised by a plugin (or about one) with a message a user can act on."""
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of ``exc``'s message, at most ``limit`` characters ('' when it has none).
-
-    For a plugin's one-sentence errors about an exception it caught."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else ""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, upscale, models, plugins, ui.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, upscale, batch, models, plugins, ui.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError
-from sdcompose.plugins.api import PluginError
-from sdcompose.request import ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control, Lora
+from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control,
+                               GenerationRequest, Lora, bounds, default)
+from sdcompose.settings import DEFAULT_MODEL, Settings
 
 CONTROL_FIELDS = {"weight": float, "start": float, "end": float, "model": str, "resize_mode": str,
                   "control_mode": str, "preprocessed": lambda v: v.lower() in ("1", "true", "yes")}
@@ -41,7 +41,7 @@ def parse_control(spec: str) -> Control:
 def parse_lora(spec: str) -> Lora:
     model_id, _, weight = spec.partition(":")
     try:
-        return Lora(model_id, float(weight) if weight else 1.0)
+        return Lora(model_id, float(weight)) if weight else Lora(model_id)
     except ValueError:
         raise ValidationError(f"--lora {spec!r}: expected ID[:WEIGHT], e.g. papercut:0.7") from None
 
@@ -219,6 +219,37 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from sdcompose.batch.run import run_batch
+    if args.workers < 1:
+        raise ValidationError(f"--workers must be at least 1, got {args.workers}")
+    models = str(Path(args.models).resolve()) if args.models else None
+    if args.ray:
+        from sdcompose.raycluster import require_ray
+        require_ray()
+        from sdcompose.batch import ray_workers
+        start = lambda n: ray_workers.start_workers(n, args.address, models, args.device, args.dtype,  # noqa: E731
+                                                    args.gpus_per_worker, args.cpus_per_worker)
+        stop = ray_workers.stop_workers
+    else:
+        from sdcompose.batch.worker import Worker
+        start = lambda n: [Worker(f"local-{i}", models, args.device, args.dtype) for i in range(n)]  # noqa: E731
+        stop = lambda pool: None  # noqa: E731
+    summary = run_batch(args.jobs, args.out, start, args.workers, args.quiet, stop)
+    print(summary.text(Path(args.out)))
+    return 1 if summary.failures else 0
+
+
+def field(name: str) -> Any:
+    """A request field's default, from the schema (sdcompose/request.py)."""
+    return default(GenerationRequest, name)
+
+
+def ranged(name: str) -> str:
+    low, high = bounds(GenerationRequest, name)
+    return f"{low:g} to {high:g} (default {field(name):g})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdcompose", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sdcompose {_version()}")
@@ -234,27 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="make images")
     g.add_argument("prompt_words", nargs="*", help="the prompt (or use --prompt)")
     g.add_argument("-p", "--prompt", default=None)
-    g.add_argument("-n", "--negative-prompt", default="")
-    g.add_argument("-m", "--model", default=os.environ.get("SDCOMPOSE_MODEL", "sd15"))
+    g.add_argument("-n", "--negative-prompt", default=field("negative_prompt"))
+    g.add_argument("-m", "--model", default=None, help=f"a models.yaml base id (default: $SDCOMPOSE_MODEL, else "
+                                                       f"{DEFAULT_MODEL})")
     g.add_argument("--control", action="append", default=[], metavar="ID=IMAGE[:k=v...]",
                    help=f"a ControlNet unit; keys: weight, start, end, model, resize_mode ({'|'.join(RESIZE_MODES)}), "
                         f"control_mode ({'|'.join(CONTROL_MODES)}), preprocessed, or the plugin's params")
     g.add_argument("--lora", action="append", default=[], metavar="ID[:WEIGHT]")
     g.add_argument("--trigger-words", action="store_true", help="add the LoRAs' trigger words to the prompt")
     g.add_argument("--init-image", help="img2img source")
-    g.add_argument("--strength", type=float, default=0.75)
+    g.add_argument("--strength", type=float, default=field("strength"), help=ranged("strength"))
     g.add_argument("--mask", help="inpaint mask (white = repaint); needs --init-image")
-    g.add_argument("-W", "--width", type=int, default=512)
-    g.add_argument("-H", "--height", type=int, default=512)
-    g.add_argument("--steps", type=int, default=20)
-    g.add_argument("--guidance", "--cfg", type=float, default=7.5)
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="dpmpp_2m")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--batch", type=int, default=1)
-    g.add_argument("--memory", choices=MEMORY_MODES, default="auto",
+    g.add_argument("-W", "--width", type=int, default=field("width"), help=ranged("width"))
+    g.add_argument("-H", "--height", type=int, default=field("height"), help=ranged("height"))
+    g.add_argument("--steps", type=int, default=field("steps"), help=ranged("steps"))
+    g.add_argument("--guidance", "--cfg", type=float, default=field("guidance"), help=ranged("guidance"))
+    g.add_argument("--scheduler", choices=SCHEDULERS, default=field("scheduler"))
+    g.add_argument("--seed", type=int, default=field("seed"), help="default: a random seed")
+    g.add_argument("--batch", type=int, default=field("batch"), help=ranged("batch"))
+    g.add_argument("--memory", choices=MEMORY_MODES, default=field("memory"),
                    help="memory mode; auto picks the fastest that fits --vram (docs/memory.md)")
     g.add_argument("--vram", help="memory budget for --memory auto, e.g. 4GB (default: what the card has free)")
-    g.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto", help="attention backend (auto: sdpa)")
+    g.add_argument("--attention", choices=ATTENTION_BACKENDS, default=field("attention"), help="attention backend (auto: sdpa)")
     g.add_argument("--fast", action="store_true", help="compile and replay the UNet/ControlNets as CUDA graphs")
     g.add_argument("-o", "--output", default="out.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -275,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     pp.add_argument("-W", "--width", type=int, help="size the map to this width (alone: the height follows)")
     pp.add_argument("-H", "--height", type=int)
-    pp.add_argument("--resize-mode", choices=RESIZE_MODES, default="crop_and_resize",
+    pp.add_argument("--resize-mode", choices=RESIZE_MODES, default=default(Control, "resize_mode"),
                     help="how the map meets -W x -H when both are given")
     runtime(pp)
     pp.set_defaults(func=cmd_preprocess)
@@ -303,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
+    b = sub.add_parser("batch", help="make the images of a JSON-lines file of requests, resumably")
+    b.add_argument("jobs", help="one request per line in the request's JSON form, with an optional \"id\"")
+    b.add_argument("--out", required=True, help="folder for <id>.png and failures.jsonl; a rerun skips finished lines")
+    b.add_argument("--workers", type=int, default=1, help="pipelines working at once (Ray actors with --ray)")
+    b.add_argument("--ray", action="store_true", help="spread the lines over Ray actors (pip install 'sdcompose[ray]')")
+    b.add_argument("--address", help="with --ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: start a "
+                                     "local Ray")
+    b.add_argument("--gpus-per-worker", type=float, default=0, help="with --ray: GPUs each actor reserves")
+    b.add_argument("--cpus-per-worker", type=float, default=1, help="with --ray: CPUs each actor reserves")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    runtime(b)
+    b.set_defaults(func=cmd_batch)
+
     u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=7860)
@@ -327,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt = ""
     try:
         return args.func(args)
-    except (SdcomposeError, PluginError) as exc:
-        if os.environ.get("SDCOMPOSE_DEBUG"):
+    except SdcomposeError as exc:
+        if Settings.from_env().debug:
             raise
         print(f"sdcompose: error: {exc}", file=sys.stderr)
         return 2

@@ -4,11 +4,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from sdcompose.plugins.api import PluginError, first_line
 
 
 class SdcomposeError(Exception):
-    """Base of every error sdcompose raises on purpose."""
+    """Base of every error sdcompose raises on purpose: a boundary (CLI, UI, HTTP) catches this one class."""
+
+
+class PluginError(SdcomposeError):
+    """Raised by a plugin (or about one) with a message a user can act on; re-exported by the plugin API."""
 
 
 class ValidationError(SdcomposeError, ValueError):
@@ -29,6 +32,14 @@ class Cancelled(SdcomposeError):
 
 class OutOfMemory(SdcomposeError):
     """The device ran out of memory; what the request held was freed."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters ('' when it has none).
+
+    For a plugin's one-sentence errors about an exception it caught."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:

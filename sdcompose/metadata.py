@@ -11,9 +11,11 @@ import base64
 import functools
 import io
 import json
+import os
 import platform
 import re
 import struct
+import tempfile
 import zlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,6 +28,7 @@ from sdcompose.images import _read_bytes, open_image
 
 KEY, INPUTS_KEY = "sdcompose", "sdcompose-inputs"
 FORMAT = 1
+PARTIAL = ".partial"  # the suffix of a file still being written
 MAX_TEXT = 32 * 1024 * 1024
 LIBRARIES = ("sdcompose", "torch", "diffusers", "transformers", "peft", "safetensors", "controlnet-aux", "numpy", "pillow")
 
@@ -64,18 +67,52 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
     return "\n".join(lines + [", ".join(fields)])
 
 
-def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image], path: Path) -> Path:
+def png_info(meta: dict[str, Any], inputs: dict[str, Image.Image]) -> PngImagePlugin.PngInfo:
+    """The three text chunks of an sdcompose PNG."""
     info = PngImagePlugin.PngInfo()
     if "request" in meta:  # a generation (an upscale has no prompt to tell)
         info.add_text("parameters", a1111_parameters(meta))
     info.add_itxt(KEY, json.dumps(meta, sort_keys=True), zip=True)
     if inputs:
         info.add_itxt(INPUTS_KEY, json.dumps({k: encode_image(v) for k, v in inputs.items()}), zip=True)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+    return info
+
+
+def png_bytes(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image]) -> bytes:
+    """The PNG ``save_png`` writes, as bytes (what the HTTP API answers)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=png_info(meta, inputs))
+    return buf.getvalue()
+
+
+def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image], path: Path) -> Path:
+    return write_atomic(Path(path), png_bytes(image, meta, inputs))
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``path`` whole or not at all: a unique temp file beside it, flushed to disk, then renamed over it.
+
+    A process killed meanwhile leaves at most a hidden ``.NAME.*.partial`` file, never a truncated ``path``.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; a saved image is an ordinary file
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def read_png(source: Any) -> tuple[dict[str, Any], dict[str, Image.Image]]:

@@ -1,67 +1,159 @@
-"""A generation request as typed, pure data, checked before any model loads or GPU work starts."""
+"""A generation request as typed, pure data: every default and limit is defined once, here.
+
+The pydantic models are the schema the Python API, the CLI, the UI and the HTTP API read
+(``GenerationRequest.model_json_schema()``). Making a ``GenerationRequest`` checks it before any
+model loads or GPU work starts; a bad value is one sentence in sdcompose's ``ValidationError``,
+never pydantic's. ``Control`` and ``Lora`` are parts: they are checked, with their place in the
+list named, when the request holding them is made.
+"""
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
-from sdcompose.errors import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticError
+
+from sdcompose.errors import ValidationError, suggest
 
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
 CONTROL_MODES = ("balanced", "prompt_first", "control_first")
 MEMORY_MODES = ("auto", "none", "vae_slicing", "vae_tiling", "model_offload", "group_offload", "sequential_offload")
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "sliced")
-LIMITS = dict(size=(64, 4096), pixels=4096 * 4096, steps=(1, 500), guidance=(0.0, 50.0), batch=(1, 16),
-              prompt_chars=20_000, controls=8, loras=16, lora_weight=(-4.0, 4.0), control_weight=(0.0, 4.0),
-              seed=(0, 2**63 - 1))
+MAX_PIXELS = 4096 * 4096
+RUNTIME = ("memory", "attention", "vram", "fast")  # how a request runs on this machine, not what it makes
+_ID = dict(min_length=1, max_length=200)
 
 
-@dataclass
-class Control:
+class _Part(BaseModel):
+    """A request part made like a dataclass (positional fields allowed, nothing checked until the request)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = list(type(self).model_fields)
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes at most {len(names)} positional fields")
+        for name, value in zip(names, args):
+            if name in kwargs:
+                raise TypeError(f"{type(self).__name__} got two values for {name!r}")
+            kwargs[name] = value
+        unknown = [name for name in kwargs if name not in names]
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {unknown[0]!r}{suggest(unknown[0], names)}")
+        missing = [n for n, f in type(self).model_fields.items() if f.is_required() and n not in kwargs]
+        if missing:
+            raise TypeError(f"{type(self).__name__} needs {missing[0]!r}")
+        made = type(self).model_construct(**kwargs)
+        for slot in ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"):
+            object.__setattr__(self, slot, getattr(made, slot))
+
+    def with_(self, **changes: Any):
+        unknown = [name for name in changes if name not in type(self).model_fields]
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {unknown[0]!r}")
+        return self.model_copy(update=changes)
+
+    def summary(self) -> dict[str, Any]:
+        """Every field as JSON-ready data (an image replaced by a marker)."""
+        data = {name: getattr(self, name) for name in type(self).model_fields}
+        if "image" in data:
+            data["image"] = None if data["image"] is None else "<image>"
+        if "params" in data and isinstance(data["params"], dict):
+            data["params"] = dict(data["params"])
+        return data
+
+
+class Control(_Part):
     """One ControlNet unit: a conditioner plugin id, its input, and how strongly and when it acts."""
 
-    id: str
-    image: Any = None  # path, PIL image, numpy array, or parsed JSON for plugins that take it
-    weight: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None  # a models.yaml ControlNet id; default: the plugin's for the base family
-    resize_mode: str = "crop_and_resize"
-    control_mode: str = "balanced"
-    preprocessed: bool = False  # True: ``image`` already is the control map; the preprocessor is skipped
+    id: str = Field(**_ID, description="a conditioner plugin id (sdcompose plugins list)")
+    image: Any = Field(None, description="path, PIL image, numpy array, or parsed JSON for plugins that take it")
+    weight: float = Field(1.0, ge=0.0, le=4.0, description="controlnet_conditioning_scale")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="control_guidance_start: fraction of the steps")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="control_guidance_end: fraction of the steps")
+    params: dict[str, Any] = Field(default_factory=dict, description="the plugin's own parameters")
+    model: str | None = Field(None, **_ID, description="a models.yaml ControlNet id; default: the plugin's for "
+                                                       "the base family")
+    resize_mode: Literal[RESIZE_MODES] = "crop_and_resize"  # type: ignore[valid-type]
+    control_mode: Literal[CONTROL_MODES] = "balanced"  # type: ignore[valid-type]
+    preprocessed: bool = Field(False, description="true: image already is the control map; the preprocessor "
+                                                  "is skipped")
 
 
-@dataclass
-class Lora:
-    id: str  # a models.yaml LoRA id
-    weight: float = 1.0
+class Lora(_Part):
+    id: str = Field(**_ID, description="a models.yaml LoRA id")
+    weight: float = Field(1.0, ge=-4.0, le=4.0)
 
 
-@dataclass
-class GenerationRequest:
-    prompt: str = ""
-    negative_prompt: str = ""
-    model: str = "tiny-sd15"
-    controls: list[Control] = field(default_factory=list)
-    loras: list[Lora] = field(default_factory=list)
-    init_image: Any = None
-    strength: float = 0.75
-    mask: Any = None
-    width: int = 512
-    height: int = 512
-    steps: int = 20
-    guidance: float = 7.5
-    scheduler: str = "dpmpp_2m"
-    seed: int | None = None
-    batch: int = 1
-    add_trigger_words: bool = False
-    memory: str = "auto"  # a MEMORY_MODES name; "auto" plans for ``vram`` (docs/memory.md)
-    attention: str = "auto"  # an ATTENTION_BACKENDS name
-    vram: int | str | None = None  # memory budget, e.g. "4GB"; None: what the card has free
-    fast: bool = False  # compiled UNet/ControlNet replayed as CUDA graphs (CUDA only)
+class GenerationRequest(BaseModel):
+    """Everything that decides the images of one call; made from keywords, a mapping or JSON."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    prompt: str = Field("", max_length=20_000)
+    negative_prompt: str = Field("", max_length=20_000)
+    model: str | None = Field(None, **_ID, description="a models.yaml base id; default: the Pipeline's "
+                                                       "(SDCOMPOSE_MODEL, else sd15)")
+    controls: list[Control] = Field(default_factory=list, max_length=8)
+    loras: list[Lora] = Field(default_factory=list, max_length=16)
+    init_image: Any = Field(None, description="img2img/inpaint source: path, PIL image or array")
+    strength: float = Field(0.75, ge=0.0, le=1.0, description="how much of init_image is repainted")
+    mask: Any = Field(None, description="inpaint mask (white = repaint); needs init_image")
+    width: int = Field(512, ge=64, le=4096, multiple_of=8)
+    height: int = Field(512, ge=64, le=4096, multiple_of=8)
+    steps: int = Field(20, ge=1, le=500, description="num_inference_steps")
+    guidance: float = Field(7.5, ge=0.0, le=50.0, description="guidance_scale (CFG)")
+    scheduler: Literal[SCHEDULERS] = "dpmpp_2m"  # type: ignore[valid-type]
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="image i uses seed + i; None: a random seed")
+    batch: int = Field(1, ge=1, le=16, description="images per call")
+    add_trigger_words: bool = Field(False, description="add the LoRAs' trigger words to the prompt")
+    memory: Literal[MEMORY_MODES] = Field("auto", description="a memory mode; auto plans for vram "  # type: ignore
+                                                                "(docs/memory.md)")
+    attention: Literal[ATTENTION_BACKENDS] = "auto"  # type: ignore[valid-type]
+    vram: int | str | None = Field(None, description="memory budget, e.g. 4GB; None: what the card has free")
+    fast: bool = Field(False, description="compiled UNet/ControlNet replayed as CUDA graphs (CUDA only)")
+
+    def __init__(self, **fields: Any) -> None:
+        try:
+            super().__init__(**fields)
+        except PydanticError as exc:
+            raise _ours(exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> "GenerationRequest":
+        try:
+            return super().model_validate(obj, **kwargs)
+        except PydanticError as exc:
+            raise _ours(exc) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> dict[str, Any]:
+        return _checked(data)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], inputs: dict[str, Any] | None = None,
+                      runtime: bool = True) -> "GenerationRequest":
+        """The request that makes image ``meta["seed"]`` of an sdcompose PNG again, from its metadata and
+        embedded inputs (control maps become preprocessed units). ``runtime``: also restore how it ran
+        (memory, attention, vram, fast), not only what it made."""
+        inputs = inputs or {}
+        try:
+            r = meta["request"]
+            fields = {name: r[name] for name in _RECORDED}
+            fields.update({name: r[name] for name in cls.model_fields
+                           if name in r and name not in fields and name not in _NOT_RECORDED
+                           and (runtime or name not in RUNTIME)})
+            fields["controls"] = [{**{k: c[k] for k in _RECORDED_CONTROL}, "image": inputs[f"control-{i}"],
+                                   "preprocessed": True} for i, c in enumerate(r["controls"])]
+            fields["loras"] = [{"id": x["id"], "weight": x["weight"]} for x in r["loras"]]
+            fields.update(seed=meta["seed"], batch=1, init_image=inputs.get("init_image"), mask=inputs.get("mask"))
+        except (KeyError, TypeError) as exc:
+            raise ValidationError(f"the image's metadata lacks {exc}; it cannot be reproduced") from None
+        return cls(**fields)
 
     @property
     def task(self) -> str:
@@ -70,16 +162,185 @@ class GenerationRequest:
         return "img2img" if self.init_image is not None else "txt2img"
 
     def with_(self, **changes: Any) -> "GenerationRequest":
-        return replace(self, **changes)
+        """A copy with ``changes``, checked again when it runs."""
+        unknown = [name for name in changes if name not in type(self).model_fields]
+        if unknown:
+            raise TypeError(f"GenerationRequest has no field {unknown[0]!r}")
+        return self.model_copy(update=changes)
+
+    def fields(self) -> dict[str, Any]:
+        """The fields as given (no copies, images as they are)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
     def summary(self) -> dict[str, Any]:
         """Every parameter as JSON-ready data (images replaced by a marker)."""
-        data = asdict(self)
+        data = self.fields()
         for key in ("init_image", "mask"):
             data[key] = None if data[key] is None else "<image>"
-        for control in data["controls"]:
-            control["image"] = None if control["image"] is None else "<image>"
+        data["controls"] = [c.summary() for c in self.controls]
+        data["loras"] = [lora.summary() for lora in self.loras]
         return data
+
+
+_RECORDED = ("prompt", "negative_prompt", "model", "strength", "width", "height", "steps", "guidance", "scheduler")
+_NOT_RECORDED = ("controls", "loras", "init_image", "mask", "seed", "batch")
+_RECORDED_CONTROL = ("id", "weight", "start", "end", "params", "model", "resize_mode", "control_mode")
+
+
+def limit(model: type[BaseModel], name: str, kind: str) -> Any:
+    """A field's constraint (``ge``, ``le``, ``max_length``, ``multiple_of``) as the schema states it."""
+    return next(getattr(m, kind) for m in model.model_fields[name].metadata if hasattr(m, kind))
+
+
+def bounds(model: type[BaseModel], name: str) -> tuple[Any, Any]:
+    return limit(model, name, "ge"), limit(model, name, "le")
+
+
+def default(model: type[BaseModel], name: str) -> Any:
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
+R = GenerationRequest
+LIMITS = dict(size=bounds(R, "width"), size_multiple=limit(R, "width", "multiple_of"), pixels=MAX_PIXELS,
+              steps=bounds(R, "steps"), guidance=bounds(R, "guidance"), batch=bounds(R, "batch"),
+              prompt_chars=limit(R, "prompt", "max_length"), controls=limit(R, "controls", "max_length"),
+              loras=limit(R, "loras", "max_length"), lora_weight=bounds(Lora, "weight"),
+              control_weight=bounds(Control, "weight"), seed=bounds(R, "seed"))
+del R
+
+
+def validate(req: GenerationRequest) -> GenerationRequest:
+    """A checked, normalised copy of ``req`` (changed since it was made, perhaps), or ValidationError."""
+    if not isinstance(req, GenerationRequest):
+        raise ValidationError(f"expected a GenerationRequest, got {type(req).__name__}")
+    return GenerationRequest(**req.fields())
+
+
+def _ours(exc: PydanticError) -> ValidationError:
+    """sdcompose's one-sentence error for a pydantic one (the checks raise ours; pydantic carries it)."""
+    first = exc.errors()[0]
+    error = first.get("ctx", {}).get("error")
+    if isinstance(error, ValidationError):
+        return error
+    where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+    return ValidationError(f"{where}: {first.get('msg', 'invalid')}")
+
+
+def _checked(data: Any) -> dict[str, Any]:
+    """The request's fields normalised (numbers from text, lists from tuples), or ValidationError."""
+    if isinstance(data, GenerationRequest):
+        data = data.fields()
+    if not isinstance(data, dict):
+        raise ValidationError(f"expected a GenerationRequest, got {type(data).__name__}")
+    R = GenerationRequest
+    unknown = [name for name in data if name not in R.model_fields]
+    if unknown:
+        raise ValidationError(f"a request has no field {_short(unknown[0])}{suggest(str(unknown[0]), R.model_fields)}")
+    req = {name: data.get(name, default(R, name)) for name in R.model_fields}
+    for name in ("prompt", "negative_prompt"):
+        _text(name, req[name], LIMITS["prompt_chars"])
+    _id("model (a models.yaml id)", req["model"], optional=True)
+    if not isinstance(req["add_trigger_words"], bool):
+        raise ValidationError(f"add_trigger_words must be true or false, got {_short(req['add_trigger_words'])}")
+    for name in ("controls", "loras"):
+        if not isinstance(req[name], (list, tuple)):
+            raise ValidationError(f"{name} must be a list, got {type(req[name]).__name__}")
+    low, high = LIMITS["size"]
+    multiple = LIMITS["size_multiple"]
+    for name in ("width", "height"):
+        value = _number(name, req[name], low, high, integer=True)
+        if value % multiple:
+            raise ValidationError(f"{name} must be a multiple of {multiple}, got {value} "
+                                  f"(try {value // multiple * multiple or multiple})")
+        req[name] = value
+    if req["width"] * req["height"] > LIMITS["pixels"]:
+        raise ValidationError(f"{req['width']}x{req['height']} is more than {LIMITS['pixels']} pixels")
+    req["steps"] = _number("steps", req["steps"], *LIMITS["steps"], integer=True)
+    req["guidance"] = _number("guidance", req["guidance"], *LIMITS["guidance"])
+    req["strength"] = _number("strength", req["strength"], *bounds(R, "strength"))
+    if req["init_image"] is not None and req["strength"] == 0:
+        raise ValidationError("strength must be above 0 for img2img/inpaint (0 would return the input unchanged)")
+    if req["mask"] is not None and req["init_image"] is None:
+        raise ValidationError("a mask needs an init_image to paint into")
+    req["batch"] = _number("batch", req["batch"], *LIMITS["batch"], integer=True)
+    seed = req["seed"]
+    if seed is not None:
+        if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
+            raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {_short(seed)}")
+        req["seed"] = _number("seed", seed, LIMITS["seed"][0], LIMITS["seed"][1] - req["batch"], integer=True)
+    if not isinstance(req["scheduler"], str) or req["scheduler"] not in SCHEDULERS:
+        raise ValidationError(f"scheduler {_short(req['scheduler'])} is not one of {', '.join(SCHEDULERS)}"
+                              f"{suggest(req['scheduler'] if isinstance(req['scheduler'], str) else '', SCHEDULERS)}")
+    if len(req["controls"]) > LIMITS["controls"]:
+        raise ValidationError(f"at most {LIMITS['controls']} controls per request, got {len(req['controls'])}")
+    if len(req["loras"]) > LIMITS["loras"]:
+        raise ValidationError(f"at most {LIMITS['loras']} LoRAs per request, got {len(req['loras'])}")
+    req["controls"] = [_control(i, c) for i, c in enumerate(req["controls"])]
+    req["loras"] = [_lora(i, lora) for i, lora in enumerate(req["loras"])]
+    if len({lora.id for lora in req["loras"]}) != len(req["loras"]):
+        raise ValidationError("the same LoRA is listed twice; give it one weight")
+    for name, choices in (("memory", MEMORY_MODES), ("attention", ATTENTION_BACKENDS)):
+        if not isinstance(req[name], str) or req[name] not in choices:
+            raise ValidationError(f"{name} {_short(req[name])} is not one of {', '.join(choices)}")
+    if not isinstance(req["fast"], bool):
+        raise ValidationError(f"fast must be true or false, got {_short(req['fast'])}")
+    req["vram"] = None if req["vram"] is None else parse_size(req["vram"], "vram")
+    return req
+
+
+def _part(cls: type[_Part], where: str, value: Any, usage: str) -> _Part:
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):  # from JSON or metadata
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            raise ValidationError(f"{where}: {exc}") from None
+    if not isinstance(value, cls):
+        raise ValidationError(f"{where} must be {usage}")
+    return value
+
+
+def _lora(i: int, lora: Any) -> Lora:
+    lora = _part(Lora, f"loras[{i}]", lora, "sdcompose.Lora(id, weight)")
+    _id(f"loras[{i}] id", lora.id)
+    return Lora(lora.id, _number(f"loras[{i}] ({lora.id}) weight", lora.weight, *LIMITS["lora_weight"]))
+
+
+def _control(i: int, c: Any) -> Control:
+    c = _part(Control, f"controls[{i}]", c, "sdcompose.Control(id, image, ...)")
+    _id(f"controls[{i}] id", c.id)
+    where = f"controls[{i}] ({c.id})"
+    _id(f"{where} model", c.model, optional=True)
+    if not isinstance(c.preprocessed, bool):
+        raise ValidationError(f"{where} preprocessed must be true or false")
+    if c.image is None:
+        raise ValidationError(f"{where} needs an image (or a pose .json for plugins that read one)")
+    weight = _number(f"{where} weight", c.weight, *LIMITS["control_weight"])
+    start = _number(f"{where} start", c.start, *bounds(Control, "start"))
+    end = _number(f"{where} end", c.end, *bounds(Control, "end"))
+    if start >= end:
+        raise ValidationError(f"{where} start ({start}) must be below end ({end})")
+    if c.resize_mode not in RESIZE_MODES:
+        raise ValidationError(f"{where} resize_mode must be one of {', '.join(RESIZE_MODES)}")
+    if c.control_mode not in CONTROL_MODES:
+        raise ValidationError(f"{where} control_mode must be one of {', '.join(CONTROL_MODES)}")
+    if not isinstance(c.params, dict) or not all(isinstance(k, str) for k in c.params):
+        raise ValidationError(f"{where} params must be a mapping of names to values")
+    return c.with_(weight=weight, start=start, end=end, params=dict(c.params))
+
+
+def parse_size(value: Any, name: str) -> int:
+    """Bytes from ``4GB``, ``4 GiB``, ``512MB``, ``2.5g`` or a whole number of bytes; units are binary (1GB = 2**30)."""
+    text = str(value).strip() if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt])i?b?|(\d+)\s*b", text or "", re.IGNORECASE)
+        if not match:
+            raise ValidationError(f"{name} must be a size such as 4GB or 512MB, got {_short(value)}")
+        size = int(match[3]) if match[3] else int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower()))
+    if not 256 * 2**20 <= size <= 2**50:
+        raise ValidationError(f"{name} must be between 256MB and 1024TB, got {_short(value)}")
+    return size
 
 
 def _number(name: str, value: Any, low: float, high: float, integer: bool = False) -> float | int:
@@ -128,106 +389,7 @@ def _text(name: str, text: Any, limit: int) -> str:
 def _id(name: str, value: Any, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise ValidationError(f"{name} must be a non-empty id of at most 200 characters, got {_short(value)}")
+    if not isinstance(value, str) or not value or len(value) > _ID["max_length"]:
+        raise ValidationError(f"{name} must be a non-empty id of at most {_ID['max_length']} characters, "
+                              f"got {_short(value)}")
     return value
-
-
-def validate(req: GenerationRequest) -> GenerationRequest:
-    """Return a normalised copy of ``req`` or raise ValidationError with one clear sentence."""
-    if not isinstance(req, GenerationRequest):
-        raise ValidationError(f"expected a GenerationRequest, got {type(req).__name__}")
-    for name in ("prompt", "negative_prompt"):
-        _text(name, getattr(req, name), LIMITS["prompt_chars"])
-    _id("model (a models.yaml id)", req.model)
-    if not isinstance(req.add_trigger_words, bool):
-        raise ValidationError(f"add_trigger_words must be true or false, got {_short(req.add_trigger_words)}")
-    for name in ("controls", "loras"):
-        if not isinstance(getattr(req, name), (list, tuple)):
-            raise ValidationError(f"{name} must be a list, got {type(getattr(req, name)).__name__}")
-    low, high = LIMITS["size"]
-    size = {}
-    for name in ("width", "height"):
-        value = _number(name, getattr(req, name), low, high, integer=True)
-        if value % 8:
-            raise ValidationError(f"{name} must be a multiple of 8, got {value} (try {value // 8 * 8 or 8})")
-        size[name] = value
-    if size["width"] * size["height"] > LIMITS["pixels"]:
-        raise ValidationError(f"{size['width']}x{size['height']} is more than {LIMITS['pixels']} pixels")
-    steps = _number("steps", req.steps, *LIMITS["steps"], integer=True)
-    guidance = _number("guidance", req.guidance, *LIMITS["guidance"])
-    strength = _number("strength", req.strength, 0.0, 1.0)
-    if req.init_image is not None and strength == 0:
-        raise ValidationError("strength must be above 0 for img2img/inpaint (0 would return the input unchanged)")
-    if req.mask is not None and req.init_image is None:
-        raise ValidationError("a mask needs an init_image to paint into")
-    batch = _number("batch", req.batch, *LIMITS["batch"], integer=True)
-    seed = req.seed
-    if seed is not None:
-        if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
-            raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {_short(seed)}")
-        seed = _number("seed", seed, LIMITS["seed"][0], LIMITS["seed"][1] - batch, integer=True)
-    if not isinstance(req.scheduler, str) or req.scheduler not in SCHEDULERS:
-        from sdcompose.errors import suggest
-        raise ValidationError(f"scheduler {_short(req.scheduler)} is not one of {', '.join(SCHEDULERS)}"
-                              f"{suggest(req.scheduler if isinstance(req.scheduler, str) else '', SCHEDULERS)}")
-    if len(req.controls) > LIMITS["controls"]:
-        raise ValidationError(f"at most {LIMITS['controls']} controls per request, got {len(req.controls)}")
-    if len(req.loras) > LIMITS["loras"]:
-        raise ValidationError(f"at most {LIMITS['loras']} LoRAs per request, got {len(req.loras)}")
-    controls = [_control(i, c) for i, c in enumerate(req.controls)]
-    loras = []
-    for i, lora in enumerate(req.loras):
-        if not isinstance(lora, Lora):
-            raise ValidationError(f"loras[{i}] must be sdcompose.Lora(id, weight)")
-        _id(f"loras[{i}] id", lora.id)
-        loras.append(Lora(lora.id, _number(f"loras[{i}] ({lora.id}) weight", lora.weight, *LIMITS["lora_weight"])))
-    if len({lora.id for lora in loras}) != len(loras):
-        raise ValidationError("the same LoRA is listed twice; give it one weight")
-    for name, choices in (("memory", MEMORY_MODES), ("attention", ATTENTION_BACKENDS)):
-        if getattr(req, name) not in choices:
-            raise ValidationError(f"{name} {_short(getattr(req, name))} is not one of {', '.join(choices)}")
-    if not isinstance(req.fast, bool):
-        raise ValidationError(f"fast must be true or false, got {_short(req.fast)}")
-    vram = None if req.vram is None else parse_size(req.vram, "vram")
-    return replace(req, width=size["width"], height=size["height"], steps=steps, guidance=guidance,
-                   strength=strength, batch=batch, seed=seed, controls=controls, loras=loras, vram=vram)
-
-
-def parse_size(value: Any, name: str) -> int:
-    """Bytes from ``4GB``, ``4 GiB``, ``512MB``, ``2.5g`` or a whole number of bytes; units are binary (1GB = 2**30)."""
-    text = str(value).strip() if isinstance(value, str) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt])i?b?|(\d+)\s*b", text or "", re.IGNORECASE)
-        if not match:
-            raise ValidationError(f"{name} must be a size such as 4GB or 512MB, got {_short(value)}")
-        size = int(match[3]) if match[3] else int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower()))
-    if not 256 * 2**20 <= size <= 2**50:
-        raise ValidationError(f"{name} must be between 256MB and 1024TB, got {_short(value)}")
-    return size
-
-
-def _control(i: int, c: Any) -> Control:
-    if not isinstance(c, Control):
-        raise ValidationError(f"controls[{i}] must be sdcompose.Control(id, image, ...)")
-    _id(f"controls[{i}] id", c.id)
-    where = f"controls[{i}] ({c.id})"
-    _id(f"{where} model", c.model, optional=True)
-    if not isinstance(c.preprocessed, bool):
-        raise ValidationError(f"{where} preprocessed must be true or false")
-    if c.image is None:
-        raise ValidationError(f"{where} needs an image (or a pose .json for plugins that read one)")
-    weight = _number(f"{where} weight", c.weight, *LIMITS["control_weight"])
-    start = _number(f"{where} start", c.start, 0.0, 1.0)
-    end = _number(f"{where} end", c.end, 0.0, 1.0)
-    if start >= end:
-        raise ValidationError(f"{where} start ({start}) must be below end ({end})")
-    if c.resize_mode not in RESIZE_MODES:
-        raise ValidationError(f"{where} resize_mode must be one of {', '.join(RESIZE_MODES)}")
-    if c.control_mode not in CONTROL_MODES:
-        raise ValidationError(f"{where} control_mode must be one of {', '.join(CONTROL_MODES)}")
-    if not isinstance(c.params, dict) or not all(isinstance(k, str) for k in c.params):
-        raise ValidationError(f"{where} params must be a mapping of names to values")
-    return replace(c, weight=weight, start=start, end=end, params=dict(c.params))

@@ -48,14 +48,14 @@ loras = st.builds(sdcompose.Lora, id=field(st.text(min_size=1, max_size=10)),
 
 @st.composite
 def requests(draw):
-    """Mostly valid fields, each one sometimes out of bounds or of any type at all."""
+    """A request's fields: mostly valid, each one sometimes out of bounds or of any type at all."""
     fields = {}
     for name, strategy in valid.items():
         pick = draw(st.integers(0, 19))
         fields[name] = draw(anything) if pick == 0 else draw(near.get(name, anything)) if pick == 1 else draw(strategy)
     fields["controls"] = draw(st.lists(controls, max_size=3) | st.lists(controls | anything, max_size=10) | anything)
     fields["loras"] = draw(st.lists(loras, max_size=3) | st.lists(loras | anything, max_size=20) | anything)
-    return GenerationRequest(**fields)
+    return fields
 
 
 def check_normalised(req: GenerationRequest) -> None:
@@ -78,14 +78,14 @@ def check_normalised(req: GenerationRequest) -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
-def test_any_request_is_valid_or_a_validation_error(req):
+def test_any_request_is_valid_or_a_validation_error(fields):
     try:
-        normalised = validate(req)
+        normalised = GenerationRequest(**fields)
     except sdcompose.ValidationError as exc:
         assert str(exc) and "\n" not in str(exc) and len(str(exc)) < 400
         return
     check_normalised(normalised)
-    assert validate(normalised) == normalised  # normalising is idempotent
+    assert validate(normalised) == normalised and GenerationRequest(**fields) == normalised  # normalising is idempotent
 
 
 @settings(max_examples=100, deadline=None)

@@ -19,7 +19,7 @@ from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, LIMITS, MEMORY
                                SCHEDULERS)
 
 from . import widgets
-from .form import TASKS, Form
+from .form import LORA_WEIGHT, RANGES, TASKS, Form
 from .handlers import Handlers, with_fields
 from .sessions import Sessions
 
@@ -187,20 +187,24 @@ def _settings(add: Add, defaults: dict[str, Any]) -> tuple[gr.Button, gr.Button]
     """Sampler, steps, size, guidance, batch, seed (with its random / reuse-last buttons), strength."""
     with gr.Row():
         add("scheduler", gr.Dropdown(list(SCHEDULERS), value=defaults["scheduler"], label="Sampler"))
-        add("steps", gr.Slider(1, 150, value=defaults["steps"], step=1, label="Steps", elem_id="sdc-steps"))
+        add("steps", gr.Slider(*RANGES["steps"], value=defaults["steps"], step=1, label="Steps",
+                               elem_id="sdc-steps"))
     with gr.Row():
-        add("width", gr.Slider(64, 2048, value=defaults["width"], step=8, label="Width", elem_id="sdc-width"))
-        add("height", gr.Slider(64, 2048, value=defaults["height"], step=8, label="Height", elem_id="sdc-height"))
+        add("width", gr.Slider(*RANGES["width"], value=defaults["width"], step=LIMITS["size_multiple"], label="Width",
+                               elem_id="sdc-width"))
+        add("height", gr.Slider(*RANGES["height"], value=defaults["height"], step=LIMITS["size_multiple"],
+                                label="Height", elem_id="sdc-height"))
     with gr.Row():
-        add("guidance", gr.Slider(0, 30, value=defaults["guidance"], step=0.5, label="CFG scale"))
-        add("batch", gr.Slider(1, 8, value=defaults["batch"], step=1, label="Batch size"))
+        add("guidance", gr.Slider(*RANGES["guidance"], value=defaults["guidance"], step=0.5, label="CFG scale"))
+        add("batch", gr.Slider(*RANGES["batch"], value=defaults["batch"], step=1, label="Batch size"))
     with gr.Row():
         add("seed", gr.Number(value=defaults["seed"], precision=0, label="Seed (-1: random)", scale=3,
                               elem_id="sdc-seed"))
         with gr.Column(scale=1, min_width=120):
             random_seed = gr.Button("Random seed", size="sm")
             reuse_seed = gr.Button("Reuse last seed", size="sm")
-    add("strength", gr.Slider(0.01, 1.0, value=defaults["strength"], step=0.01,
+    # the low end is one step above the schema's 0: strength 0 is refused for image to image and inpaint
+    add("strength", gr.Slider(0.01, RANGES["strength"][1], value=defaults["strength"], step=0.01,
                               label="Denoising strength (image to image and inpaint)"))
     return random_seed, reuse_seed
 
@@ -234,9 +238,9 @@ def _control_unit(add: Add, i: int, pipeline: Any, form: Form, helps: dict[str, 
                     key = form.param(i, plugin_id, spec.name)
                     add(key, widgets.param_widget(spec, defaults[key]))
         with gr.Row():
-            add(name("weight"), gr.Slider(0, 2, value=defaults[name("weight")], step=0.05, label="Weight"))
-            add(name("start"), gr.Slider(0, 1, value=defaults[name("start")], step=0.01, label="Starting step"))
-            add(name("end"), gr.Slider(0, 1, value=defaults[name("end")], step=0.01, label="Ending step"))
+            add(name("weight"), gr.Slider(*RANGES["unit_weight"], value=defaults[name("weight")], step=0.05, label="Weight"))
+            add(name("start"), gr.Slider(*RANGES["unit_start"], value=defaults[name("start")], step=0.01, label="Starting step"))
+            add(name("end"), gr.Slider(*RANGES["unit_end"], value=defaults[name("end")], step=0.01, label="Ending step"))
         with gr.Row():
             add(name("resize_mode"), gr.Radio(list(RESIZE_MODES), value=defaults[name("resize_mode")],
                                               label="Resize mode"))
@@ -251,7 +255,8 @@ def _loras(add: Add, loras: list[Any], form: Form) -> None:
         add("loras", gr.Dropdown(widgets.lora_choices(loras), value=[], multiselect=True, label="LoRAs",
                                  elem_id="sdc-loras"))
         for entry in loras:
-            add(form.lora(entry.id), gr.Slider(-2, 2, value=1.0, step=0.05, label=f"{entry.id} weight",
+            add(form.lora(entry.id), gr.Slider(*RANGES["lora"], value=LORA_WEIGHT, step=0.05,
+                                               label=f"{entry.id} weight",
                                                info=f"trigger words: {', '.join(entry.trigger_words)}"
                                                if entry.trigger_words else None, visible=False))
         add("add_trigger_words", gr.Checkbox(False, label="Add the chosen LoRAs' trigger words to the prompt"))

@@ -15,17 +15,24 @@ from PIL import Image
 
 from sdcompose.errors import ValidationError
 from sdcompose.images import open_image, to_rgb
-from sdcompose.request import Control, Lora
+from sdcompose.request import Control, GenerationRequest, Lora, bounds, default
 
 TASKS = ("txt2img", "img2img", "inpaint")
 RANDOM_SEED = -1
-DEFAULTS = dict(task="txt2img", prompt="", negative_prompt="", model=None, scheduler="dpmpp_2m", steps=20,
-                guidance=7.5, width=512, height=512, seed=RANDOM_SEED, batch=1, strength=0.75, init_image=None,
-                inpaint=None, mask=None, loras=[], add_trigger_words=False, memory="auto", attention="auto", vram="",
-                fast=False)
-UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, preprocessed=False, model="auto", weight=1.0, start=0.0,
-                     end=1.0, resize_mode="crop_and_resize", control_mode="balanced")
-LORA_WEIGHT = 1.0
+_R = GenerationRequest
+DEFAULTS = dict(task="txt2img", prompt=default(_R, "prompt"), negative_prompt=default(_R, "negative_prompt"),
+                model=None, scheduler=default(_R, "scheduler"), steps=default(_R, "steps"),
+                guidance=default(_R, "guidance"), width=default(_R, "width"), height=default(_R, "height"),
+                seed=RANDOM_SEED, batch=default(_R, "batch"), strength=default(_R, "strength"), init_image=None,
+                inpaint=None, mask=None, loras=[], add_trigger_words=default(_R, "add_trigger_words"),
+                memory=default(_R, "memory"), attention=default(_R, "attention"), vram="", fast=default(_R, "fast"))
+UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, preprocessed=default(Control, "preprocessed"),
+                     model="auto", **{name: default(Control, name) for name in (
+                         "weight", "start", "end", "resize_mode", "control_mode")})
+LORA_WEIGHT = default(Lora, "weight")
+# Slider ranges, the schema's limits: (low, high) by form field ("unit_*": each ControlNet unit's, "lora": each LoRA's)
+RANGES = {**{name: bounds(_R, name) for name in ("steps", "width", "height", "guidance", "batch", "strength")},
+          **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")}, "lora": bounds(Lora, "weight")}
 SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength",
            "memory", "attention", "fast")
 
@@ -117,42 +124,41 @@ class Form:
                       store: Callable[[str, Image.Image], str]) -> tuple[dict[str, Any], list[str]]:
         """Every field's value to make the image again (control maps become preprocessed units), and warnings
         for what this page cannot offer. ``store(name, image)`` saves an embedded image and returns its path."""
-        req, warnings = meta["request"], []
+        request, warnings = GenerationRequest.from_metadata(meta, inputs), []
         values = self.defaults()
-        values.update({name: req[name] for name in SCALARS if name in req})
-        values.update(seed=meta["seed"], add_trigger_words=bool(req.get("add_trigger_words", False)),
-                      task=meta.get("task", "txt2img"), vram=_size_text(req.get("vram")))
-        if "init_image" in inputs:
-            init = store("init_image", inputs["init_image"])
+        values.update({name: getattr(request, name) for name in SCALARS})
+        values.update(seed=request.seed, add_trigger_words=request.add_trigger_words, task=request.task,
+                      vram=_size_text(request.vram))
+        if request.init_image is not None:
+            init = store("init_image", request.init_image)
             if values["task"] == "inpaint":
                 values["inpaint"] = {"background": init, "layers": [], "composite": init}
-                values["mask"] = store("mask", inputs["mask"]) if "mask" in inputs else None
+                values["mask"] = store("mask", request.mask)
             else:
                 values["init_image"] = init
-        for lora in req.get("loras", []):
-            if lora["id"] in self.loras:
-                values["loras"].append(lora["id"])
-                values[self.lora(lora["id"])] = lora["weight"]
+        for lora in request.loras:
+            if lora.id in self.loras:
+                values["loras"].append(lora.id)
+                values[self.lora(lora.id)] = lora.weight
             else:
-                warnings.append(f"LoRA {lora['id']!r} is not in this server's models.yaml; left out")
+                warnings.append(f"LoRA {lora.id!r} is not in this server's models.yaml; left out")
         units = []
-        for index, control in enumerate(req.get("controls", [])):
-            if control["id"] in self.conditioners:
+        for index, control in enumerate(request.controls):
+            if control.id in self.conditioners:
                 units.append((index, control))
             else:
-                warnings.append(f"conditioner {control['id']!r} is not installed here; its unit was left out")
+                warnings.append(f"conditioner {control.id!r} is not installed here; its unit was left out")
         if len(units) > self.units:
             warnings.append(f"the image used {len(units)} ControlNet units; this page has {self.units}")
         for i, (index, control) in enumerate(units[:self.units]):
-            values.update({self.unit(i, name): control[name] for name in (
+            values.update({self.unit(i, name): getattr(control, name) for name in (
                 "weight", "start", "end", "resize_mode", "control_mode")})
-            embedded = inputs.get(f"control-{index}")
-            values.update({self.unit(i, "enable"): True, self.unit(i, "plugin"): control["id"],
-                           self.unit(i, "model"): control.get("model") or "auto", self.unit(i, "preprocessed"): True,
-                           self.unit(i, "image"): None if embedded is None else store(f"control-{index}", embedded)})
-            for spec in self.conditioners[control["id"]]:
-                if spec.name in control.get("params", {}):
-                    values[self.param(i, control["id"], spec.name)] = control["params"][spec.name]
+            values.update({self.unit(i, "enable"): True, self.unit(i, "plugin"): control.id,
+                           self.unit(i, "model"): control.model or "auto", self.unit(i, "preprocessed"): True,
+                           self.unit(i, "image"): store(f"control-{index}", control.image)})
+            for spec in self.conditioners[control.id]:
+                if spec.name in control.params:
+                    values[self.param(i, control.id, spec.name)] = control.params[spec.name]
         return values, warnings
 
 

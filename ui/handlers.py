@@ -16,9 +16,8 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, PluginError, SdcomposeError, ValidationError
 from sdcompose.metadata import a1111_parameters, read_png
-from sdcompose.plugins.api import PluginError
 
 from . import widgets
 from .form import Form
@@ -42,7 +41,7 @@ def errors_in_page() -> Iterator[None]:
         yield
     except gr.Error:
         raise
-    except (SdcomposeError, PluginError) as exc:
+    except SdcomposeError as exc:
         title = next((t for cls, t in TITLES.items() if isinstance(exc, cls)), "Error")
         raise gr.Error(escape(str(exc)), title=title, print_exception=False) from None
     except Exception as exc:  # a bug must not end the session: say so, keep the traceback in the server log
