@@ -13,13 +13,15 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from sdcompose.request import LIMITS
 from sdcompose.result import Result
 
 LANCZOS = "lanczos"  # an image resize, no model: the upscaler when none is named
 
 
-def target_size(width: int, height: int, scale: float, multiple: int = 8) -> tuple[int, int]:
-    """The pass-2 size: the request's scaled and rounded down to the size multiple."""
+def target_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The pass-2 size: the request's scaled and rounded down to the size multiple (as the request checks it)."""
+    multiple = LIMITS["size_multiple"]
     return max(multiple, int(width * scale) // multiple * multiple), max(multiple, int(height * scale) // multiple * multiple)
 
 
@@ -27,6 +29,8 @@ def run(pipe: Any, req: Any, progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | None = None, preview: Callable[[int, int, Image.Image], None] | None = None) -> Result:
     """Both passes of ``req`` (validated, seeded, with ``hires`` set) through ``pipe``'s public ``run``."""
     hires = req.hires
+    if hires.upscaler != LANCZOS:
+        pipe.catalog.get(hires.upscaler, "upscaler")  # an unknown upscaler is refused before pass 1
     width, height = target_size(req.width, req.height, hires.scale)
     steps = hires.steps or req.steps
     total = req.steps + steps * req.batch

@@ -20,7 +20,7 @@ from PIL import Image
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, memory, schedulers, upscale, vae_guard
+from sdcompose.pipelines import attention, compose, hires, memory, schedulers, upscale, vae_guard
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -95,6 +95,8 @@ class Pipeline:
             req = req.with_(model=self.settings.default_model)
         if req.seed is None:
             req = req.with_(seed=secrets.randbelow(2**32))
+        if req.hires is not None:  # two passes, each a run of its own over the same model cache
+            return hires.run(self, req, progress, cancel, preview)
         plan = resolve(req, self.catalog, self.registry)
         maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
         init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \

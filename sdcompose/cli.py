@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError
 from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control,
-                               GenerationRequest, Lora, bounds, default)
+                               GenerationRequest, Hires, Lora, bounds, default)
 from sdcompose.settings import DEFAULT_MODEL, Settings
 
 CONTROL_FIELDS = {"weight": float, "start": float, "end": float, "model": str, "resize_mode": str,
@@ -110,11 +110,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
             init_image=args.init_image, strength=args.strength, mask=args.mask, width=args.width,
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
             seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update,
-            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast)
+            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast, hires=_hires(args))
     finally:
         close()
     _report(result, _write(args.output, lambda: result.save(args.output)))
     return 0
+
+
+def _hires(args: argparse.Namespace) -> Hires | None:
+    """The hires fix from --hires-* flags; any of them turns it on."""
+    given = {name: getattr(args, f"hires_{name}") for name in Hires.model_fields}
+    return Hires(**{k: v for k, v in given.items() if v is not None}) if any(v is not None for v in given.values()) \
+        else None
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -288,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vram", help="memory budget for --memory auto, e.g. 4GB (default: what the card has free)")
     g.add_argument("--attention", choices=ATTENTION_BACKENDS, default=field("attention"), help="attention backend (auto: sdpa)")
     g.add_argument("--fast", action="store_true", help="compile and replay the UNet/ControlNets as CUDA graphs")
+    hr = g.add_argument_group("hires fix", "a second pass at a larger size (any of these turns it on)")
+    hr.add_argument("--hires-scale", type=float, help=f"size of pass 2 over pass 1 (default {default(Hires, 'scale')})")
+    hr.add_argument("--hires-upscaler", help="lanczos (default) or a models.yaml upscaler id")
+    hr.add_argument("--hires-steps", type=int, help="pass-2 steps (default: --steps)")
+    hr.add_argument("--hires-denoise", type=float, help=f"pass-2 strength (default {default(Hires, 'denoise')})")
     g.add_argument("-o", "--output", default="out.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     runtime(g)
