@@ -18,16 +18,18 @@ import torch
 from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
-from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
+from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
+from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, hires, memory, schedulers, upscale, vae_guard
+from sdcompose.pipelines import attention, compose, hires, memory, prompt_encode, schedulers, upscale, vae_guard
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.preview import latents_to_image
-from sdcompose.pipelines.resolve import Plan, Unit, resolve
+from sdcompose.pipelines.resolve import Plan, Unit, base_by_name, lora_by_name, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
 from sdcompose.plugins.registry import Registry
+from sdcompose.prompt_syntax import check_syntax
 from sdcompose.request import LIMITS, Control, GenerationRequest, validate
 from sdcompose.result import Result
 from sdcompose.settings import Settings
@@ -98,21 +100,27 @@ class Pipeline:
         if req.hires is not None:  # two passes, each a run of its own over the same model cache
             return hires.run(self, req, progress, cancel, preview)
         plan = resolve(req, self.catalog, self.registry)
-        maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
-        init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
-            if req.init_image is not None else None
-        mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
+        with pixel_budget("this request"):  # every image this request decodes, together
+            maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
+            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
+                if req.init_image is not None else None
+            mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
         with self._lock:
             arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel, preview)
         inputs = {f"control-{i}": m for i, m in enumerate(maps)}
         inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
         return self._result(plan, arrays, report, inputs, runtime)
 
-    def reproduce(self, png: Any, strict: bool = True) -> Result:
+    def reproduce(self, png: Any, strict: bool = True, model: str | None = None) -> Result:
         """Make an sdcompose PNG again from its own metadata and embedded inputs.
 
         With ``strict``, a model whose files changed since (sha256) is refused before any work.
+        An AUTOMATIC1111 image (PNG, JPEG or WebP) is made again from its ``parameters`` text, best effort:
+        ``result.metadata["reproduced_from"]`` lists what was dropped; ``model`` overrides its base model.
         """
+        found = infotext.foreign(png)
+        if found.tool != "sdcompose":
+            return self._reproduce_foreign(found, model)
         meta, inputs = read_png(png)
         request = GenerationRequest.from_metadata(meta, inputs, runtime=False)
         if strict:
@@ -122,6 +130,26 @@ class Pipeline:
                     raise ModelError(f"model {model_id!r} has changed since this image was made (different "
                                      "file hashes); restore that version, or pass strict=False")
         return self.run(request)
+
+    def _reproduce_foreign(self, found: infotext.Found, model: str | None) -> Result:
+        restored = self.restored(found, model)
+        restored.require_model()
+        result = self.run(GenerationRequest(**restored.fields))
+        for meta in (result.metadata, *result.per_image):
+            meta["reproduced_from"] = restored.describe()
+        return result
+
+    def restored(self, found: infotext.Found, model: str | None = None) -> infotext.Restored:
+        """Request fields from another tool's image (``infotext.foreign(image)``), and what they leave out."""
+        if found.tool == "ComfyUI":
+            raise ValidationError("this image was made by ComfyUI: its prompt and workflow are shown in Image info, "
+                                  "but sdcompose cannot run a ComfyUI graph")
+        if found.tool is None:
+            raise ValidationError("this image carries no sdcompose metadata, A1111 parameters or ComfyUI workflow "
+                                  "(in its text chunks or EXIF): was it saved without them?")
+        return infotext.to_request(
+            infotext.parse(found.text["parameters"]), lambda name, digest: base_by_name(self.catalog, name, digest),
+            lambda name: _resolves(self.catalog, name), model)
 
     def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:
@@ -182,6 +210,17 @@ class Pipeline:
             raise
         except Exception as exc:  # a plugin's bug fails this request only
             raise PluginError(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}: {describe(exc)}") from None
+    def token_counts(self, prompt: str, model: str | None = None, prompt_syntax: str = "a1111") -> dict[str, Any]:
+        """What A1111 shows under a prompt: ``{"tokens": 83, "limit": 150, "chunks": [75, 8], "label": "83/150"}``.
+
+        Loads the base model's tokenizer with the model if it is not loaded yet (the next generation uses it).
+        """
+        entry = self.catalog.get(model or self.settings.default_model, "base")
+        components = self._bases.get(entry.id)
+        if components is None:
+            with self._lock:
+                components = self._base(entry)
+        return prompt_encode.token_counts(components["tokenizer"], prompt, check_syntax("prompt_syntax", prompt_syntax))
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()
@@ -321,7 +360,8 @@ class Pipeline:
         if key not in self._schedulers:  # one at a time, and set_timesteps resets a run's state (building costs ms)
             self._schedulers[key] = schedulers.make(req.scheduler, self._bases[plan.base.id]["scheduler"].config)
         pipe.scheduler = self._schedulers[key]
-        kwargs = self._call_arguments(pipe, plan, maps, init, mask)
+        schedulers.seed(pipe.scheduler, req.seed)
+        kwargs: dict[str, Any] = {}
 
         def on_step(_pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancel is not None and cancel.is_set():
@@ -345,6 +385,7 @@ class Pipeline:
             graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
             with torch.inference_mode(), \
                     self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
+                kwargs = self._call_arguments(pipe, plan, maps, init, mask)  # encodes prompts: after placement, LoRAs
                 with vae_guard.Watch(pipe.vae) as watch:
                     output = pipe(**kwargs, callback_on_step_end=on_step)
                 images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
@@ -379,11 +420,11 @@ class Pipeline:
     def _call_arguments(self, pipe: Any, plan: Plan, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
         req = plan.request
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
-        kwargs = compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units])
+        prompt = plan.prompt
         if req.add_trigger_words:
-            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in req.prompt]
-            kwargs["prompt"] = ", ".join([req.prompt, *words]) if req.prompt else ", ".join(words)
-        return kwargs
+            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in prompt]
+            prompt = ", ".join([prompt, *words]) if prompt else ", ".join(words)
+        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt)
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
@@ -468,6 +509,14 @@ def _target_size(size: tuple[int, int], width: int | None, height: int | None) -
     if height is None:
         height = max(1, round(size[1] * width / size[0]))
     return width, height
+
+
+def _resolves(catalog: Catalog, lora_name: str) -> bool:
+    try:
+        lora_by_name(catalog, lora_name)
+        return True
+    except ModelError:
+        return False
 
 
 def _raised_in(exc: BaseException, module: str) -> bool:

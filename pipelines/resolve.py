@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdcompose.errors import ModelError
+from sdcompose.errors import ModelError, suggest
+from sdcompose.prompt_syntax import lora_tags
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.plugins.api import PluginError
 from sdcompose.plugins.registry import Registry
@@ -27,6 +28,7 @@ class Plan:
     base: Entry
     units: list[Unit] = field(default_factory=list)
     loras: list[tuple[Entry, float]] = field(default_factory=list)
+    prompt: str = ""  # the prompt to encode: the request's, its <lora:...> tags taken out
 
     @property
     def family(self) -> str:
@@ -53,8 +55,48 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
         entry = catalog.get(model_id, "controlnet")
         _same_family("ControlNet", entry, base, f"pick an {base.family} ControlNet or an {entry.family} base")
         plan.units.append(Unit(control, plugin, entry))
-    for lora in req.loras:
-        entry = catalog.get(lora.id, "lora")
+    plan.prompt, tags = lora_tags(req.prompt, req.prompt_syntax)
+    wanted = [(catalog.get(lora.id, "lora"), lora.weight) for lora in req.loras]
+    wanted += [(lora_by_name(catalog, name), weight) for name, weight in tags]
+    for entry, weight in wanted:
         _same_family("lora", entry, base, f"pick an {entry.family} base or an {base.family} LoRA")
-        plan.loras.append((entry, lora.weight))
+        if any(entry.id == seen.id for seen, _ in plan.loras):
+            raise ModelError(f"lora {entry.id!r} is asked for twice (in loras and as a <lora:...> tag, or in two "
+                             "tags); give it once")
+        plan.loras.append((entry, weight))
     return plan
+
+
+def _stems(entry: Entry) -> set[str]:
+    names = set()
+    for value in (entry.file, entry.filename, entry.path):
+        stem = (value or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        if stem:
+            names.update((stem, stem.rsplit(".", 1)[0]))
+    return names
+
+
+def base_by_name(catalog: Catalog, name: str | None, short_hash: str | None) -> str | None:
+    """The base model an A1111 infotext means: by its ``Model hash``, id or file name; or None."""
+    entry = (catalog.by_hash(short_hash, "base") if short_hash else None) or _named(catalog, name, "base")
+    return entry.id if entry is not None else None
+
+
+def _named(catalog: Catalog, name: str | None, kind: str) -> Entry | None:
+    """By id or scanned file name (Catalog.find), else a models.yaml ``file:``/``path:`` entry's file name."""
+    if not name:
+        return None
+    found = catalog.find(name, kind)
+    if found is not None:
+        return found
+    return next((e for e in catalog.entries.values() if e.kind == kind and name in _stems(e)), None)
+
+
+def lora_by_name(catalog: Catalog, name: str) -> Entry:
+    """The LoRA a ``<lora:name:w>`` tag means: a models.yaml id, or the file name (with or without extension)."""
+    found = _named(catalog, name, "lora")
+    if found is not None:
+        return found
+    loras = catalog.ids("lora")
+    raise ModelError(f"the prompt's <lora:{name}> names no LoRA in models.yaml (by id or file name)"
+                     f"{suggest(name, loras)}")

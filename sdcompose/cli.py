@@ -1,4 +1,4 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, upscale, batch, models, plugins, ui.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, upscale, batch, models, plugins, ui, serve.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
@@ -110,7 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             init_image=args.init_image, strength=args.strength, mask=args.mask, width=args.width,
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
             seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update,
-            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast, hires=_hires(args))
+            memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast, clip_skip=args.clip_skip,
+            prompt_syntax="literal" if args.literal_prompt else "a1111", hires=_hires(args))
     finally:
         close()
     _report(result, _write(args.output, lambda: result.save(args.output)))
@@ -126,7 +127,11 @@ def _hires(args: argparse.Namespace) -> Hires | None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
-    result = pipe.reproduce(args.image, strict=not args.allow_changed_models)
+    result = pipe.reproduce(args.image, strict=not args.allow_changed_models, model=args.model)
+    restored = result.metadata.get("reproduced_from")
+    if restored:
+        print(f"made again from {restored['tool']} settings ({restored['note']})", file=sys.stderr)
+        print("dropped: " + ("; ".join(restored["dropped"]) or "nothing"), file=sys.stderr)
     output = args.output or Path(args.image).with_name(Path(args.image).stem + "-reproduced.png")
     _report(result, _write(output, lambda: result.save(output)))
     return 0
@@ -219,11 +224,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    return _serve(args, api=False, ui=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args, api=True, ui=not args.no_ui)
+
+
+def _serve(args: argparse.Namespace, api: bool, ui: bool) -> int:
     import importlib.util
-    if importlib.util.find_spec("gradio") is None:  # the one dependency that only the web UI needs
-        raise SdcomposeError("the web UI needs gradio, which is not installed: pip install 'gradio>=5.0,<7'")
-    from sdcompose.ui.serve import serve
-    return serve(args)
+    if ui and importlib.util.find_spec("gradio") is None:  # the one dependency that only the web UI needs
+        raise SdcomposeError("the web UI needs gradio, which is not installed: pip install 'gradio>=5.0,<7'"
+                             + (" (or serve the API alone with --no-ui)" if api else ""))
+    from sdcompose.server.serve import serve
+    return serve(args, api=api, ui=ui)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -280,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"control_mode ({'|'.join(CONTROL_MODES)}), preprocessed, or the plugin's params")
     g.add_argument("--lora", action="append", default=[], metavar="ID[:WEIGHT]")
     g.add_argument("--trigger-words", action="store_true", help="add the LoRAs' trigger words to the prompt")
+    g.add_argument("--clip-skip", type=int, default=1, help="A1111's clip skip (1: the text encoder's last layer)")
+    g.add_argument("--literal-prompt", action="store_true",
+                   help="take the prompt as written: no (emphasis:1.2), BREAK or <lora:...> tags (docs/prompts.md)")
     g.add_argument("--init-image", help="img2img source")
     g.add_argument("--strength", type=float, default=field("strength"), help=ranged("strength"))
     g.add_argument("--mask", help="inpaint mask (white = repaint); needs --init-image")
@@ -287,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-H", "--height", type=int, default=field("height"), help=ranged("height"))
     g.add_argument("--steps", type=int, default=field("steps"), help=ranged("steps"))
     g.add_argument("--guidance", "--cfg", type=float, default=field("guidance"), help=ranged("guidance"))
-    g.add_argument("--scheduler", choices=SCHEDULERS, default=field("scheduler"))
+    g.add_argument("--scheduler", "--sampler", default=field("scheduler"),
+                   help="a sampler id (dpmpp_2m, euler_a, dpmpp_2m_sde_karras, ...) or A1111's name ('DPM++ 2M Karras'); "
+                        "see docs/samplers.md")
     g.add_argument("--seed", type=int, default=field("seed"), help="default: a random seed")
     g.add_argument("--batch", type=int, default=field("batch"), help=ranged("batch"))
     g.add_argument("--memory", choices=MEMORY_MODES, default=field("memory"),
@@ -305,8 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(g)
     g.set_defaults(func=cmd_generate)
 
-    r = sub.add_parser("reproduce", help="make an sdcompose PNG again from its metadata")
+    r = sub.add_parser("reproduce", help="make an sdcompose PNG again from its metadata, or an A1111 image from "
+                                         "its parameters (best effort)")
     r.add_argument("image")
+    r.add_argument("--model", help="base model for an A1111 image (default: found by its Model hash or name)")
     r.add_argument("-o", "--output")
     r.add_argument("--allow-changed-models", action="store_true", help="run even if model files changed")
     runtime(r)
@@ -360,14 +381,31 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(b)
     b.set_defaults(func=cmd_batch)
 
+    def serving(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=7860)
+        p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
+        p.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
+        p.add_argument("--auth-token-file", metavar="FILE", help="bearer tokens, one a line (16+ characters each)")
+        p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
+        p.add_argument("--outputs", metavar="DIR", help="the web UI keeps every image here "
+                                                         "(default: $SDCOMPOSE_HOME/outputs)")
+        p.add_argument("--no-save", action="store_true", help="the web UI keeps images only for the browser session")
+        runtime(p)
+
     u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
-    u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=7860)
-    u.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
-    u.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
-    u.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
-    runtime(u)
-    u.set_defaults(func=cmd_ui)
+    serving(u)
+    u.set_defaults(func=cmd_ui, max_queue=64, cors_allow_origin=[])
+
+    s = sub.add_parser("serve", help="serve the HTTP API (/v1, /sdapi/v1) and the web UI (127.0.0.1:7860)")
+    serving(s)
+    s.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests waiting at most; more answer 429 with Retry-After (default 64)")
+    s.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://app.example) call the API; off by default")
+    s.add_argument("--no-ui", action="store_true", help="serve the API alone")
+    s.add_argument("-m", "--model", help="the AUTOMATIC1111 API's checkpoint until a client sets one")
+    s.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -56,15 +56,9 @@ def encode_image(image: Image.Image) -> str:
 
 
 def a1111_parameters(meta: dict[str, Any]) -> str:
-    req = meta["request"]
-    lines = [req["prompt"]]
-    if req["negative_prompt"]:
-        lines.append(f"Negative prompt: {req['negative_prompt']}")
-    fields = [f"Steps: {req['steps']}", f"Sampler: {req['scheduler']}", f"CFG scale: {req['guidance']}",
-              f"Seed: {meta['seed']}", f"Size: {req['width']}x{req['height']}", f"Model: {req['model']}"]
-    fields += [f"Lora: {lora['id']}:{lora['weight']}" for lora in req["loras"]]
-    fields += [f"ControlNet {i}: {c['id']} weight {c['weight']}" for i, c in enumerate(req["controls"])]
-    return "\n".join(lines + [", ".join(fields)])
+    """The ``parameters`` chunk: A1111's infotext (sdcompose/infotext.py)."""
+    from sdcompose.infotext import write
+    return write(meta)
 
 
 def png_info(meta: dict[str, Any], inputs: dict[str, Image.Image]) -> PngImagePlugin.PngInfo:
@@ -152,6 +146,7 @@ def read_png(source: Any) -> tuple[dict[str, Any], dict[str, Image.Image]]:
 
 INPUT_NAMES = re.compile(r"control-\d{1,2}|init_image|mask")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_KEYS = (KEY, INPUTS_KEY, "parameters", "prompt", "workflow")  # sdcompose's, A1111's and ComfyUI's
 
 
 def _json(raw: str, what: str) -> Any:
@@ -202,7 +197,7 @@ def _png_text(data: bytes) -> dict[str, str]:
             continue
         key, sep, rest = body.partition(b"\0")
         name = key.decode("latin-1")
-        if not sep or name not in (KEY, INPUTS_KEY, "parameters") or name in out:
+        if not sep or name not in TEXT_KEYS or name in out:
             continue
         try:
             if kind == b"tEXt":

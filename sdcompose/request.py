@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticError
 
 from sdcompose.errors import ValidationError, suggest
+from sdcompose.prompt_syntax import SYNTAXES, check_syntax, lora_tags, parse
+from sdcompose.samplers import IDS as SCHEDULERS, canonical as canonical_sampler
 
-SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
 CONTROL_MODES = ("balanced", "prompt_first", "control_first")
 MEMORY_MODES = ("auto", "none", "vae_slicing", "vae_tiling", "model_offload", "group_offload", "sequential_offload")
@@ -115,7 +116,9 @@ class GenerationRequest(BaseModel):
     height: int = Field(512, ge=64, le=4096, multiple_of=8)
     steps: int = Field(20, ge=1, le=500, description="num_inference_steps")
     guidance: float = Field(7.5, ge=0.0, le=50.0, description="guidance_scale (CFG)")
-    scheduler: Literal[SCHEDULERS] = "dpmpp_2m"  # type: ignore[valid-type]
+    scheduler: str = Field("dpmpp_2m", json_schema_extra={"enum": list(SCHEDULERS)},
+                           description="a sampler id, or A1111's name such as 'DPM++ 2M Karras' (docs/samplers.md); "
+                                       "kept as the id")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="image i uses seed + i; None: a random seed")
     batch: int = Field(1, ge=1, le=16, description="images per call")
     add_trigger_words: bool = Field(False, description="add the LoRAs' trigger words to the prompt")
@@ -124,6 +127,9 @@ class GenerationRequest(BaseModel):
     attention: Literal[ATTENTION_BACKENDS] = "auto"  # type: ignore[valid-type]
     vram: int | str | None = Field(None, description="memory budget, e.g. 4GB; None: what the card has free")
     fast: bool = Field(False, description="compiled UNet/ControlNet replayed as CUDA graphs (CUDA only)")
+    clip_skip: int = Field(1, ge=1, le=12, description="A1111's clip skip: 1 = the text encoder's last layer")
+    prompt_syntax: Literal[SYNTAXES] = Field("a1111", description="a1111: (emphasis:1.2), BREAK, <lora:name:w> "  # type: ignore
+                                                                  "tags; literal: the text as written (docs/prompts.md)")
     hires: Hires | None = Field(None, description="hires fix: a second pass at a larger size; None: one pass")
 
     def __init__(self, **fields: Any) -> None:
@@ -279,9 +285,7 @@ def _checked(data: Any) -> dict[str, Any]:
         if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
             raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {_short(seed)}")
         req["seed"] = _number("seed", seed, LIMITS["seed"][0], LIMITS["seed"][1] - req["batch"], integer=True)
-    if not isinstance(req["scheduler"], str) or req["scheduler"] not in SCHEDULERS:
-        raise ValidationError(f"scheduler {_short(req['scheduler'])} is not one of {', '.join(SCHEDULERS)}"
-                              f"{suggest(req['scheduler'] if isinstance(req['scheduler'], str) else '', SCHEDULERS)}")
+    req["scheduler"] = canonical_sampler(req["scheduler"])  # an id, or A1111's name ("DPM++ 2M Karras")
     if len(req["controls"]) > LIMITS["controls"]:
         raise ValidationError(f"at most {LIMITS['controls']} controls per request, got {len(req['controls'])}")
     if len(req["loras"]) > LIMITS["loras"]:
@@ -296,6 +300,13 @@ def _checked(data: Any) -> dict[str, Any]:
     if not isinstance(req["fast"], bool):
         raise ValidationError(f"fast must be true or false, got {_short(req['fast'])}")
     req["vram"] = None if req["vram"] is None else parse_size(req["vram"], "vram")
+    req["clip_skip"] = _number("clip_skip", req["clip_skip"], *bounds(R, "clip_skip"), integer=True)
+    syntax = check_syntax("prompt_syntax", req["prompt_syntax"])
+    text, tags = lora_tags(req["prompt"], syntax)
+    parse(text, syntax)  # a malformed prompt is refused before any model loads
+    parse(req["negative_prompt"], syntax)
+    for name, weight in tags:
+        _number(f"<lora:{name[:60]}> weight", weight, *LIMITS["lora_weight"])
     req["hires"] = None if req["hires"] is None else _hires(req)
     return req
 

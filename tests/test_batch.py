@@ -18,7 +18,7 @@ from sdcompose.metadata import read_png
 BAD_LINE = 7
 
 
-def wait_for(predicate, what, timeout=300.0):
+def wait_for(predicate, what, timeout=900.0):  # a loaded 2-core machine loads the models slowly
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"

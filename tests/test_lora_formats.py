@@ -136,8 +136,9 @@ def test_a_lora_of_another_family_is_refused_by_its_content(pipe, tmp_path):
            "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(32, RANK)}
     ours = catalog(pipe, tmp_path, {"xl-shapes": lambda p: p.write_bytes(sdxl_file.read_bytes()),
                                     "xl-keys": lambda p: save_file(te2, p)})
-    with pytest.raises(sdcompose.PluginError, match=r"lora 'xl-shapes' does not fit the sd15 base \(.*\); is it a "
-                                                    "LoRA for another model family\\?"):
+    with pytest.raises(sdcompose.PluginError, match=r"lora 'xl-shapes' does not fit the sd15 base: layer unet\..*attn2"
+                                                    r"\.to_k is \[64, 32\] in the base, the file's down/up matrices "
+                                                    r"are \[4, 80\]/\[64, 4\]; is it a LoRA for another model family\?"):
         ours.generate(loras=[sdcompose.Lora("xl-shapes")], **KW)
     with pytest.raises(sdcompose.PluginError, match="lora 'xl-keys' has SDXL text-encoder weights but models.yaml "
                                                     "calls it sd15"):

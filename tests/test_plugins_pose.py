@@ -177,3 +177,56 @@ def test_a_pickle_with_code_is_refused_without_running_it(openpose_models, photo
     with pytest.raises((sdcompose.ModelError, sdcompose.PluginError), match="weights-only"):
         sdcompose.Pipeline(models=overlay, device="cpu").preprocess("pose", photo)
     assert not sentinel.exists()
+
+
+def scaled(points, to):
+    """BODY on its 128-px canvas as OpenPose's --keypoint_scale 3 ([0, 1]) or 4 ([-1, 1]) writes it."""
+    return [((x / 128, y / 128) if to == 3 else (x / 64 - 1, y / 64 - 1)) for x, y in points]
+
+
+def test_keypoint_scales_3_and_4_draw_like_pixels(pipe):
+    expected = render(pipe, pose_json())
+    for scale in (3, 4):
+        data = pose_json(scaled(BODY, scale))
+        del data["canvas_width"], data["canvas_height"]
+        assert max_diff(render(pipe, data, canvas_width=128, canvas_height=128), expected) == 0, scale
+
+
+def test_a_controlnet_detect_response_is_read_through_its_pose(pipe):
+    expected = render(pipe, pose_json())
+    response = {"images": ["..."], "poses": [pose_json()], "info": "Success"}
+    assert max_diff(render(pipe, response), expected) == 0
+    with pytest.raises(sdcompose.PluginError, match=r"response with 2 poses; pass one of them \(its `poses\[0\]` to "
+                                                    r"`poses\[1\]`\)"):
+        render(pipe, {"poses": [pose_json(), pose_json()]})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"canvas_width": 64, "canvas_height": 64, "people": [],
+      "animals": [[[10, 10, 1]] * 17]}, r"holds 1 animal pose\(s\) \(openpose-editor `animals`\)"),
+    ({"canvas_width": 64, "canvas_height": 64, "people": []}, "no person with a visible keypoint"),
+    ({"people": [{"pose_keypoints_2d": [5, 5, 0] * 18}]}, "no person with a visible keypoint"),
+])
+def test_files_that_would_draw_nothing_are_refused(pipe, data, message):
+    with pytest.raises(sdcompose.PluginError, match=message):
+        render(pipe, data)
+
+
+def test_body25_with_face_matches_controlnet_aux_drawing(pipe):
+    """The same keypoints drawn by controlnet-aux's own OpenPose drawing functions (its hand drawing needs
+    matplotlib, which sdcompose does not install; hands are left out of the map here)."""
+    from controlnet_aux.open_pose import util
+    from controlnet_aux.open_pose.body import Keypoint
+    body25 = [*BODY[:8], (64, 88), *BODY[8:], (40, 120), (36, 122), (46, 126), (88, 120), (92, 122), (82, 126)]
+    hand = [(20 + 2 * i, 60 + (i % 4) * 3) for i in range(21)]
+    face = [(50 + i % 10 * 3, 20 + i // 10 * 2) for i in range(70)]
+    flat = lambda points: [v for x, y in points for v in (x, y, 1.0)]  # noqa: E731
+    data = {"canvas_width": 128, "canvas_height": 128, "people": [{
+        "pose_keypoints_2d": flat(body25), "hand_left_keypoints_2d": flat(hand),
+        "hand_right_keypoints_2d": flat([(x + 60, y) for x, y in hand]), "face_keypoints_2d": flat(face)}]}
+    ours = render(pipe, data, include_hand=False, include_face=True)
+    canvas = np.zeros((128, 128, 3), dtype=np.uint8)
+    keypoints = [Keypoint(x / 128, y / 128) for x, y in BODY]
+    canvas = util.draw_bodypose(canvas, keypoints)
+    canvas = util.draw_facepose(canvas, [Keypoint(x / 128, y / 128) for x, y in face])
+    assert (ours != canvas).any(axis=2).mean() < 0.01

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import sdcompose
-from sdcompose.request import Control, GenerationRequest, Lora, bounds, default
+from sdcompose.request import SCHEDULERS, Control, GenerationRequest, Lora, bounds, default
 
 NUMBERS = ("steps", "width", "height", "guidance", "batch", "strength")
 
@@ -22,7 +22,7 @@ def test_the_json_schema_states_every_default_and_limit():
         assert (fields[name]["minimum"], fields[name]["maximum"]) == bounds(GenerationRequest, name)
         assert fields[name]["default"] == default(GenerationRequest, name)
     assert fields["width"]["multipleOf"] == 8 and fields["controls"]["maxItems"] == 8
-    assert fields["scheduler"]["enum"][0] == "ddim" and fields["prompt"]["maxLength"] == 20_000
+    assert fields["scheduler"]["enum"] == list(SCHEDULERS) and fields["prompt"]["maxLength"] == 20_000
     control = schema["$defs"]["Control"]["properties"]
     assert (control["weight"]["minimum"], control["weight"]["maximum"]) == (0.0, 4.0)
     lora = schema["$defs"]["Lora"]["properties"]

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,13 +41,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_ui(log: Path, *args: str):
-    """``sdcompose ui`` on CPU in a subprocess on a free loopback port; yields (url, process); always shut down."""
+def running_ui(log: Path, *args: str, command: str = "ui"):
+    """``sdcompose ui`` (or ``command``: serve) on CPU in a subprocess on a free loopback port; yields (url, process);
+    always shut down."""
     port = free_port()
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sdcompose.cli", "ui", "--port", str(port), "--device", "cpu",
-                                 *args],
+        proc = subprocess.Popen([sys.executable, "-m", "sdcompose.cli", command, "--port", str(port), "--device",
+                                 "cpu", *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -55,7 +57,7 @@ def running_ui(log: Path, *args: str):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the UI did not start (exit code {proc.poll()}):\n{log.read_text(errors='replace')}")
             try:
-                if httpx.get(f"{url}/config", timeout=2).status_code in (200, 401):
+                if httpx.get(f"{url}/config", timeout=2).status_code in (200, 401, 404):  # 404: serve --no-ui
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
@@ -73,6 +75,7 @@ class Server:
     def __init__(self, url: str, proc: subprocess.Popen, downloads: Path) -> None:
         self.url, self.proc, self.downloads = url, proc, downloads
         self.workdir: Path | None = None
+        self.outputs: Path | None = None
         self.port = int(url.rsplit(":", 1)[1])
         login = httpx.post(f"{url}/login", data={"username": USER, "password": PASSWORD})
         assert login.status_code == 200, login.text
@@ -104,10 +107,14 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, home):
     folder = tmp_path_factory.mktemp("ui-server")
-    with running_ui(folder / "server.log", "--auth", f"{USER}:{PASSWORD}") as (url, proc):
+    before = set(Path(tempfile.gettempdir()).glob("sdcompose-ui-*"))
+    with running_ui(folder / "server.log", "--auth", f"{USER}:{PASSWORD}", "--outputs", str(folder / "outputs")) \
+            as (url, proc):
         server = Server(url, proc, folder / "downloads")
+        server.outputs = folder / "outputs"
+        (server.workdir,) = set(Path(tempfile.gettempdir()).glob("sdcompose-ui-*")) - before
         yield server
-    if server.workdir is not None:  # learnt from a served file's path
+    if server.workdir is not None:
         assert not server.workdir.exists(), "the server must delete its own folder when it stops"
 
 
@@ -252,7 +259,7 @@ def test_file_routes_serve_only_the_apps_own_files(server, home):
     raw.close()
     weights = next((home / "models" / "tiny").rglob("*.safetensors"))  # built by that first generation
     own = served["path"]
-    server.workdir = next(p for p in Path(own).parents if p.name.startswith("sdcompose-ui-"))
+    assert Path(own).parent.parent == server.outputs, "served where it is kept: outputs/YYYY-MM-DD/NNNNN-SEED.png"
     status, body = server.raw_get(f"/gradio_api/file={own}")
     assert status == 200 and body.startswith(b"\x89PNG"), "the app's own output must be served"
 

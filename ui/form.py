@@ -5,6 +5,7 @@ takes the same names, and the image-info tab restores a PNG through ``from_metad
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from sdcompose.errors import ValidationError
-from sdcompose.images import open_image, to_rgb
+from sdcompose.images import MAX_BYTES, open_image, to_rgb
 from sdcompose.request import Control, GenerationRequest, Lora, bounds, default
 
 TASKS = ("txt2img", "img2img", "inpaint")
@@ -26,7 +27,7 @@ DEFAULTS = dict(task="txt2img", prompt=default(_R, "prompt"), negative_prompt=de
                 seed=RANDOM_SEED, batch=default(_R, "batch"), strength=default(_R, "strength"), init_image=None,
                 inpaint=None, mask=None, loras=[], add_trigger_words=default(_R, "add_trigger_words"),
                 memory=default(_R, "memory"), attention=default(_R, "attention"), vram="", fast=default(_R, "fast"))
-UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, preprocessed=default(Control, "preprocessed"),
+UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, file=None, preprocessed=default(Control, "preprocessed"),
                      model="auto", **{name: default(Control, name) for name in (
                          "weight", "start", "end", "resize_mode", "control_mode")})
 LORA_WEIGHT = default(Lora, "weight")
@@ -35,6 +36,25 @@ RANGES = {**{name: bounds(_R, name) for name in ("steps", "width", "height", "gu
           **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")}, "lora": bounds(Lora, "weight")}
 SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength",
            "memory", "attention", "fast")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An upload the page refused (not an image, too many pixels...): the reason, one sentence, no server path."""
+
+    reason: str
+
+
+FIELD_TITLES = {"init_image": "the input image", "mask": "the mask", "image": "the control image",
+                "file": "the control file"}
+
+
+def field_title(name: str) -> str:
+    """A field as the page names it: ``cn1_image`` is "ControlNet unit 2: the control image"."""
+    unit = re.fullmatch(r"cn(\d+)_(\w+)", name)
+    if unit:
+        return f"ControlNet unit {int(unit[1]) + 1}: {FIELD_TITLES.get(unit[2], unit[2])}"
+    return FIELD_TITLES.get(name, name).capitalize()
 
 
 def slug(text: str) -> str:
@@ -78,6 +98,9 @@ class Form:
         task = values.get("task") or "txt2img"
         if task not in TASKS:
             raise ValidationError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        for name in {"img2img": ("init_image",), "inpaint": ("mask",)}.get(task, ()):  # units: in control()
+            if isinstance(values.get(name), Rejected):
+                raise ValidationError(f"{field_title(name)}: {values[name].reason}")
         kwargs = {name: values[name] for name in (*SCALARS, "batch", "add_trigger_words")
                   if values.get(name) is not None and name != "strength"}
         kwargs["seed"] = _seed(values.get("seed"))
@@ -99,7 +122,11 @@ class Form:
         return kwargs
 
     def _controls(self, values: dict[str, Any]) -> list[Control]:
-        return [self.control(i, values) for i in range(self.units) if values.get(self.unit(i, "enable"))]
+        return [self.control(i, values) for i in self.unit_names(values)]
+
+    def unit_names(self, values: dict[str, Any]) -> list[int]:
+        """The page's index of each enabled unit: ``controls[k]`` of the request is unit ``unit_names()[k]``."""
+        return [i for i in range(self.units) if values.get(self.unit(i, "enable"))]
 
     def control(self, i: int, values: dict[str, Any]) -> Control:
         """ControlNet unit ``i`` of the form as a ``Control``."""
@@ -110,11 +137,17 @@ class Form:
         if plugin_id not in self.conditioners:
             raise ValidationError(f"ControlNet unit {i + 1}: pick a conditioner "
                                   f"({', '.join(self.conditioners) or 'none installed'})")
-        if get("image") is None:
-            raise ValidationError(f"ControlNet unit {i + 1} has no image: upload one, or untick Enable")
+        image = get("image") if get("image") is not None else get("file")
+        if isinstance(image, Rejected):
+            raise ValidationError(f"{field_title(self.unit(i, 'image'))}: {image.reason}")
+        if image is None:
+            raise ValidationError(f"ControlNet unit {i + 1} has no image: upload one (or an OpenPose JSON or "
+                                  "depth-map file), or untick Enable")
+        if isinstance(image, str) and image.lower().endswith(".json"):
+            image = _pose_json(image, f"ControlNet unit {i + 1}")
         params = {spec.name: values[key] for spec in self.conditioners[plugin_id]
                   if values.get(key := self.param(i, plugin_id, spec.name)) is not None}
-        return Control(plugin_id, image=get("image"), weight=get("weight"), start=get("start"), end=get("end"),
+        return Control(plugin_id, image=image, weight=get("weight"), start=get("start"), end=get("end"),
                        params=params, model=None if get("model") in ("", "auto") else get("model"),
                        resize_mode=get("resize_mode"), control_mode=get("control_mode"),
                        preprocessed=bool(get("preprocessed")))
@@ -188,6 +221,22 @@ def _seed(value: Any) -> int | None:
     if not math.isfinite(number) or number != int(number):
         raise ValidationError(f"seed must be a whole number (-1 for random), got {value!r}")
     return None if int(number) == RANDOM_SEED else int(number)
+
+
+def _pose_json(path: str, where: str) -> Any:
+    """An uploaded OpenPose JSON file, parsed here so no error names the server's upload folder."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError:
+        raise ValidationError(f"{where}: the uploaded file could not be read; upload it again") from None
+    if len(data) > MAX_BYTES:
+        raise ValidationError(f"{where}: the JSON file is larger than {MAX_BYTES // 2**20} MB")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        line = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ValidationError(f"{where}: the file is not valid OpenPose JSON{line}") from None
 
 
 def _inpaint(editor: Any, uploaded_mask: Any) -> tuple[Any, Any]:

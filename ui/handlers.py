@@ -6,21 +6,26 @@ import inspect
 import json
 import logging
 import queue
+import re
 import secrets
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import gradio as gr
 from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, PluginError, SdcomposeError, ValidationError
+from sdcompose import infotext
 from sdcompose.metadata import a1111_parameters, read_png
+from sdcompose.outputs import Outputs
+from sdcompose.request import GenerationRequest, validate
 
 from . import widgets
-from .form import Form
+from .form import TASKS, Form
 from .sessions import Sessions
 from .widgets import escape
 
@@ -32,10 +37,12 @@ PREVIEW_EVERY_S = 0.25  # at most four preview images a second reach the page
 
 
 @contextmanager
-def errors_in_page() -> Iterator[None]:
+def errors_in_page(units: list[int] | None = None) -> Iterator[None]:
     """Known errors become a message in the page (and an error for API clients); the session carries on.
 
-    Gradio renders error messages as HTML, so the text (which can quote user input) is escaped.
+    ``units``: the page's unit index of each enabled ControlNet unit, so ``controls[1]`` reads as the
+    page's "ControlNet unit 3". Gradio renders error messages as HTML, so the text (which can quote user
+    input) is escaped.
     """
     try:
         yield
@@ -43,11 +50,62 @@ def errors_in_page() -> Iterator[None]:
         raise
     except SdcomposeError as exc:
         title = next((t for cls, t in TITLES.items() if isinstance(exc, cls)), "Error")
-        raise gr.Error(escape(str(exc)), title=title, print_exception=False) from None
+        raise gr.Error(escape(page_names(str(exc), units or [])), title=title, print_exception=False) from None
     except Exception as exc:  # a bug must not end the session: say so, keep the traceback in the server log
         log.exception("unexpected error in a UI event")
         message = f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)"
         raise gr.Error(escape(message), title="Internal error", print_exception=False) from None
+
+
+def page_names(message: str, units: list[int]) -> str:
+    """``controls[k]`` (the request's k-th control) as the page's unit name."""
+    def name(match: re.Match) -> str:
+        k = int(match[1])
+        return f"ControlNet unit {units[k] + 1}" if k < len(units) else match[0]
+    return re.sub(r"controls\[(\d+)\]", name, message)
+
+
+def error_line(exc: gr.Error) -> str:
+    """The status line for an error: its title and sentence, in red (the message is already escaped)."""
+    return f'<span class="sdc-error">{exc.title}: {exc.message}</span>'
+
+
+@dataclass
+class RunEvent:
+    """A step of a generation (``done`` False) or its end."""
+
+    done: bool = False
+    step: int = 0
+    total: int = 0
+    image: Any = None  # a preview, at most four a second
+    eta: float | None = None  # seconds left
+    status: str = ""
+    gallery: Any = None
+    info: Any = None
+    seed: Any = None
+
+
+def progress_bar(event: RunEvent) -> str:
+    """The page's progress bar: step count, a bar and the time left. Empty when the run is over."""
+    if event.done or not event.total:
+        return ""
+    left = "" if event.eta is None else f" · about {_clock(event.eta)} left"
+    percent = 100 * event.step / event.total
+    return (f'<div class="sdc-bar"><div class="sdc-bar-fill" style="width:{percent:.1f}%"></div></div>'
+            f'<div class="sdc-bar-text">Step {event.step} of {event.total}{left}</div>')
+
+
+def _eta(first: tuple[float, int], step: int, total: int) -> float | None:
+    """Seconds left, from the pace since the first step reported (None until there is a pace)."""
+    since, first_step = first
+    if step <= first_step:
+        return None
+    return (time.monotonic() - since) / (step - first_step) * (total - step)
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def with_fields(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
@@ -74,16 +132,46 @@ def session_of(request: gr.Request | None) -> str | None:
 
 
 class Handlers:
-    def __init__(self, pipeline: Any, form: Form, sessions: Sessions, base_ids: list[str]) -> None:
+    def __init__(self, pipeline: Any, form: Form, sessions: Sessions, base_ids: list[str],
+                 outputs: Outputs | None = None) -> None:
+        """``outputs``: where every image is kept (None: only for the session, in ``sessions``' folders)."""
         self.pipeline, self.form, self.sessions, self.base_ids = pipeline, form, sessions, base_ids
+        self.outputs = outputs
         self.names = list(form.defaults())
 
     # ---- generate and stop -------------------------------------------------------------------
     def generate(self, request: gr.Request, progress: gr.Progress = gr.Progress(), **values: Any) -> Iterator[tuple]:
-        """Yields step previews while it runs, then: gallery (saved PNG files with their metadata), metadata JSON,
-        status text, first seed. The pipeline runs in a worker thread; this generator relays its steps."""
-        session = session_of(request)
-        with errors_in_page():
+        """The web API's generate: yields step previews while it runs, then: gallery (saved PNG files with their
+        metadata), metadata JSON, status text, first seed. Errors raise (an AppError for API clients)."""
+        for event in self._run(session_of(request), values):
+            if event.done:
+                yield event.gallery, event.info, event.status, event.seed
+            else:
+                progress((event.step, event.total), desc=f"step {event.step} of {event.total}", unit="steps")
+                if event.image is not None:
+                    yield [(event.image, f"preview at step {event.step}")], gr.skip(), event.status, gr.skip()
+
+    def generate_in_page(self, request: gr.Request, **values: Any) -> Iterator[tuple]:
+        """The page's generate: as ``generate``, plus the progress bar; an error is not raised but stays in the
+        status line (red) until the next run. Outputs: gallery, metadata, status, first seed, progress bar, the
+        gallery's file paths (what its send-to buttons may send on)."""
+        try:
+            for event in self._run(session_of(request), values):
+                bar = progress_bar(event)
+                if event.done:
+                    paths = [path for path, _ in event.gallery] if isinstance(event.gallery, list) else gr.skip()
+                    yield event.gallery, event.info, event.status, event.seed, bar, paths
+                else:
+                    gallery = gr.skip() if event.image is None else [(event.image, f"preview at step {event.step}")]
+                    yield gallery, gr.skip(), event.status, gr.skip(), bar, []
+        except gr.Error as exc:
+            yield gr.skip(), gr.skip(), error_line(exc), gr.skip(), "", gr.skip()
+
+    def _run(self, session: str | None, values: dict[str, Any]) -> Iterator[RunEvent]:
+        """One generation in a worker thread: its steps (a preview image at most four times a second), then the
+        saved result. Known errors raise ``gr.Error`` with the page's names (ControlNet unit 2, not controls[1])."""
+        started = time.monotonic()
+        with errors_in_page(self.form.unit_names(values)):
             kwargs = self.form.to_kwargs(values)
             with self.sessions.cancel_flag(session) as cancel:
                 steps: queue.Queue = queue.Queue()
@@ -100,33 +188,40 @@ class Handlers:
 
                 worker = threading.Thread(target=work, name="sdcompose-generate", daemon=True)
                 worker.start()
-                shown = 0.0
+                shown, first = 0.0, None
                 try:
                     while (item := steps.get()) is not None:
                         step, total, image = item
-                        progress((step, total), desc=f"step {step} of {total}", unit="steps")
-                        if time.monotonic() - shown >= PREVIEW_EVERY_S or step == total:
-                            shown = time.monotonic()
-                            yield [(image, f"preview at step {step}")], gr.skip(), f"Step {step} of {total}", \
-                                gr.skip()
+                        first = first or (time.monotonic(), step)
+                        due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
+                        shown = time.monotonic() if due else shown
+                        yield RunEvent(step=step, total=total, image=image if due else None,
+                                       status=f"Step {step} of {total}", eta=_eta(first, step, total))
                 finally:  # the page went away mid-run: stop the worker at its next step
                     if worker.is_alive():
                         cancel.set()
                 if isinstance(outcome.get("error"), Cancelled):
-                    yield gr.skip(), gr.skip(), f"Stopped: {outcome['error']}.", gr.skip()
+                    yield RunEvent(done=True, status=f"Stopped: {outcome['error']}.", gallery=gr.skip(),
+                                   info=gr.skip(), seed=gr.skip())
                     return
                 if "error" in outcome:
                     raise outcome["error"]
             result = outcome["result"]
-            paths = result.save(self.sessions.output(session))
+            if self.outputs is not None:
+                paths = self.outputs.save(result)
+            else:
+                paths = result.save(self.sessions.output(session))
         seeds, note = result.metadata["seeds"], result.metadata.get("note")
         gallery = [(str(path), f"seed {seed}" + (f" · {note}" if note else "")) for path, seed in zip(paths, seeds)]
-        status = f"{len(paths)} image(s), seed {', '.join(map(str, seeds))}."
+        status = f"{len(paths)} image(s), seed {', '.join(map(str, seeds))}, in {time.monotonic() - started:.1f} s."
+        if self.outputs is not None:
+            status += f" Saved as {escape(paths[0].name)}" + (" and the rest of the batch." if len(paths) > 1 else ".")
         if note:
             model = escape(result.metadata["request"]["model"])
             status = (f"**These images are {escape(note)}** ({model}): they show the pipeline works, not what a "
                       "real model draws. " + status)
-        yield gallery, json.dumps(result.metadata, indent=1, default=str), status, seeds[0]
+        yield RunEvent(done=True, gallery=gallery, info=json.dumps(result.metadata, indent=1, default=str),
+                       status=status, seed=seeds[0])
 
     def stop(self, request: gr.Request) -> str:
         stopped = self.sessions.stop(session_of(request))
@@ -135,22 +230,30 @@ class Handlers:
     def forget(self, request: gr.Request) -> None:
         self.sessions.forget(session_of(request))
 
-    @staticmethod
-    def reuse_seed(last: int | None) -> Any:
-        if last is None:
-            gr.Info("No image yet: generate one first.")
-            return gr.skip()
-        return last
-
     # ---- ControlNet units and LoRAs ------------------------------------------------------------
-    def add_unit(self, shown: int) -> list:
-        """Show the next ControlNet unit, enabled; outputs: count, each unit's group, each unit's Enable box."""
-        if shown >= self.form.units:
+    def add_unit(self, shown: list[int] | None) -> list:
+        """Show the first hidden ControlNet unit, enabled; outputs: the shown units, each unit's group, each unit's
+        Enable box."""
+        shown = list(shown or [])
+        hidden = [i for i in range(self.form.units) if i not in shown]
+        if not hidden:
             gr.Warning(f"This page offers {self.form.units} ControlNet units.")
             return [gr.skip()] * (1 + 2 * self.form.units)
-        groups = [gr.update(visible=i <= shown) for i in range(self.form.units)]
-        enables = [True if i == shown else gr.skip() for i in range(self.form.units)]
-        return [shown + 1, *groups, *enables]
+        shown = sorted([*shown, hidden[0]])
+        groups = [gr.update(visible=i in shown) for i in range(self.form.units)]
+        enables = [True if i == hidden[0] else gr.skip() for i in range(self.form.units)]
+        return [shown, *groups, *enables]
+
+    def remove_unit(self, i: int) -> Callable[[list[int] | None], list]:
+        """Hide unit ``i`` and untick its Enable (its settings stay, for when it is added again)."""
+        return lambda shown: [[x for x in shown or [] if x != i], gr.update(visible=False), False]
+
+    def show_units(self, task: str | None, *enables: bool) -> list:
+        """After the form came back from the browser's storage: show the enabled units and the task's tab.
+        Outputs: the shown units, each unit's group, the task tabs."""
+        shown = [i for i, enabled in enumerate(enables) if enabled]
+        return [shown, *(gr.update(visible=i in shown) for i in range(self.form.units)),
+                gr.Tabs(selected=task if task in TASKS else "txt2img")]
 
     def param_groups(self, plugin_ids: list[str]) -> Callable[[str], list]:
         """For one unit: show the params of the chosen conditioner, hide the others'."""
@@ -158,6 +261,14 @@ class Handlers:
 
     def lora_weights(self, chosen: list[str] | None) -> list:
         return [gr.update(visible=lora_id in (chosen or [])) for lora_id in self.form.loras]
+
+    def follow_conditioners(self, model: str | None, *chosen: str | None) -> list:
+        """Each unit's conditioner choices narrowed to those that serve ``model``'s family (all, for a model the
+        catalogue lacks); a choice that no longer fits moves to the first that does."""
+        family = widgets.family_of(self.pipeline, model)
+        offered = widgets.conditioner_choices(self.pipeline, family)
+        ids = [value for _, value in offered]
+        return [gr.update(choices=offered, value=x if x in ids or not ids else ids[0]) for x in chosen]
 
     def follow_model(self, model: str | None, loras: list[str] | None, *unit_models: str | None) -> list:
         """The LoRA and each unit's ControlNet-model choices narrowed to ``model``'s family (all, for a model the
@@ -208,20 +319,41 @@ class Handlers:
 
     # ---- image info ------------------------------------------------------------------------------
     def image_info(self, image: str | None) -> tuple[str, str, dict | None]:
-        """The A1111-style parameters text, the full metadata as JSON, and the form fields it restores."""
+        """The parameters text (another tool's raw text as it is), the metadata as JSON (for another tool's
+        image: what was read and what was dropped), and the form fields it restores (None for ComfyUI)."""
         if image is None:
             return "", "", None
         with errors_in_page():
-            meta, inputs = read_png(image)
+            text, shown, meta, inputs, _ = self._settings(image)
+            if meta is None:
+                return text, json.dumps(shown, indent=1, default=str), None
             values, _ = self.form.from_metadata(meta, inputs, store=lambda name, picture: IMAGE)
         values["inpaint"] = IMAGE if values["inpaint"] else None
-        return a1111_parameters(meta), json.dumps(meta, indent=1, default=str), values
+        return text, json.dumps(shown, indent=1, default=str), values
+
+    def _settings(self, image: Any) -> tuple[str, dict, dict | None, dict, list[str]]:
+        """(text to show, JSON to show, sdcompose-style metadata to restore or None, embedded inputs, warnings)."""
+        found = infotext.foreign(image)
+        if found.tool == "sdcompose":
+            meta, inputs = read_png(image)
+            return a1111_parameters(meta), meta, meta, inputs, []
+        if found.tool == "ComfyUI":
+            shown = {"tool": "ComfyUI", "note": "made by ComfyUI: its graph cannot be run or restored here",
+                     **{key: _json_or_text(found.text[key]) for key in infotext.COMFY_KEYS if key in found.text}}
+            return found.raw, shown, None, {}, [shown["note"]]
+        restored = self.pipeline.restored(found)
+        request = validate(GenerationRequest(**({"model": self.base_ids[0]} | restored.fields))).summary()
+        if "model" not in restored.fields:
+            request["model"] = None  # the form keeps its own model and says so
+        shown = {**restored.describe(), "parameters": infotext.parse(found.text["parameters"]), "request": request}
+        meta = {"request": request, "seed": request["seed"], "task": "txt2img"}
+        return found.raw, shown, meta, {}, [*restored.dropped, restored.note]
 
     def restore(self, request: gr.Request, image: str | None) -> list:
         """Every field of the form set from an sdcompose PNG, in ``self.names`` order, then the units shown,
-        the unit count, and the tabs to select."""
+        the units shown, and the tabs to select."""
         if image is None:
-            raise gr.Error("Upload a PNG made by sdcompose first.")
+            raise gr.Error("Upload a PNG made by sdcompose or AUTOMATIC1111 first.")
         folder = self.sessions.folder(session_of(request), "restored")
 
         def store(name: str, picture: Image.Image) -> str:
@@ -230,14 +362,23 @@ class Handlers:
             return str(path)
 
         with errors_in_page():
-            meta, inputs = read_png(image)
+            _, _, meta, inputs, notes = self._settings(image)
+            if meta is None:
+                raise ValidationError(notes[0])
             values, warnings = self.form.from_metadata(meta, inputs, store)
+            warnings += [f"left out: {note}" for note in notes[:-1]] + notes[-1:]
         if values["model"] not in self.base_ids:
             warnings.append(f"model {values['model']!r} is not in this server's models.yaml; pick one")
             values["model"] = gr.skip()
         for warning in warnings:
             gr.Warning(escape(warning))
-        enabled = [i for i in range(self.form.units) if values[self.form.unit(i, "enable")]]
-        shown = max(enabled) + 1 if enabled else 0
-        return [*(values[name] for name in self.names), *(gr.update(visible=i < shown) for i in range(self.form.units)),
+        shown = [i for i in range(self.form.units) if values[self.form.unit(i, "enable")]]
+        return [*(values[name] for name in self.names), *(gr.update(visible=i in shown) for i in range(self.form.units)),
                 shown, gr.Tabs(selected="generate"), gr.Tabs(selected=values["task"])]
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text

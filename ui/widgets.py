@@ -89,6 +89,13 @@ def conditioners(pipeline: Any) -> tuple[dict[str, tuple[ParamSpec, ...]], dict[
     return params, helps
 
 
+def conditioner_choices(pipeline: Any, family: str | None = None) -> list[tuple[str, str]]:
+    """Dropdown choices ``(label, id)`` for the loaded conditioners that serve ``family`` (all: None)."""
+    rows = [r for r in pipeline.plugins() if r["kind"] == "conditioner" and r["status"] == "loaded"
+            and (family is None or family in r["families"])]
+    return [(f"{r['id']}: {r['help']}" if r["help"] else r["id"], r["id"]) for r in rows]
+
+
 def unusable_plugins(pipeline: Any) -> str:
     """Markdown listing plugins that failed to load or are disabled, each with its error, escaped."""
     rows = [r for r in pipeline.plugins() if r["status"] not in ("loaded", "available")]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcompose.plugins.api import Adapter, PluginError, first_line
+from sdcompose.plugins.builtin import lora_files
 
 MAX_LOADED = 8  # adapters kept loaded per base model; older unused ones are deleted
 LAYER_KEY = re.compile(r"^(?P<layer>.+?)\.(?:(?:lora_down|lora_up|lora_A|lora_B|lora\.down|lora\.up|lora_mid"
@@ -72,6 +73,16 @@ def _keys(path: Path, lora_id: str) -> list[str]:
         raise PluginError(f"lora {lora_id!r}: {path.name} is not a readable .safetensors file "
                           f"({first_line(exc, 120)}); LoRAs load from .safetensors only: convert a .pt/.bin "
                           "LoRA, or download a damaged file again") from None
+
+
+def _tensors(path: Path, lora_id: str) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PluginError(f"lora {lora_id!r}: {path.name} could not be read ({first_line(exc, 120)}); "
+                          "download it again") from None
 
 
 @dataclass
@@ -142,8 +153,10 @@ class LoraAdapter(Adapter):
                                                                   for k in keys):
             raise PluginError(f"lora {lora_id!r} has SDXL text-encoder weights but models.yaml calls it {family}: "
                               "use it with an sdxl base and fix its `family`")
+        tensors, notes = lora_files.normalise(_tensors(path, lora_id), lora_id)
         try:
-            pipe.load_lora_weights(str(path), adapter_name=name)
+            _, skipped = lora_files.check_layers(pipe, tensors, lora_id, family)
+            pipe.load_lora_weights(lora_files.without(tensors, skipped), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:
             self._discard(pipe, name)
             detail = first_line(exc, 200) or type(exc).__name__
@@ -157,7 +170,7 @@ class LoraAdapter(Adapter):
                               "another model family?")
         state.reports[name] = {"format": kind, "file": path.name, "keys": len(keys), "layers": len(layers),
                                "applied": applied, "skipped": max(0, len(layers) - applied),
-                               "unrecognised_keys": other[:10]}
+                               "skipped_layers": skipped, "notes": notes, "unrecognised_keys": other[:10]}
 
     @staticmethod
     def _discard(pipe: Any, name: str) -> None:

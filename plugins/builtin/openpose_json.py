@@ -3,8 +3,11 @@
 JSON in: ``{"people": [{"pose_keypoints_2d": [x, y, c, ...], "hand_left_keypoints_2d": [...],
 "hand_right_keypoints_2d": [...], "face_keypoints_2d": [...]}], "canvas_width": W, "canvas_height": H}``.
 Bodies are 18-point COCO (54 numbers) or OpenPose's BODY_25 (75 numbers, mapped to COCO); hands
-have 21 points, faces 70. Coordinates are pixels of the canvas, or all within [0, 1] (normalised).
-A point with confidence 0 (or negative coordinates) is missing.
+have 21 points, faces 70. Coordinates are pixels of the canvas, all within [0, 1] (normalised,
+OpenPose's ``--keypoint_scale 3``) or all within [-1, 1] with some negative (``--keypoint_scale 4``).
+A point with confidence 0 (or negative pixel coordinates) is missing. sd-webui-controlnet's
+``/controlnet/detect`` response is read through its one ``poses`` entry; openpose-editor's
+``animals`` are refused (the openpose ControlNet knows people only), and so is a file with nobody.
 
 Out: the drawing of lllyasviel's annotator (controlnet-aux ``draw_bodypose`` / ``draw_handpose`` /
 ``draw_facepose``), which the ControlNet v1.1 openpose model was trained on: limbs as ellipses in
@@ -109,6 +112,7 @@ def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0) -> tuple[lis
         if len(data) != 1:
             raise PluginError(f"pose JSON is a list of {len(data)} frames; give one frame (one object with `people`)")
         data = data[0]
+    data = _unwrap(data)
     if not isinstance(data, dict) or not isinstance(data.get("people"), list):
         raise PluginError("pose JSON needs a `people` list, as OpenPose and pose editors write it")
     if len(data["people"]) > MAX_PEOPLE:
@@ -117,10 +121,20 @@ def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0) -> tuple[lis
     json_size = (_canvas_side(data, "canvas_width"), _canvas_side(data, "canvas_height"))
     width, height = canvas_width or json_size[0], canvas_height or json_size[1]
     coords = [v for person in raw for points in person.values() if points for p in points if p for v in p]
-    if all(0.0 <= v <= 1.0 for v in coords):
+    if not coords:
+        raise PluginError("pose JSON has no person with a visible keypoint; the map would be black (all "
+                          "confidences 0, or an empty `people` list)")
+    symmetric = all(-1.0 <= v <= 1.0 for v in coords) and any(v < 0 for v in coords)  # --keypoint_scale 4
+    if symmetric:
+        raw = [{key: None if points is None else [None if p is None else ((p[0] + 1) / 2, (p[1] + 1) / 2)
+                                                  for p in points]
+                for key, points in person.items()} for person in raw]
+    if symmetric or all(0.0 <= v <= 1.0 for v in coords):
         scale = (1.0, 1.0)
         width, height = width or 512, height or 512
     else:
+        raw = [{key: None if points is None else [None if p is None or p[0] < 0 or p[1] < 0 else p for p in points]
+                for key, points in person.items()} for person in raw]
         scale = (float(json_size[0] or canvas_width), float(json_size[1] or canvas_height))
         if not all(scale):
             raise PluginError("pose JSON has pixel coordinates but no canvas_width/canvas_height; add them to the "
@@ -129,6 +143,20 @@ def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0) -> tuple[lis
                                                   for p in points]
                for key, points in person.items()} for person in raw]
     return people, width, height
+
+
+def _unwrap(data: Any) -> Any:
+    """One pose from a ``/controlnet/detect`` response (``poses``); openpose-editor animals refused."""
+    if isinstance(data, dict) and "people" not in data and isinstance(data.get("poses"), list):
+        poses = data["poses"]
+        if len(poses) != 1:
+            raise PluginError(f"pose JSON is a /controlnet/detect response with {len(poses)} poses; pass one of "
+                              f"them (its `poses[0]`{f' to `poses[{len(poses) - 1}]`' if len(poses) > 1 else ''})")
+        data = poses[0]
+    if isinstance(data, dict) and isinstance(data.get("animals"), list) and data["animals"]:
+        raise PluginError(f"pose JSON holds {len(data['animals'])} animal pose(s) (openpose-editor `animals`), which "
+                          "the openpose ControlNet does not know; remove them, or use an animal-pose map image")
+    return data
 
 
 def _canvas_side(data: dict[str, Any], key: str) -> int:
@@ -162,4 +190,4 @@ def _points(where: str, values: Any, counts: tuple[int, ...]) -> list[Point] | N
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise PluginError(f"pose JSON {where} must hold finite numbers only")
     triples = [values[i:i + 3] for i in range(0, len(values), 3)]
-    return [None if c <= 0 or x < 0 or y < 0 else (float(x), float(y)) for x, y, c in triples]
+    return [None if c <= 0 else (float(x), float(y)) for x, y, c in triples]
