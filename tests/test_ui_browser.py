@@ -294,7 +294,7 @@ def test_an_openpose_json_file_drives_a_generation(page, tmp_path):
     page.set_input_files("#sdc-unit-0-file input[type=file]", str(pose))
     drawn = pixels(served_png(page, "#sdc-unit-0-map img"))  # the pose it draws, shown as the file arrives
     assert drawn.shape == (64, 64, 3) and drawn.max() > 150 and len(np.unique(drawn.reshape(-1, 3), axis=0)) > 3
-    page.locator("#sdc-unit-0").scroll_into_view_if_needed()
+    page.locator("#sdc-unit-0-map").scroll_into_view_if_needed()
     screenshot(page, "ui-pose.png", full_page=False)
     page.click("#sdc-generate")
     page.get_by_text("1 image(s), seed").wait_for(timeout=120_000)
