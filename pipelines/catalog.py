@@ -33,6 +33,16 @@ def user_catalog() -> Path:
     return Settings.from_env().user_models
 
 
+class Recommended(BaseModel):
+    """Settings a model works best with (few-step LoRAs and bases: LCM, TCD, Lightning, Hyper-SD); the UI applies them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int | None = Field(default=None, ge=1, le=500)
+    guidance: float | None = Field(default=None, ge=0, le=50)
+    sampler: str | None = Field(default=None, pattern=r"^[\w .+-]{1,40}$")
+
+
 class Entry(BaseModel):
     """One model. Exactly one source: ``repo`` (+ pinned ``revision``), ``path``, ``file`` or ``tiny``
     (or ``found``: a file a folder scan indexed in place, never written in models.yaml)."""
@@ -40,7 +50,7 @@ class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = ""
-    kind: Literal["base", "controlnet", "lora", "annotator", "embedding"]
+    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler"]
     family: Literal["sd15", "sdxl"] | None = None
     description: str = ""
     license: str = ""
@@ -56,6 +66,7 @@ class Entry(BaseModel):
     stands_in_for: str | None = None
     trigger_words: tuple[str, ...] = ()
     allow_pickle: bool = False
+    recommended: Recommended | None = None  # steps, guidance, sampler hints (few-step models)
     found: str | None = None
 
     @model_validator(mode="after")
@@ -70,7 +81,7 @@ class Entry(BaseModel):
             raise ValueError("a single `file` needs its `sha256`")
         if self.file and self.kind in ("base", "controlnet") and not self.config:
             raise ValueError(f"a single-file {self.kind} needs an explicit `config` (sd15, sdxl or a folder)")
-        if self.kind != "annotator" and self.family is None:
+        if self.kind not in ("annotator", "upscaler") and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` (sd15 or sdxl)")
         return self
 
@@ -295,6 +306,15 @@ class Catalog:
         if kind is not None and entry.kind != kind:
             raise ModelError(f"model {model_id!r} is a {entry.kind}, not a {kind}")
         return entry
+
+    def recommended(self, model_id: str, lora_ids: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+        """The ``recommended`` hints of a base and its LoRAs, merged in that order (a few-step LoRA's win)."""
+        out: dict[str, Any] = {}
+        for key in (model_id, *lora_ids):
+            entry = self.entries.get(key)
+            if entry is not None and entry.recommended is not None:
+                out.update(entry.recommended.model_dump(exclude_none=True))
+        return out
 
     def ids(self, kind: str) -> list[str]:
         return [model_id for model_id, entry in self.entries.items() if entry.kind == kind]

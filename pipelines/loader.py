@@ -60,7 +60,7 @@ class Loader:
         """Local path of an entry's folder or file, downloading a pinned hub revision if needed."""
         if entry.tiny:
             target = tiny.ensure(entry, self.catalog.root / "tiny" / f"v{tiny.VERSION}" / entry.id)
-            return target / "pytorch_lora_weights.safetensors" if entry.kind == "lora" else target
+            return target / tiny.FILES[entry.kind] if entry.kind in tiny.FILES else target
         if entry.repo:
             return self._hub(entry)
         if entry.found:

@@ -21,7 +21,7 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, memory, prompt_encode, schedulers, vae_guard
+from sdcompose.pipelines import attention, compose, hires, memory, prompt_encode, schedulers, upscale, vae_guard
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -97,6 +97,8 @@ class Pipeline:
             req = req.with_(model=self.settings.default_model)
         if req.seed is None:
             req = req.with_(seed=secrets.randbelow(2**32))
+        if req.hires is not None:  # two passes, each a run of its own over the same model cache
+            return hires.run(self, req, progress, cancel, preview)
         plan = resolve(req, self.catalog, self.registry)
         with pixel_budget("this request"):  # every image this request decodes, together
             maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
@@ -178,6 +180,36 @@ class Pipeline:
                 adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
             return pipe
 
+    def upscale(self, image: Any, model: str, scale: float | None = None, tile: int = upscale.TILE,
+                cancel: threading.Event | None = None) -> Result:
+        """``image`` enlarged ``scale`` times (default: the network's own) by a models.yaml upscaler, tile by tile."""
+        source = load_rgb(image, "image to upscale")
+        entry = self.catalog.get(model, "upscaler")
+        if scale is not None:
+            upscale.target_size(source.size, scale)  # a size over the limits is refused before anything loads
+        with self._lock:
+            net = self._upscaler(entry)
+            out, report = upscale.upscale(net, source, net.scale if scale is None else scale, self.device, tile, cancel)
+        meta = {"format": FORMAT, "task": "upscale", "upscale": {"model": entry.id, "architecture": net.architecture,
+                                                                  "source_size": list(source.size), **report},
+                "models": {entry.id: {"kind": entry.kind, "source": _source_of(entry), "sha256": self.loader.hashes(entry)}},
+                "plugins": {upscale.PLUGIN: {"version": self.registry.get(upscale.PLUGIN).version,
+                                             "package": self.registry.entries[upscale.PLUGIN].package}},
+                "device": self.device, "dtype": str(self.dtype).removeprefix("torch."), "versions": library_versions()}
+        if entry.tiny:
+            meta["note"] = TEST_MODEL_NOTE
+        return Result(images=[out], metadata=meta, per_image=[meta],
+                      arrays=[np.asarray(out, dtype=np.float32) / 255])
+
+    def _upscaler(self, entry: Entry) -> Any:
+        plugin = self.registry.get(upscale.PLUGIN, "upscaler")
+        path = self.loader.verified_path(entry)
+        try:
+            return plugin.load(path, PluginContext(device=self.device, dtype=self.dtype))
+        except (PluginError, SdcomposeError):
+            raise
+        except Exception as exc:  # a plugin's bug fails this request only
+            raise PluginError(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}: {describe(exc)}") from None
     def token_counts(self, prompt: str, model: str | None = None, prompt_syntax: str = "a1111") -> dict[str, Any]:
         """What A1111 shows under a prompt: ``{"tokens": 83, "limit": 150, "chunks": [75, 8], "label": "83/150"}``.
 

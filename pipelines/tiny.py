@@ -130,7 +130,16 @@ def _build_lora(entry: Entry, out: Path) -> None:
                                               safe_serialization=True)
 
 
-BUILDERS = {"base": _build_base, "controlnet": _build_controlnet, "lora": _build_lora}
+def _build_upscaler(entry: Entry, out: Path) -> None:
+    """An ESRGAN (RRDBNet) network at 2x with 8 features and one block, in spandrel's own layout."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
+    net = RRDBNet(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, out / FILES["upscaler"])
+
+
+BUILDERS = {"base": _build_base, "controlnet": _build_controlnet, "lora": _build_lora, "upscaler": _build_upscaler}
+FILES = {"lora": "pytorch_lora_weights.safetensors", "upscaler": "model.safetensors"}  # single-file kinds
 
 
 def ensure(entry: Entry, target: Path) -> Path:

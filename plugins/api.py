@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 
 from sdcompose.errors import PluginError, first_line  # re-exported: a plugin imports them from here
 
-API_VERSION = "1.1"  # 1.1: first_line
+API_VERSION = "1.2"  # 1.1: first_line; 1.2: Upscaler
 API_MAJOR = 1
 
 FAMILIES = frozenset({"sd15", "sdxl"})
-KINDS = frozenset({"conditioner", "adapter"})
+KINDS = frozenset({"conditioner", "adapter", "upscaler"})
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 
 
@@ -173,4 +173,18 @@ class Adapter(Plugin):
 
     def remove(self, pipe: Any) -> None:
         """Return ``pipe`` to its state without adapters."""
+        raise NotImplementedError
+
+
+class Upscaler(Plugin):
+    """Loads an image-upscaling network (ESRGAN and kin) from a models.yaml upscaler entry's weight file.
+
+    The core tiles the image through what ``load`` returns, so memory stays bounded at any size.
+    """
+
+    kind: ClassVar[str] = "upscaler"
+
+    def load(self, path: Path, ctx: PluginContext) -> Any:
+        """Return a network for ``path`` on ``ctx.device``: called with a float RGB tensor (N, 3, H, W) in [0, 1],
+        it returns (N, 3, H * scale, W * scale) in [0, 1]; its ``scale`` attribute is that whole factor."""
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, batch, models, plugins, ui, serve.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, upscale, batch, models, plugins, ui, serve.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError
 from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control,
-                               GenerationRequest, Lora, bounds, default)
+                               GenerationRequest, Hires, Lora, bounds, default)
 from sdcompose.settings import DEFAULT_MODEL, Settings
 
 CONTROL_FIELDS = {"weight": float, "start": float, "end": float, "model": str, "resize_mode": str,
@@ -111,11 +111,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
             seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update,
             memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast, clip_skip=args.clip_skip,
-            prompt_syntax="literal" if args.literal_prompt else "a1111")
+            prompt_syntax="literal" if args.literal_prompt else "a1111", hires=_hires(args))
     finally:
         close()
     _report(result, _write(args.output, lambda: result.save(args.output)))
     return 0
+
+
+def _hires(args: argparse.Namespace) -> Hires | None:
+    """The hires fix from --hires-* flags; any of them turns it on."""
+    given = {name: getattr(args, f"hires_{name}") for name in Hires.model_fields}
+    return Hires(**{k: v for k, v in given.items() if v is not None}) if any(v is not None for v in given.values()) \
+        else None
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -141,6 +148,19 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     _write(args.output, save)
     print(args.output)
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    pipe = _pipeline(args)
+    result = pipe.upscale(args.image, model=args.model, scale=args.scale, tile=args.tile)
+    output = args.output or Path(args.image).with_name(Path(args.image).stem + "-upscaled.png")
+    path, = _write(output, lambda: result.save(output))
+    done = result.metadata["upscale"]
+    print(f"{path}  {done['size'][0]}x{done['size'][1]}  ({args.model}, {done['passes']} pass(es) at "
+          f"{done['native_scale']}x)")
+    if "note" in result.metadata:
+        print(f"note: {result.metadata['note']}", file=sys.stderr)
     return 0
 
 
@@ -294,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vram", help="memory budget for --memory auto, e.g. 4GB (default: what the card has free)")
     g.add_argument("--attention", choices=ATTENTION_BACKENDS, default=field("attention"), help="attention backend (auto: sdpa)")
     g.add_argument("--fast", action="store_true", help="compile and replay the UNet/ControlNets as CUDA graphs")
+    hr = g.add_argument_group("hires fix", "a second pass at a larger size (any of these turns it on)")
+    hr.add_argument("--hires-scale", type=float, help=f"size of pass 2 over pass 1 (default {default(Hires, 'scale')})")
+    hr.add_argument("--hires-upscaler", help="lanczos (default) or a models.yaml upscaler id")
+    hr.add_argument("--hires-steps", type=int, help="pass-2 steps (default: --steps)")
+    hr.add_argument("--hires-denoise", type=float, help=f"pass-2 strength (default {default(Hires, 'denoise')})")
     g.add_argument("-o", "--output", default="out.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     runtime(g)
@@ -320,10 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(pp)
     pp.set_defaults(func=cmd_preprocess)
 
+    up = sub.add_parser("upscale", help="enlarge an image with an upscaler model (ESRGAN and kin), tile by tile")
+    up.add_argument("image")
+    up.add_argument("-m", "--model", required=True, help="a models.yaml upscaler id")
+    up.add_argument("--scale", type=float, help="default: the model's own (2 or 4)")
+    up.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory grows with its square)")
+    up.add_argument("-o", "--output", help="default: IMAGE-upscaled.png")
+    runtime(up)
+    up.set_defaults(func=cmd_upscale)
+
     m = sub.add_parser("models", help="the models.yaml catalogue")
     m.add_argument("action", choices=("list", "check", "scan"))
     m.add_argument("ids", nargs="*", help="check only these; scan: the folders to preview")
-    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator", "embedding"))
+    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator", "embedding", "upscaler"))
     m.add_argument("--models", help="extra models.yaml")
     m.add_argument("--folder", action="append", metavar="DIR", help="a model folder indexed in place; repeatable")
     m.add_argument("--download", action="store_true", help="check: download pinned hub models that are missing")

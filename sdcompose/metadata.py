@@ -64,7 +64,8 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
 def png_info(meta: dict[str, Any], inputs: dict[str, Image.Image]) -> PngImagePlugin.PngInfo:
     """The three text chunks of an sdcompose PNG."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", a1111_parameters(meta))
+    if "request" in meta:  # a generation (an upscale has no prompt to tell)
+        info.add_text("parameters", a1111_parameters(meta))
     info.add_itxt(KEY, json.dumps(meta, sort_keys=True), zip=True)
     if inputs:
         info.add_itxt(INPUTS_KEY, json.dumps({k: encode_image(v) for k, v in inputs.items()}), zip=True)

@@ -89,6 +89,15 @@ class Lora(_Part):
     weight: float = Field(1.0, ge=-4.0, le=4.0)
 
 
+class Hires(_Part):
+    """Hires fix: a second pass image-to-image at ``scale`` times the size (pipelines/hires.py)."""
+
+    scale: float = Field(2.0, ge=1.0, le=4.0, description="the second pass's size over the first's (hr_scale)")
+    upscaler: str = Field("lanczos", **_ID, description="lanczos, or a models.yaml upscaler id (hr_upscaler)")
+    steps: int = Field(0, ge=0, le=500, description="second-pass steps; 0: the request's (hr_second_pass_steps)")
+    denoise: float = Field(0.5, ge=0.0, le=1.0, description="second-pass denoising strength")
+
+
 class GenerationRequest(BaseModel):
     """Everything that decides the images of one call; made from keywords, a mapping or JSON."""
 
@@ -121,6 +130,7 @@ class GenerationRequest(BaseModel):
     clip_skip: int = Field(1, ge=1, le=12, description="A1111's clip skip: 1 = the text encoder's last layer")
     prompt_syntax: Literal[SYNTAXES] = Field("a1111", description="a1111: (emphasis:1.2), BREAK, <lora:name:w> "  # type: ignore
                                                                   "tags; literal: the text as written (docs/prompts.md)")
+    hires: Hires | None = Field(None, description="hires fix: a second pass at a larger size; None: one pass")
 
     def __init__(self, **fields: Any) -> None:
         try:
@@ -185,6 +195,7 @@ class GenerationRequest(BaseModel):
             data[key] = None if data[key] is None else "<image>"
         data["controls"] = [c.summary() for c in self.controls]
         data["loras"] = [lora.summary() for lora in self.loras]
+        data["hires"] = None if self.hires is None else self.hires.summary()
         return data
 
 
@@ -296,7 +307,28 @@ def _checked(data: Any) -> dict[str, Any]:
     parse(req["negative_prompt"], syntax)
     for name, weight in tags:
         _number(f"<lora:{name[:60]}> weight", weight, *LIMITS["lora_weight"])
+    req["hires"] = None if req["hires"] is None else _hires(req)
     return req
+
+
+def _hires(req: dict[str, Any]) -> Hires:
+    hires = _part(Hires, "hires", req["hires"], "sdcompose.Hires(scale, upscaler, steps, denoise)")
+    if req["init_image"] is not None:
+        raise ValidationError("hires fix is for text to image; drop init_image, or upscale the result instead")
+    scale = _number("hires scale", hires.scale, *bounds(Hires, "scale"))
+    steps = _number("hires steps", hires.steps, *bounds(Hires, "steps"), integer=True)
+    denoise = _number("hires denoise", hires.denoise, *bounds(Hires, "denoise"))
+    if denoise == 0:
+        raise ValidationError("hires denoise must be above 0 (0 would only resize the first pass)")
+    _id("hires upscaler", hires.upscaler)
+    multiple = LIMITS["size_multiple"]
+    width, height = (max(multiple, int(req[side] * scale) // multiple * multiple) for side in ("width", "height"))
+    high = LIMITS["size"][1]
+    if max(width, height) > high or width * height > LIMITS["pixels"]:
+        raise ValidationError(f"hires scale {scale:g} makes {req['width']}x{req['height']} into {width}x{height}, "
+                              f"more than the limit ({high} a side, {LIMITS['pixels']} pixels): lower the scale or "
+                              "the size")
+    return hires.with_(scale=scale, steps=steps, denoise=denoise)
 
 
 def _part(cls: type[_Part], where: str, value: Any, usage: str) -> _Part:

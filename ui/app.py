@@ -213,6 +213,9 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
     started.then(with_fields(handlers.generate_in_page, list(fields)), outputs=[*outputs, ui.progress, ui.gallery_paths],
                  api_name="generate_in_page", api_visibility="undocumented", show_progress="minimal",
                  show_progress_on=ui.progress, **run)
+    gr.on([fields["model"].input, fields["loras"].input], handlers.recommended, [fields["model"], fields["loras"]],
+          [fields["steps"], fields["guidance"], fields["scheduler"], ui.status], api_name="recommended",
+          api_visibility="undocumented")  # a few-step model's steps, guidance and sampler, when the user picks it
     # Stop sets the run's cancel flag: the pipeline stops at the end of the step and the run reports it.
     # (Gradio's own `cancels=` would drop the streaming event while its worker still holds the queue.)
     ui.stop.click(handlers.stop, None, ui.status, api_name="stop", concurrency_limit=None)

@@ -286,6 +286,21 @@ class Handlers:
                 *(gr.update(choices=model_choices, value=x if x in model_ids else "auto") for x in unit_models),
                 escape(". ".join(notes) + ".") if notes else gr.skip()]
 
+    def recommended(self, model: str | None, loras: list[str] | None) -> list:
+        """Steps, guidance and sampler from the picked model's and LoRAs' models.yaml ``recommended`` hints (a few-step
+        LoRA's win), each left as it is where no hint names it; the status line says what was applied."""
+        from sdcompose.request import SCHEDULERS
+        hints = self.pipeline.catalog.recommended(model or "", loras or [])
+        sampler = hints.get("sampler")
+        applied = [f"{k} {v}" for k, v in hints.items() if k != "sampler" or v in SCHEDULERS]
+        note = f"Applied the recommended {', '.join(applied)}." if applied else ""
+        if sampler is not None and sampler not in SCHEDULERS:
+            note += f" Recommended sampler {sampler} is not available here; kept the current one."
+        return [gr.update(value=hints["steps"]) if "steps" in hints else gr.skip(),
+                gr.update(value=hints["guidance"]) if "guidance" in hints else gr.skip(),
+                gr.update(value=sampler) if sampler in SCHEDULERS else gr.skip(),
+                escape(note.strip()) if note else gr.skip()]
+
     def _misfit(self, what: str, model_id: str) -> str:
         family = widgets.family_of(self.pipeline, model_id)
         return f"{what} {model_id} is " + (f"for {family}" if family else "not in this server's models.yaml")
