@@ -20,7 +20,7 @@ from PIL import Image
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
+from sdcompose.pipelines import attention, compose, families, memory, schedulers, vae_guard
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -309,7 +309,8 @@ class Pipeline:
             if adapter is not None:
                 report = self._apply_adapter(adapter, pipe, plan)
             self._placement.attach(pipe, models, plan_memory, self.device)
-            graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
+            denoiser = families.get(plan.family).denoiser
+            graphed = [m for name, m in models.items() if name == denoiser or name.startswith("controlnet")]
             with torch.inference_mode(), \
                     self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
                 with vae_guard.Watch(pipe.vae) as watch:
@@ -346,7 +347,8 @@ class Pipeline:
     def _call_arguments(self, pipe: Any, plan: Plan, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
         req = plan.request
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
-        kwargs = compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units])
+        kwargs = compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units],
+                                        family=plan.family)
         if req.add_trigger_words:
             words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in req.prompt]
             kwargs["prompt"] = ", ".join([req.prompt, *words]) if req.prompt else ", ".join(words)

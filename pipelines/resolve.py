@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdcompose.errors import ModelError
+from sdcompose.errors import ModelError, ValidationError
+from sdcompose.pipelines import families
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.plugins.api import PluginError
 from sdcompose.plugins.registry import Registry
@@ -43,6 +44,16 @@ def _same_family(what: str, entry: Entry, base: Entry, hint: str) -> None:
 
 def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Plan:
     base = catalog.get(req.model, "base")
+    family = families.get(base.family)
+    for name in ("width", "height"):
+        value = getattr(req, name)
+        if value % family.size_multiple:
+            step = family.size_multiple
+            raise ValidationError(f"{name} must be a multiple of {step} for {family.name} models, got {value} "
+                                  f"(try {value // step * step or step})")
+    if family.schedulers is not None and req.scheduler not in family.schedulers:
+        raise ValidationError(f"scheduler {req.scheduler!r} does not fit {family.name} models; "
+                              f"pick one of {', '.join(family.schedulers)}")
     plan = Plan(request=req, base=base)
     for control in req.controls:
         plugin = registry.get(control.id, "conditioner")
