@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--no-batch", action="store_true", help="only the per-line overhead")
     parser.add_argument("--repeats", type=int, default=6, help="timed lines for the per-line overhead")
     args = parser.parse_args()
     out = Path(args.out)
@@ -56,25 +57,29 @@ def main() -> None:
         rows.append({"case": name, "seconds": round(seconds, 2), "images_per_min": round(args.lines * 60 / seconds, 1)})
         print(f"{name:32} {seconds:8.1f} s  {rows[-1]['images_per_min']:7.1f} images/min", flush=True)
 
-    case("in-process, 1 worker")
-    case("in-process, 2 workers", "--workers", "2")
+    if not args.no_batch:
+        case("in-process, 1 worker")
+        case("in-process, 2 workers", "--workers", "2")
     import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from sdcompose.raycluster import runtime_env
+    from sdcompose.raycluster import patient_start, runtime_env
+    patient_start()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
     try:
         address = ray.get_runtime_context().gcs_address
-        case("--ray, 1 actor", "--ray", "--address", address, "--workers", "1")
-        case("--ray, 2 actors", "--ray", "--address", address, "--workers", "2")
+        if not args.no_batch:
+            case("--ray, 1 actor", "--ray", "--address", address, "--workers", "1")
+            case("--ray, 2 actors", "--ray", "--address", address, "--workers", "2")
         overhead = ray_overhead(jobs, args.repeats)
         print(f"Ray per line: {overhead['ray_ms']:.0f} ms vs in-process {overhead['local_ms']:.0f} ms "
               f"(overhead {overhead['overhead_ms']:.0f} ms)", flush=True)
     finally:
         ray.shutdown()
-    results = {"lines": args.lines, "steps": args.steps, "size": args.size, "cpus": args.cpus, "cores": os.cpu_count(),
+    results = {"load_average": os.getloadavg(), "lines": args.lines, "steps": args.steps, "size": args.size, "cpus": args.cpus, "cores": os.cpu_count(),
                "rows": rows, "overhead": overhead, "date": time.strftime("%Y-%m-%d")}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "plot.png")
+    (out / ("overhead.json" if args.no_batch else "results.json")).write_text(json.dumps(results, indent=1))
+    if rows:
+        plot(results, out / "plot.png")
 
 
 def ray_overhead(jobs: Path, repeats: int) -> dict:
