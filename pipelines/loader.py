@@ -15,6 +15,7 @@ import torch
 from sdcompose.errors import ModelError, describe, first_line
 from sdcompose.pipelines import tiny, weights
 from sdcompose.pipelines.catalog import CONFIGS, Catalog, Entry
+from sdcompose.pipelines.custom_code import refuse_custom_code
 
 HUB_PATTERNS = {
     "base": ["model_index.json", "scheduler/*", "tokenizer*/*", "text_encoder*/config.json",
@@ -135,7 +136,9 @@ class Loader:
     def verified_path(self, entry: Entry) -> Path:
         """``path`` once every weight file passed the content and sha256 checks (for plugins that load files)."""
         self.hashes(entry)
-        return self.path(entry)
+        path = self.path(entry)
+        refuse_custom_code(path, f"model {entry.id!r}")
+        return path
 
     def _config(self, entry: Entry) -> Path:
         """The diffusers config folder of a single-file model: shipped (sd15, sdxl) or under the models root."""
@@ -146,6 +149,7 @@ class Loader:
         if not folder.is_dir():
             raise ModelError(f"model {entry.id!r}: its `config:` folder {folder} does not exist; use sd15, sdxl "
                              "or a diffusers config folder under the models root")
+        refuse_custom_code(folder, f"model {entry.id!r}")
         return folder
 
     # ---- loading modules -----------------------------------------------------------------
@@ -160,7 +164,7 @@ class Loader:
                 pipe = cls.from_single_file(str(source), config=str(self._config(entry)), local_files_only=True,
                                             torch_dtype=dtype, **extra)
             else:
-                pipe = cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True,
+                pipe = cls.from_pretrained(source, torch_dtype=dtype, local_files_only=True, trust_remote_code=False,
                                            use_safetensors=None if entry.allow_pickle else True, **extra)
         except ModelError:
             raise

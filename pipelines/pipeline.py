@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
-from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, to_rgb
+from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
+from sdcompose.pipelines import reproduce as reproduction
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -101,10 +102,11 @@ class Pipeline:
         if req.seed is None:
             req = req.with_(seed=secrets.randbelow(2**32))
         plan = resolve(req, self.catalog, self.registry)
-        maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
-        init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
-            if req.init_image is not None else None
-        mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
+        with pixel_budget("this request"):
+            maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
+            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
+                if req.init_image is not None else None
+            mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
         with self._lock:
             arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel, preview)
         inputs = {f"control-{i}": m for i, m in enumerate(maps)}
@@ -116,28 +118,14 @@ class Pipeline:
 
         With ``strict``, a model whose files changed since (sha256) is refused before any work.
         """
-        meta, inputs = read_png(png)
-        r = meta["request"]
-        try:
-            controls = [Control(id=c["id"], image=inputs[f"control-{i}"], weight=c["weight"], start=c["start"],
-                                end=c["end"], params=c["params"], model=c["model"], resize_mode=c["resize_mode"],
-                                control_mode=c["control_mode"], preprocessed=True)
-                        for i, c in enumerate(r["controls"])]
-            request = GenerationRequest(
-                prompt=r["prompt"], negative_prompt=r["negative_prompt"], model=r["model"], controls=controls,
-                loras=[Lora(x["id"], x["weight"]) for x in r["loras"]], init_image=inputs.get("init_image"),
-                strength=r["strength"], mask=inputs.get("mask"), width=r["width"], height=r["height"],
-                steps=r["steps"], guidance=r["guidance"], scheduler=r["scheduler"], seed=meta["seed"], batch=1,
-                add_trigger_words=r.get("add_trigger_words", False))
-        except (KeyError, TypeError) as exc:
-            raise ValidationError(f"the image's metadata lacks {exc}; it cannot be reproduced") from None
-        if strict:
-            for model_id, recorded in meta.get("models", {}).items():
-                current = self.loader.hashes(self.catalog.get(model_id))
-                if current != recorded.get("sha256"):
-                    raise ModelError(f"model {model_id!r} has changed since this image was made (different "
-                                     "file hashes); restore that version, or pass strict=False")
-        return self.run(request)
+        with pixel_budget("this request"):
+            meta, inputs = read_png(png)
+            request = reproduction.recorded_request(meta, inputs)
+            for model_id in meta.get("models", {}):
+                self.catalog.get(model_id)  # a model this catalogue lacks: refused before anything is hashed
+            if strict:
+                reproduction.check_models(meta, resolve(request, self.catalog, self.registry), self.loader.hashes)
+            return self.run(reproduction.with_inputs(request, inputs))
 
     def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:

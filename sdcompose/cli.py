@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError
+from sdcompose.files import write_atomically
 from sdcompose.plugins.api import PluginError
 from sdcompose.request import ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control, Lora
 
@@ -131,8 +132,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
                             resize_mode=args.resize_mode, **parse_params(args.param))
 
     def save() -> None:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        image.save(args.output)
+        from PIL import Image
+        output = Path(args.output)
+        kind = Image.registered_extensions().get(output.suffix.lower())
+        if kind is None:
+            raise ValueError(f"unknown image file extension {output.suffix!r}")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(output, lambda file: image.save(file, format=kind))
 
     _write(args.output, save)
     print(args.output)

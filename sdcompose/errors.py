@@ -36,6 +36,15 @@ def describe(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {first_line(exc, limit)}"
 
 
+def quote(value: object, limit: int = 80) -> str:
+    """repr of a user's value cut to ``limit`` characters, so a huge input cannot flood an error message."""
+    try:
+        text = repr(value)
+    except Exception:  # an int past Python's digit limit, or a broken __repr__
+        return f"a {type(value).__name__} that cannot be shown"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def suggest(name: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the nearest known name, or ''."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
@@ -43,4 +52,4 @@ def suggest(name: str, known: Iterable[str]) -> str:
 
 
 __all__ = ["SdcomposeError", "ValidationError", "ModelError", "CatalogError", "Cancelled",
-           "OutOfMemory", "PluginError", "describe", "first_line", "suggest"]
+           "OutOfMemory", "PluginError", "describe", "first_line", "quote", "suggest"]

@@ -1,19 +1,60 @@
-"""Images from users, decoded safely: pixel cap before decoding, every mode converted, never a crash."""
+"""Images from users, decoded safely: pixel caps before decoding, every mode converted, never a crash.
+
+Every image sdcompose decodes from bytes goes through ``open_image``, which checks the declared size
+against three limits before a pixel is decoded: MAX_PIXELS for one image, and each active
+``pixel_budget`` (one per request, one per PNG's embedded inputs) for all images together.
+"""
 from __future__ import annotations
 
+import contextvars
 import io
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sdcompose.errors import ValidationError
+from sdcompose.errors import ValidationError, quote
 
 MAX_PIXELS = 8192 * 8192
+REQUEST_PIXELS = 2 * MAX_PIXELS  # decoded pixels of all images of one request (or one PNG's inputs) together
 MAX_BYTES = 64 * 1024 * 1024
 # Only these decoders see user bytes: no EPS (runs Ghostscript), no rarely used, rarely audited formats.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
+
+
+class PixelBudget:
+    """Decoded pixels left to a request (or to one PNG's embedded inputs)."""
+
+    def __init__(self, what: str, limit: int = REQUEST_PIXELS) -> None:
+        self.what, self.limit, self.used = what, limit, 0
+
+    def charge(self, pixels: int, image: str) -> None:
+        if self.used + pixels > self.limit:
+            raise ValidationError(f"{image} would take the decoded images of {self.what} past {self.limit} pixels "
+                                  f"({self.used} already): use fewer or smaller images")
+        self.used += pixels
+
+
+_budgets: contextvars.ContextVar[tuple[PixelBudget, ...]] = contextvars.ContextVar("sdcompose_pixel_budgets",
+                                                                                    default=())
+
+
+@contextmanager
+def pixel_budget(budget: PixelBudget | str) -> Iterator[PixelBudget]:
+    """Charge every image ``open_image`` decodes inside the block to ``budget`` (and to the budgets already active)."""
+    if isinstance(budget, str):
+        budget = PixelBudget(budget)
+    active = _budgets.get()
+    token = _budgets.set(active if budget in active else active + (budget,))
+    try:
+        yield budget
+    finally:
+        _budgets.reset(token)
 
 
 def open_image(source: Any, what: str = "image") -> Image.Image:
@@ -36,9 +77,12 @@ def open_image(source: Any, what: str = "image") -> Image.Image:
     width, height = image.size
     if width < 1 or height < 1 or width * height > MAX_PIXELS:
         raise ValidationError(f"{what} is {width}x{height}; the limit is {MAX_PIXELS} pixels")
+    if image is not source:  # decoded from bytes here (a PIL image passed in is the caller's own)
+        for budget in _budgets.get():
+            budget.charge(width * height, f"{what} ({width}x{height})")
     try:
-        if getattr(image, "n_frames", 1) > 1:  # animated GIF/APNG/WebP: the first frame
-            image.seek(0)
+        # Only the first frame is decoded; open() is already there. The frame count is never asked for:
+        # Pillow finds it by walking every frame (a TIFF's directory chain, in quadratic time).
         image.load()
         if image.size != (width, height) or image.size[0] * image.size[1] > MAX_PIXELS:
             raise ValueError("its size changed while decoding")
@@ -56,17 +100,27 @@ def _read_bytes(source: Any, what: str) -> bytes:
     elif isinstance(source, (str, Path)):
         path = Path(source)
         try:
-            if path.stat().st_size > MAX_BYTES:
-                raise ValidationError(f"{what} {path} is larger than {MAX_BYTES // 2**20} MB")
-            data = path.read_bytes()
+            data = read_file(path, what)
         except FileNotFoundError:
-            raise ValidationError(f"{what} {path} does not exist") from None
+            raise ValidationError(f"{what} {quote(str(path))} does not exist") from None
         except OSError as exc:
-            raise ValidationError(f"cannot read {what} {path}: {exc.strerror}") from None
+            raise ValidationError(f"cannot read {what} {quote(str(path))}: {exc.strerror}") from None
     else:
         raise ValidationError(f"{what} must be a path, bytes, PIL image or numpy array, got {type(source).__name__}")
     if len(data) > MAX_BYTES:
         raise ValidationError(f"{what} is larger than {MAX_BYTES // 2**20} MB")
+    return data
+
+
+def read_file(path: Path, what: str, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; a device, FIFO or folder is refused unopened."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting for a writer
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValidationError(f"{what} {quote(str(path))} is not a regular file")
+        data = file.read(limit + 1)  # bounded even if the file grows, or its size lies
+    if len(data) > limit:
+        raise ValidationError(f"{what} {quote(str(path))} is larger than {limit // 2**20} MB")
     return data
 
 

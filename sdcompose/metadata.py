@@ -15,6 +15,7 @@ import platform
 import re
 import struct
 import zlib
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from sdcompose.errors import ValidationError
-from sdcompose.images import _read_bytes, open_image
+from sdcompose.files import write_atomically
+from sdcompose.images import PixelBudget, _read_bytes, open_image, pixel_budget
 
 KEY, INPUTS_KEY = "sdcompose", "sdcompose-inputs"
 FORMAT = 1
@@ -70,18 +72,15 @@ def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.I
     info.add_itxt(KEY, json.dumps(meta, sort_keys=True), zip=True)
     if inputs:
         info.add_itxt(INPUTS_KEY, json.dumps({k: encode_image(v) for k, v in inputs.items()}), zip=True)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
-    return path
+    return write_atomically(path, lambda file: image.save(file, format="PNG", pnginfo=info))
 
 
-def read_png(source: Any) -> tuple[dict[str, Any], dict[str, Image.Image]]:
+def read_png(source: Any) -> tuple[dict[str, Any], "EmbeddedInputs"]:
     """The metadata and embedded input images of a PNG made by sdcompose; ValidationError otherwise.
 
     The text chunks are read straight from the file (each inflated to at most MAX_TEXT), so large
-    embedded inputs work and a hostile file cannot make the reader allocate more than that.
+    embedded inputs work and a hostile file cannot make the reader allocate more than that. The
+    embedded images are decoded only when asked for, each once, all of them within one pixel budget.
     """
     if isinstance(source, Image.Image):
         text = getattr(source, "text", None) or source.info
@@ -93,26 +92,47 @@ def read_png(source: Any) -> tuple[dict[str, Any], dict[str, Image.Image]]:
                               "and saved without stripping its PNG text?)")
     meta = _json(raw, "the sdcompose metadata in this image")
     _check_meta(meta)
-    inputs = {}
+    encoded: dict[str, Any] = {}
     blob = text.get(INPUTS_KEY)
     if isinstance(blob, str):
         encoded = _json(blob, "the embedded inputs in this image")
         if not isinstance(encoded, dict):
             raise ValidationError("the embedded inputs in this image are malformed")
-        for name, data in encoded.items():
-            if not INPUT_NAMES.fullmatch(str(name)):
-                continue  # only the inputs sdcompose writes are decoded
+    return meta, EmbeddedInputs(encoded)
+
+
+INPUT_NAMES = re.compile(r"control-\d{1,2}|init_image|mask")
+
+
+class EmbeddedInputs(Mapping):
+    """A PNG's embedded input images by name (``control-N``, ``init_image``, ``mask``), decoded on first access.
+
+    Listing them decodes nothing; each one read is decoded as an untrusted image, and together they
+    are held to one pixel budget (plus the request's, when one is active)."""
+
+    def __init__(self, encoded: dict[str, Any]) -> None:
+        self._encoded = {str(k): v for k, v in encoded.items() if INPUT_NAMES.fullmatch(str(k))}
+        self._decoded: dict[str, Image.Image] = {}
+        self._budget = PixelBudget("this PNG's embedded inputs")
+
+    def __getitem__(self, name: str) -> Image.Image:
+        if name not in self._decoded:
+            data = self._encoded[name]
             if not isinstance(data, str):
                 raise ValidationError(f"embedded {name} in this image is not base64 text")
             try:
                 decoded = base64.b64decode(data, validate=True)
             except ValueError:
                 raise ValidationError(f"embedded {name} in this image is not valid base64") from None
-            inputs[name] = open_image(decoded, f"embedded {name}")
-    return meta, inputs
+            with pixel_budget(self._budget):
+                self._decoded[name] = open_image(decoded, f"embedded {name}")
+        return self._decoded[name]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._encoded)
 
-INPUT_NAMES = re.compile(r"control-\d{1,2}|init_image|mask")
+    def __len__(self) -> int:
+        return len(self._encoded)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sdcompose.errors import ValidationError
+from sdcompose.errors import quote as _short
 
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
@@ -100,15 +101,6 @@ def _number(name: str, value: Any, low: float, high: float, integer: bool = Fals
     if not low <= value <= high:
         raise ValidationError(f"{name} must be between {low:g} and {high:g}, got {_short(value)}")
     return int(value) if integer else float(value)
-
-
-def _short(value: Any) -> str:
-    """repr of a bad value, cut short so a huge input cannot flood an error message."""
-    try:
-        text = repr(value)
-    except Exception:  # an int past Python's digit limit, or a broken __repr__
-        return f"a {type(value).__name__} that cannot be shown"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _text(name: str, text: Any, limit: int) -> str:

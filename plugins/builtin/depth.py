@@ -76,8 +76,9 @@ def _load_estimator(folder, device: str):
     if not (folder / "config.json").is_file():
         raise PluginError(f"depth estimator folder {folder} has no config.json; download the whole model folder")
     try:
-        model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                            trust_remote_code=False)  # never a folder's own code
+        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise PluginError(f"depth estimator in {folder} did not load ({first_line(exc, 160)}); "
                           "download it again") from None
