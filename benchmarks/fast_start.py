@@ -19,7 +19,7 @@ from run import Bench, Case
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--models", required=True)
     parser.add_argument("--ids", required=True, help="JSON: base, cn, lora ids")
     parser.add_argument("--full", action="store_true")

@@ -277,7 +277,7 @@ def targets(rows: list[dict[str, Any]], fast: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, a few seconds")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="results folder (default: a new temp folder)")
     parser.add_argument("--budget", type=float, default=330, help="seconds for the GPU sections (default 330)")

@@ -103,14 +103,16 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _key_at(node: yaml.Node | None, line: int, prefix: str = "") -> str:
-    """The dotted key path of the deepest mapping entry whose value spans 1-based ``line``."""
-    if not isinstance(node, yaml.MappingNode):
+def _key_at(node: yaml.Node | None, line: int, prefix: str = "", depth: int = 0) -> str:
+    """The dotted key path of the deepest mapping entry whose value spans 1-based ``line``.
+
+    Bounded in depth: an anchor that refers to itself makes the tree a cycle."""
+    if not isinstance(node, yaml.MappingNode) or depth > 4:
         return prefix
     for key_node, value_node in node.value:
         if key_node.start_mark.line + 1 <= line <= value_node.end_mark.line + 1:
             name = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-            return _key_at(value_node, line, name)
+            return _key_at(value_node, line, name, depth + 1)
     return prefix
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
-from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
+from sdcompose.errors import (Cancelled, OutOfMemory, SdcomposeError, ValidationError, describe,
+                              is_out_of_memory)
+from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
 from sdcompose.pipelines import reproduce as reproduction
@@ -202,6 +203,9 @@ class Pipeline:
                                       f"{type(exc).__name__}: {exc}") from exc
                 if not isinstance(image, Image.Image):
                     raise PluginError(f"conditioner {control.id!r} returned {type(image).__name__}, not a PIL image")
+                if image.width * image.height > MAX_PIXELS:
+                    raise PluginError(f"conditioner {control.id!r} returned a {image.width}x{image.height} map; "
+                                      f"the limit is {MAX_PIXELS} pixels")
                 image = to_rgb(image)
                 self._maps[key] = image
                 while len(self._maps) > 32:
@@ -324,10 +328,12 @@ class Pipeline:
         except (PluginError, SdcomposeError):
             raise
         except Exception as exc:
-            if adapter is not None and _raised_in(exc, type(adapter).__module__):
-                raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
-                                  f"{describe(exc)}") from None
-            raise
+            if not is_out_of_memory(exc):  # the CPU's out of memory is a MemoryError or RuntimeError
+                if adapter is not None and _raised_in(exc, type(adapter).__module__):
+                    raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
+                                      f"{describe(exc)}") from None
+                raise
+            stopped = "oom"
         finally:
             if adapter is not None:
                 self._remove_adapter(adapter, pipe, plan.base.id)

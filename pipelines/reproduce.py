@@ -7,11 +7,13 @@ uses are hashed, and only the embedded inputs it uses are decoded.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from sdcompose.errors import ModelError, ValidationError
-from sdcompose.pipelines.resolve import Plan
 from sdcompose.request import Control, GenerationRequest, Lora, validate
+
+if TYPE_CHECKING:
+    from sdcompose.pipelines.resolve import Plan
 
 
 def recorded_request(meta: dict[str, Any], inputs: Mapping[str, Any]) -> GenerationRequest:
@@ -47,7 +49,7 @@ def with_inputs(request: GenerationRequest, inputs: Mapping[str, Any]) -> Genera
                          init_image=image(request.init_image), mask=image(request.mask))
 
 
-def check_models(meta: dict[str, Any], plan: Plan, hashes: Any) -> None:
+def check_models(meta: dict[str, Any], plan: "Plan", hashes: Any) -> None:
     """Refuse if a model ``plan`` uses has other files (sha256) than the image records; ``hashes(entry)``
     hashes one entry. Recorded models the request does not use are only looked up, never hashed."""
     recorded = meta.get("models", {})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-API_VERSION = "1.1"  # 1.1: first_line
+API_VERSION = "1.2"  # 1.1: first_line; 1.2: quote
 API_MAJOR = 1
 
 FAMILIES = frozenset({"sd15", "sdxl"})
@@ -33,6 +33,15 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     For a plugin's one-sentence errors about an exception it caught."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else ""
+
+
+def quote(value: Any, limit: int = 80) -> str:
+    """repr of a user's value cut to ``limit`` characters, so a huge input cannot flood an error message."""
+    try:
+        text = repr(value)
+    except Exception:  # an int past Python's digit limit
+        return f"a {type(value).__name__} that cannot be shown"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -65,12 +74,12 @@ class ParamSpec:
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
-            raise PluginError(f"{where} must be true or false, got {value!r}")
+            raise PluginError(f"{where} must be true or false, got {quote(value)}")
         if self.type in ("str", "choice"):
             if not isinstance(value, str):
-                raise PluginError(f"{where} must be text, got {value!r}")
+                raise PluginError(f"{where} must be text, got {quote(value)}")
             if self.type == "choice" and value not in self.choices:
-                raise PluginError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+                raise PluginError(f"{where} must be one of {', '.join(self.choices)}, got {quote(value)}")
             if len(value) > 10_000:
                 raise PluginError(f"{where} is longer than 10000 characters")
             return value
@@ -78,16 +87,18 @@ class ParamSpec:
             number = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
             number = math.nan
+        except OverflowError:  # an int too large for a float
+            raise PluginError(f"{where} must be <= {self.max}, got {quote(value)}") from None
         if not math.isfinite(number):
-            raise PluginError(f"{where} must be a finite number, got {value!r}")
+            raise PluginError(f"{where} must be a finite number, got {quote(value)}")
         if self.type == "int":
             if number != int(number):
-                raise PluginError(f"{where} must be a whole number, got {value!r}")
+                raise PluginError(f"{where} must be a whole number, got {quote(value)}")
             number = int(number)
         if self.min is not None and number < self.min:
-            raise PluginError(f"{where} must be >= {self.min}, got {value!r}")
+            raise PluginError(f"{where} must be >= {self.min}, got {quote(value)}")
         if self.max is not None and number > self.max:
-            raise PluginError(f"{where} must be <= {self.max}, got {value!r}")
+            raise PluginError(f"{where} must be <= {self.max}, got {quote(value)}")
         return number
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sdcompose.errors import SdcomposeError, ValidationError
+from sdcompose.errors import SdcomposeError, ValidationError, quote
 from sdcompose.files import write_atomically
 from sdcompose.plugins.api import PluginError
 from sdcompose.request import ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control, Lora
@@ -24,18 +24,18 @@ def parse_control(spec: str) -> Control:
     """``ID=PATH[:key=value...]``: weight/start/end/model/resize_mode/control_mode/preprocessed, else plugin params."""
     plugin_id, sep, rest = spec.partition("=")
     if not sep or not plugin_id or not rest:
-        raise ValidationError(f"--control {spec!r}: expected ID=IMAGE[:key=value...], e.g. canny=photo.png:weight=0.8")
+        raise ValidationError(f"--control {quote(spec)}: expected ID=IMAGE[:key=value...], e.g. canny=photo.png:weight=0.8")
     parts = rest.split(":")
     split = next((i for i, part in enumerate(parts) if i > 0 and "=" in part), len(parts))
     image, fields, params = ":".join(parts[:split]), {}, {}
     for option in parts[split:]:
         key, eq, value = option.partition("=")
         if not eq:
-            raise ValidationError(f"--control {spec!r}: option {option!r} is not key=value")
+            raise ValidationError(f"--control {quote(spec)}: option {quote(option)} is not key=value")
         try:
             (fields if key in CONTROL_FIELDS else params)[key] = CONTROL_FIELDS.get(key, str)(value)
         except ValueError:
-            raise ValidationError(f"--control {spec!r}: {key} must be a number, got {value!r}") from None
+            raise ValidationError(f"--control {quote(spec)}: {key} must be a number, got {quote(value)}") from None
     return Control(plugin_id, image=image, params=params, **fields)
 
 
@@ -44,7 +44,7 @@ def parse_lora(spec: str) -> Lora:
     try:
         return Lora(model_id, float(weight) if weight else 1.0)
     except ValueError:
-        raise ValidationError(f"--lora {spec!r}: expected ID[:WEIGHT], e.g. papercut:0.7") from None
+        raise ValidationError(f"--lora {quote(spec)}: expected ID[:WEIGHT], e.g. papercut:0.7") from None
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -52,7 +52,7 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq:
-            raise ValidationError(f"--param {pair!r} is not key=value")
+            raise ValidationError(f"--param {quote(pair)} is not key=value")
         out[key] = value
     return out
 
@@ -194,7 +194,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdcompose", description=__doc__.splitlines()[0])
+    # No abbreviations: `ui --model` must never be taken for `--models`, nor a typo for some other option.
+    parser = argparse.ArgumentParser(prog="sdcompose", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"sdcompose {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
         p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA")
 
-    g = sub.add_parser("generate", help="make images")
+    g = sub.add_parser("generate", allow_abbrev=False, help="make images")
     g.add_argument("prompt_words", nargs="*", help="the prompt (or use --prompt)")
     g.add_argument("-p", "--prompt", default=None)
     g.add_argument("-n", "--negative-prompt", default="")
@@ -233,14 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(g)
     g.set_defaults(func=cmd_generate)
 
-    r = sub.add_parser("reproduce", help="make an sdcompose PNG again from its metadata")
+    r = sub.add_parser("reproduce", allow_abbrev=False, help="make an sdcompose PNG again from its metadata")
     r.add_argument("image")
     r.add_argument("-o", "--output")
     r.add_argument("--allow-changed-models", action="store_true", help="run even if model files changed")
     runtime(r)
     r.set_defaults(func=cmd_reproduce)
 
-    pp = sub.add_parser("preprocess", help="run a conditioner alone and save its control map")
+    pp = sub.add_parser("preprocess", allow_abbrev=False, help="run a conditioner alone and save its control map")
     pp.add_argument("plugin")
     pp.add_argument("image")
     pp.add_argument("-o", "--output", required=True)
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(pp)
     pp.set_defaults(func=cmd_preprocess)
 
-    m = sub.add_parser("models", help="the models.yaml catalogue")
+    m = sub.add_parser("models", allow_abbrev=False, help="the models.yaml catalogue")
     m.add_argument("action", choices=("list", "check"))
     m.add_argument("ids", nargs="*", help="check only these")
     m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator"))
@@ -260,17 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--download", action="store_true", help="check: download pinned hub models that are missing")
     m.set_defaults(func=cmd_models)
 
-    pl = sub.add_parser("plugins", help="discovered plugins")
+    pl = sub.add_parser("plugins", allow_abbrev=False, help="discovered plugins")
     pl.add_argument("action", choices=("list",))
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
-    u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
+    u = sub.add_parser("ui", allow_abbrev=False, help="serve the web UI (127.0.0.1:7860)")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=7860)
     u.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
     u.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
     u.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
+    u.add_argument("-m", "--model", help="the base model the page starts with (default: SDCOMPOSE_MODEL, else the "
+                                         "first one downloaded)")
     runtime(u)
     u.set_defaults(func=cmd_ui)
     return parser

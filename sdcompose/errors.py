@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from sdcompose.plugins.api import PluginError, first_line
+from sdcompose.plugins.api import PluginError, first_line, quote
 
 
 class SdcomposeError(Exception):
@@ -36,13 +36,15 @@ def describe(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {first_line(exc, limit)}"
 
 
-def quote(value: object, limit: int = 80) -> str:
-    """repr of a user's value cut to ``limit`` characters, so a huge input cannot flood an error message."""
-    try:
-        text = repr(value)
-    except Exception:  # an int past Python's digit limit, or a broken __repr__
-        return f"a {type(value).__name__} that cannot be shown"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+CPU_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory")  # torch's CPU allocator (Linux, Windows)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory: CUDA's OutOfMemoryError, or on the CPU a
+    MemoryError or the RuntimeError torch's CPU allocator raises."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in CPU_OUT_OF_MEMORY)
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
@@ -52,4 +54,4 @@ def suggest(name: str, known: Iterable[str]) -> str:
 
 
 __all__ = ["SdcomposeError", "ValidationError", "ModelError", "CatalogError", "Cancelled",
-           "OutOfMemory", "PluginError", "describe", "first_line", "quote", "suggest"]
+           "OutOfMemory", "PluginError", "describe", "first_line", "is_out_of_memory", "quote", "suggest"]

@@ -30,13 +30,14 @@ def _limits(memory_mb: int, cpu_s: int):
     return apply
 
 
-def run_bounded(code: str, memory_mb: int = 1500, cpu_s: int = 60, env: dict[str, str] | None = None) -> Any:
+def run_bounded(code: str, memory_mb: int = 1500, cpu_s: int = 60, env: dict[str, str] | None = None,
+                wall_s: int = WALL_S) -> Any:
     """The JSON value ``code`` printed last (via ``emit(value)``); AssertionError saying which limit it hit."""
     prelude = ("import json, sys\nsys.path.insert(0, %r)\n"
                "def emit(value):\n    print('\\n' + json.dumps(value), flush=True)\n" % str(TESTS))
     child_env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=WALL_S, env=child_env, preexec_fn=_limits(memory_mb, cpu_s))
+                          timeout=wall_s, env=child_env, preexec_fn=_limits(memory_mb, cpu_s))
     if proc.returncode == -signal.SIGXCPU or proc.returncode == -signal.SIGKILL:
         raise AssertionError(f"the case used more than {cpu_s} s of CPU time\n{proc.stderr[-2000:]}")
     if proc.returncode != 0:

@@ -30,8 +30,8 @@ TAB_NAMES = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint":
 Add = Callable[[str, Any], Any]
 
 
-def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) -> gr.Blocks:
-    """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units.
+def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, model: str | None = None) -> gr.Blocks:
+    """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units, ``model`` first.
 
     Generated PNGs go under ``workdir`` (default: a temporary folder removed at exit), one folder per
     browser session, deleted when its tab closes. Gradio serves them from its own cache; a ``workdir``
@@ -44,7 +44,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3) 
     conditioners, helps = widgets.conditioners(pipeline)
     loras = widgets.lora_models(pipeline)
     form = Form(conditioners, [e.id for e in loras], units)
-    model_choices, default_model = widgets.base_models(pipeline)
+    model_choices, default_model = widgets.base_models(pipeline, model)
     handlers = Handlers(pipeline, form, Sessions(Path(workdir) / "outputs"), [value for _, value in model_choices])
     defaults = form.defaults() | {"model": default_model}
     fields: dict[str, Any] = {}

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from sdcompose.errors import ValidationError
+from sdcompose.errors import PluginError, ValidationError, quote
 from sdcompose.images import open_image, to_rgb
 from sdcompose.request import Control, Lora
 
@@ -69,8 +69,8 @@ class Form:
     def to_kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
         """Arguments for ``Pipeline.generate`` from the form's values; ValidationError for what the form must fix."""
         task = values.get("task") or "txt2img"
-        if task not in TASKS:
-            raise ValidationError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        if not isinstance(task, str) or task not in TASKS:
+            raise ValidationError(f"task must be one of {', '.join(TASKS)}, got {quote(task)}")
         kwargs = {name: values[name] for name in (*SCALARS, "batch", "add_trigger_words")
                   if values.get(name) is not None and name != "strength"}
         kwargs["seed"] = _seed(values.get("seed"))
@@ -78,8 +78,8 @@ class Form:
         kwargs["controls"] = self._controls(values)
         kwargs["loras"] = []
         for lora_id in values.get("loras") or []:
-            if lora_id not in self.loras:
-                raise ValidationError(f"no LoRA {lora_id!r} on offer; pick from {', '.join(self.loras) or 'none'}")
+            if not isinstance(lora_id, str) or lora_id not in self.loras:
+                raise ValidationError(f"no LoRA {quote(lora_id)} on offer; pick from {', '.join(self.loras) or 'none'}")
             kwargs["loras"].append(Lora(lora_id, values.get(self.lora(lora_id), LORA_WEIGHT)))
         if task != "txt2img":
             kwargs["strength"] = values.get("strength", DEFAULTS["strength"])
@@ -100,7 +100,7 @@ class Form:
             value = values.get(self.unit(i, name))
             return UNIT_DEFAULTS[name] if value is None else value
         plugin_id = get("plugin")
-        if plugin_id not in self.conditioners:
+        if not isinstance(plugin_id, str) or plugin_id not in self.conditioners:
             raise ValidationError(f"ControlNet unit {i + 1}: pick a conditioner "
                                   f"({', '.join(self.conditioners) or 'none installed'})")
         if get("image") is None:
@@ -152,7 +152,10 @@ class Form:
                            self.unit(i, "image"): None if embedded is None else store(f"control-{index}", embedded)})
             for spec in self.conditioners[control["id"]]:
                 if spec.name in control.get("params", {}):
-                    values[self.param(i, control["id"], spec.name)] = control["params"][spec.name]
+                    try:
+                        values[self.param(i, control["id"], spec.name)] = spec.check(control["params"][spec.name])
+                    except PluginError as exc:
+                        warnings.append(f"ControlNet unit {i + 1} ({control['id']}): {exc}; left at its default")
         return values, warnings
 
 
@@ -177,10 +180,10 @@ def _seed(value: Any) -> int | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int of hundreds of digits
         number = float("nan")
     if not math.isfinite(number) or number != int(number):
-        raise ValidationError(f"seed must be a whole number (-1 for random), got {value!r}")
+        raise ValidationError(f"seed must be a whole number (-1 for random), got {quote(value)}")
     return None if int(number) == RANDOM_SEED else int(number)
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError
 from sdcompose.metadata import a1111_parameters, read_png
+from sdcompose.pipelines.reproduce import recorded_request
 from sdcompose.plugins.api import PluginError
 
 from . import widgets
@@ -199,9 +200,11 @@ class Handlers:
             return "", "", None
         with errors_in_page():
             meta, inputs = read_png(image)
+            recorded_request(meta, inputs)  # odd values: one sentence here, never a KeyError, nothing decoded
             values, _ = self.form.from_metadata(meta, inputs, store=lambda name, picture: IMAGE)
+            parameters = a1111_parameters(meta)
         values["inpaint"] = IMAGE if values["inpaint"] else None
-        return a1111_parameters(meta), json.dumps(meta, indent=1, default=str), values
+        return parameters, json.dumps(meta, indent=1, default=str), values
 
     def restore(self, request: gr.Request, image: str | None) -> list:
         """Every field of the form set from an sdcompose PNG, in ``self.names`` order, then the units shown,
@@ -217,6 +220,7 @@ class Handlers:
 
         with errors_in_page():
             meta, inputs = read_png(image)
+            recorded_request(meta, inputs)  # only values a request accepts reach the form
             values, warnings = self.form.from_metadata(meta, inputs, store)
         if values["model"] not in self.base_ids:
             warnings.append(f"model {values['model']!r} is not in this server's models.yaml; pick one")

@@ -75,7 +75,7 @@ def serve(args: argparse.Namespace) -> int:
         from sdcompose.pipelines.pipeline import Pipeline
         from sdcompose.ui.app import build_app
         pipeline = Pipeline(models=args.models, device=args.device, dtype=args.dtype)
-        demo = build_app(pipeline, workdir)
+        demo = build_app(pipeline, workdir, model=getattr(args, "model", None))
         demo.queue(default_concurrency_limit=1, max_size=256)
         try:
             demo.launch(server_name=host, server_port=args.port, auth=auth, max_file_size=MAX_BYTES,

@@ -71,7 +71,7 @@ def write(folder: Path, vocab: dict[str, int], merges: list[str], pad: str) -> N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("source", type=Path, help="path to bpe_simple_vocab_16e6.txt.gz")
     args = parser.parse_args()
     vocab, merges = build(args.source)
