@@ -11,6 +11,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,8 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdcompose.errors import (Cancelled, OutOfMemory, SdcomposeError, ValidationError, describe,
-                              is_out_of_memory)
+from sdcompose.errors import Cancelled, OutOfMemory, SdcomposeError, ValidationError, is_out_of_memory
 from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import attention, compose, memory, schedulers, vae_guard
@@ -30,6 +30,7 @@ from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.preview import latents_to_image
 from sdcompose.pipelines.resolve import Plan, Unit, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
+from sdcompose.plugins.contain import plugin_code
 from sdcompose.plugins.registry import Registry
 from sdcompose.request import LIMITS, Control, GenerationRequest, Lora, validate
 from sdcompose.result import Result
@@ -154,7 +155,8 @@ class Pipeline:
             self._placement.prepare(models, memory.MemoryPlan(), self.device)  # all on the device
             adapter = self._loaded_adapter()
             if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
-                adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
+                with plugin_code(f"adapter plugin {adapter.id!r} could not take its LoRAs off"):
+                    adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
             return pipe
 
     def plugins(self) -> list[dict[str, Any]]:
@@ -194,13 +196,8 @@ class Pipeline:
             if image is None:
                 ctx = PluginContext(device=self.device, dtype=self.dtype,
                                     weights=_LazyWeights(plugin.annotators, self._annotator))
-                try:
+                with plugin_code(f"conditioner {control.id!r} failed on its input"):  # fails this request only
                     image = plugin.preprocess(source, ctx, params)
-                except (PluginError, SdcomposeError):  # lazily fetched weights raise ModelError as they are
-                    raise
-                except Exception as exc:  # a plugin's bug fails this request only
-                    raise PluginError(f"conditioner {control.id!r} failed on its input: "
-                                      f"{type(exc).__name__}: {exc}") from exc
                 if not isinstance(image, Image.Image):
                     raise PluginError(f"conditioner {control.id!r} returned {type(image).__name__}, not a PIL image")
                 if image.width * image.height > MAX_PIXELS:
@@ -309,18 +306,21 @@ class Pipeline:
         adapter = self.registry.get("lora", "adapter") if plan.loras else self._loaded_adapter()
         report: dict[str, Any] = {}
         stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
+        adapter_code = nullcontext() if adapter is None else plugin_code(  # an adapter's hooks run inside the call
+            f"adapter plugin {adapter.id!r} failed during generation", module=type(adapter).__module__, oom=True)
         try:
-            self._placement.prepare(models, plan_memory, self.device, self._cached_besides(models))
-            attention.apply(list(models.values()), backend)
-            if adapter is not None:
-                report = self._apply_adapter(adapter, pipe, plan)
-            self._placement.attach(pipe, models, plan_memory, self.device)
-            graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
-            with torch.inference_mode(), \
-                    self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
-                with vae_guard.Watch(pipe.vae) as watch:
-                    output = pipe(**kwargs, callback_on_step_end=on_step)
-                images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
+            with adapter_code:
+                self._placement.prepare(models, plan_memory, self.device, self._cached_besides(models))
+                attention.apply(list(models.values()), backend)
+                if adapter is not None:
+                    report = self._apply_adapter(adapter, pipe, plan)
+                self._placement.attach(pipe, models, plan_memory, self.device)
+                graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
+                with torch.inference_mode(), \
+                        self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
+                    with vae_guard.Watch(pipe.vae) as watch:
+                        output = pipe(**kwargs, callback_on_step_end=on_step)
+                    images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
         except torch.OutOfMemoryError:
             stopped = "oom"
         except Cancelled as exc:
@@ -329,9 +329,6 @@ class Pipeline:
             raise
         except Exception as exc:
             if not is_out_of_memory(exc):  # the CPU's out of memory is a MemoryError or RuntimeError
-                if adapter is not None and _raised_in(exc, type(adapter).__module__):
-                    raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
-                                      f"{describe(exc)}") from None
                 raise
             stopped = "oom"
         finally:
@@ -362,16 +359,15 @@ class Pipeline:
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
-        try:
-            return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
-        except (PluginError, SdcomposeError):
-            raise
-        except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
-            self._bases.pop(plan.base.id, None)
-            if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
+        with plugin_code(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
+                         f"(does the file fit this {plan.family} base?)", oom=True):
+            try:
+                return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
+            except (PluginError, SdcomposeError):
                 raise
-            raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
-                              f"(does the file fit this {plan.family} base?): {describe(exc)}") from None
+            except BaseException:  # the base's weights may be half changed: load it afresh next time
+                self._bases.pop(plan.base.id, None)
+                raise
 
     def _loaded_adapter(self) -> Any:
         """The LoRA plugin if it has been used: it also clears LoRAs it keeps fused between requests."""
@@ -381,12 +377,12 @@ class Pipeline:
     def _remove_adapter(self, adapter: Any, pipe: Any, base_id: str) -> None:
         """Take a request's adapters off; if the plugin cannot, drop the base so the next request loads it clean."""
         try:
-            adapter.remove(pipe)
-        except Exception as exc:
+            with plugin_code(f"adapter plugin {adapter.id!r} could not remove its weights"):
+                adapter.remove(pipe)
+        except (PluginError, SdcomposeError) as exc:
             self._bases.pop(base_id, None)
             self._free()
-            warnings.warn(f"adapter plugin {adapter.id!r} could not remove its weights ({type(exc).__name__}: "
-                          f"{exc}); base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{exc}; base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
 
     # ---- results -------------------------------------------------------------------------------
     def _result(self, plan: Plan, arrays: list[np.ndarray], report: dict[str, Any],
@@ -443,17 +439,6 @@ def _target_size(size: tuple[int, int], width: int | None, height: int | None) -
     if height is None:
         height = max(1, round(size[1] * width / size[0]))
     return width, height
-
-
-def _raised_in(exc: BaseException, module: str) -> bool:
-    """Whether ``exc`` was raised in code of ``module`` (a plugin), judged by its traceback."""
-    tb = exc.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_globals.get("__name__", "")
-        if name == module or name.startswith(module + "."):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _source_of(entry: Entry) -> str:

@@ -46,7 +46,11 @@ def errors_in_page() -> Iterator[None]:
     except (SdcomposeError, PluginError) as exc:
         title = next((t for cls, t in TITLES.items() if isinstance(exc, cls)), "Error")
         raise gr.Error(escape(str(exc)), title=title, print_exception=False) from None
-    except Exception as exc:  # a bug must not end the session: say so, keep the traceback in the server log
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        # A bug must not end the session, nor a SystemExit or KeyboardInterrupt the server: events run in worker
+        # threads, where no signal arrives, so these come from code (plugin code is contained by plugins/contain.py).
+        if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
+            raise
         log.exception("unexpected error in a UI event")
         message = f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)"
         raise gr.Error(escape(message), title="Internal error", print_exception=False) from None
