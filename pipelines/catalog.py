@@ -18,6 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from sdcompose.errors import CatalogError, ModelError, first_line, suggest
+from sdcompose.pipelines.folders import FolderIndex
 
 SHIPPED = Path(str(resources.files("sdcompose") / "models.yaml"))  # the repo's models.yaml, packaged with sdcompose
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -32,12 +33,13 @@ def user_catalog() -> Path:
 
 
 class Entry(BaseModel):
-    """One model. Exactly one source: ``repo`` (+ pinned ``revision``), ``path``, ``file`` or ``tiny``."""
+    """One model. Exactly one source: ``repo`` (+ pinned ``revision``), ``path``, ``file`` or ``tiny``
+    (or ``found``: a file a folder scan indexed in place, never written in models.yaml)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = ""
-    kind: Literal["base", "controlnet", "lora", "annotator"]
+    kind: Literal["base", "controlnet", "lora", "annotator", "embedding"]
     family: Literal["sd15", "sdxl"] | None = None
     description: str = ""
     license: str = ""
@@ -53,10 +55,12 @@ class Entry(BaseModel):
     stands_in_for: str | None = None
     trigger_words: tuple[str, ...] = ()
     allow_pickle: bool = False
+    found: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "Entry":
-        sources = [name for name in ("repo", "path", "file") if getattr(self, name)] + (["tiny"] if self.tiny else [])
+        sources = [name for name in ("repo", "path", "file", "found") if getattr(self, name)] + \
+            (["tiny"] if self.tiny else [])
         if len(sources) != 1:
             raise ValueError(f"needs exactly one source of repo, path, file, tiny; has {sources or 'none'}")
         if self.repo and not self.revision:
@@ -85,7 +89,8 @@ class CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = 1
-    models: dict[str, Entry]
+    models: dict[str, Entry] = {}
+    folders: list[str] = []  # model folders indexed in place (docs/models.md)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -135,6 +140,11 @@ def read_catalog(path: Path, root: Path | None = None) -> dict[str, Entry]:
 
     With ``root``, local paths that resolve outside it (through ``..`` or a symlink) are refused too.
     """
+    return read_catalog_file(path, root)[0]
+
+
+def read_catalog_file(path: Path, root: Path | None = None) -> tuple[dict[str, Entry], list[Path]]:
+    """``read_catalog`` plus the file's ``folders:`` (relative ones are taken from the file's own folder)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -173,6 +183,9 @@ def read_catalog(path: Path, root: Path | None = None) -> dict[str, Entry]:
             raise CatalogError(f"{path}:{_line_of(tree, ('models', model_id))}: models.{model_id}: "
                                "ids are letters, digits, '.', '_' and '-', at most 100")
         entry = parsed.models[model_id]
+        if entry.found is not None:
+            raise CatalogError(f"{path}:{_line_of(tree, ('models', model_id, 'found'))}: models.{model_id}.found: "
+                               "is set by folder scans; use `file:` (or list the folder under `folders:`)")
         for name in ("path", "file", "config"):
             value = getattr(entry, name)
             if root is None or value is None or (name == "config" and value in ("sd15", "sdxl")):
@@ -182,7 +195,8 @@ def read_catalog(path: Path, root: Path | None = None) -> dict[str, Entry]:
                 raise CatalogError(f"{path}:{_line_of(tree, ('models', model_id, name))}: models.{model_id}.{name}: "
                                    f"{value!r} resolves to {target or 'nowhere (a symlink loop?)'}, outside the "
                                    f"models root {root} (symlinks out of it are refused)")
-    return {model_id: entry.model_copy(update={"id": model_id}) for model_id, entry in parsed.models.items()}
+    folders = [path.parent / Path(folder).expanduser() for folder in parsed.folders]
+    return {model_id: entry.model_copy(update={"id": model_id}) for model_id, entry in parsed.models.items()}, folders
 
 
 def _resolve(path: Path) -> Path | None:
@@ -194,9 +208,11 @@ def _resolve(path: Path) -> Path | None:
 
 
 class Catalog:
-    """The shipped catalogue, overlaid by the user's file and any extra files given."""
+    """The shipped catalogue, overlaid by the user's file and any extra files given, plus the model
+    folders those files list under ``folders:`` (or given as ``folders``), indexed in place."""
 
-    def __init__(self, extra: str | os.PathLike | list | None = None, root: Path | None = None) -> None:
+    def __init__(self, extra: str | os.PathLike | list | None = None, root: Path | None = None,
+                 folders: str | os.PathLike | list | None = None) -> None:
         self.root = (root or home() / "models").resolve()
         files = [SHIPPED]
         if user_catalog().is_file():
@@ -204,9 +220,71 @@ class Catalog:
         if extra is not None:
             files.extend(Path(p) for p in (extra if isinstance(extra, list) else [extra]))
         self.files = files
-        self.entries: dict[str, Entry] = {}
+        self.declared: dict[str, Entry] = {}
+        self.folders: list[Path] = []
         for path in files:
-            self.entries.update(read_catalog(path, self.root))
+            entries, listed = read_catalog_file(path, self.root)
+            self.declared.update(entries)
+            self.folders.extend(listed)
+        if folders is not None:
+            self.folders.extend(Path(p) for p in (folders if isinstance(folders, list) else [folders]))
+        self.index = FolderIndex(self.folders)
+        self.entries: dict[str, Entry] = {}
+        self.refresh()
+
+    def refresh(self) -> dict[str, list[str]]:
+        """Scan the model folders again (only new or changed files' headers are read); return the ids
+        ``added`` and ``removed`` since the last scan."""
+        before = set(self.index.by_id)
+        self.index.rescan(set(self.declared))
+        found = {model_id: Entry(id=model_id, kind=f.kind, family=f.family, found=str(f.path),
+                                 description=f"{f.relative} in {f.root} ({f.why})")
+                 for model_id, f in self.index.by_id.items()}
+        self.entries = {**self.declared, **found}
+        after = set(self.index.by_id)
+        return {"added": sorted(after - before), "removed": sorted(before - after)}
+
+    def find(self, name: str, kind: str | None = None) -> Entry | None:
+        """The entry an AUTOMATIC1111 name points at: an id, a file name without its extension, or a
+        path inside a scanned folder (``sub/name``); exact first, then ignoring case."""
+        pool = {i: e for i, e in self.entries.items() if kind is None or e.kind == kind}
+        names = {i: (i, *(self.index.by_id[i].names() if i in self.index.by_id else ())) for i in pool}
+        for fold in (str, str.lower):
+            for model_id, known in names.items():
+                if fold(name) in map(fold, known):
+                    return pool[model_id]
+        return None
+
+    def by_hash(self, short: str, kind: str | None = None) -> Entry | None:
+        """The model whose hash an infotext records: AUTOMATIC1111's short hash (the first 10 or 12 hex
+        digits of the file's sha256), its old 8-digit ``model hash``, or a LoRA's 12-digit tensor-data
+        hash. Files whose sha256 is not known yet are hashed now (once: the hash is cached)."""
+        short = short.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{8,64}", short):
+            return None
+        pool = [(i, e) for i, e in self.entries.items() if kind is None or e.kind == kind]
+        for model_id, entry in pool:
+            if entry.sha256 and entry.sha256.startswith(short):
+                return entry
+        for model_id, entry in pool:
+            if model_id in self.index.by_id and self.index.matches(model_id, short):
+                return entry
+        return None
+
+    def found_file(self, entry: Entry) -> Path:
+        """The file of a folder-scanned entry, if it is still there and still inside its folder."""
+        found = self.index.by_id.get(entry.id)
+        path = Path(entry.found or "")
+        target = _resolve(path)
+        if found is None or target is None or not target.is_file() \
+                or not any(target.is_relative_to(f) for f in self.index.roots):
+            raise ModelError(f"model {entry.id!r}: {path} is gone or now points outside its model folder; "
+                             "refresh the model list")
+        return target
+
+    def found_config(self, entry: Entry) -> Path:
+        found = self.index.by_id[entry.id]
+        return CONFIGS / found.config if found.config in ("sd15", "sdxl") else Path(found.config)
 
     def get(self, model_id: str, kind: str | None = None) -> Entry:
         entry = self.entries.get(model_id)
@@ -239,10 +317,13 @@ class Catalog:
                              "(symlinks out of it are refused)")
 
     def stand_in(self, model_id: str, tiny: bool) -> str:
-        """For a tiny base, the tiny model standing in for ``model_id``; else ``model_id``."""
-        if not tiny or self.get(model_id).tiny:
+        """For a tiny base, the tiny model standing in for ``model_id``; else ``model_id``.
+
+        A stand-in may name a real model the shipped catalogue does not pin (users add it themselves)."""
+        if not tiny or (model_id in self.entries and self.entries[model_id].tiny):
             return model_id
         for other_id, entry in self.entries.items():
             if entry.tiny and entry.stands_in_for == model_id:
                 return other_id
+        self.get(model_id)
         raise ModelError(f"no tiny test model stands in for {model_id!r}; use a real base model with it")

@@ -58,6 +58,8 @@ class Loader:
             return target / "pytorch_lora_weights.safetensors" if entry.kind == "lora" else target
         if entry.repo:
             return self._hub(entry)
+        if entry.found:
+            return self.catalog.found_file(entry)
         relative = entry.path or entry.file
         local = self.catalog.local(f"{relative}/{entry.filename}" if entry.filename else relative)
         if not local.exists():
@@ -98,6 +100,8 @@ class Loader:
             probe = entry.filename or ("model_index.json" if entry.kind == "base" else "config.json")
             probe = f"{entry.subfolder}/{probe}" if entry.subfolder else probe
             return isinstance(try_to_load_from_cache(entry.repo, probe, revision=entry.revision), str)
+        if entry.found:
+            return Path(entry.found).is_file()
         try:
             return self.catalog.local(entry.path or entry.file).exists()
         except ModelError:
@@ -142,6 +146,8 @@ class Loader:
 
     def _config(self, entry: Entry) -> Path:
         """The diffusers config folder of a single-file model: shipped (sd15, sdxl) or under the models root."""
+        if entry.found:
+            return self.catalog.found_config(entry)
         if entry.config is None:
             raise ModelError(f"model {entry.id!r} is a single file and needs `config:` in models.yaml "
                              "(sd15, sdxl, or a diffusers config folder under the models root)")

@@ -53,13 +53,15 @@ class Pipeline:
     """Compose Stable Diffusion with conditioner and adapter plugins, from models.yaml ids.
 
     ``models``: extra models.yaml file(s) overlaying the shipped and user ones.
+    ``folders``: model folders (an AUTOMATIC1111 or ComfyUI tree) indexed in place; ``refresh()`` rescans.
     ``device`` / ``dtype``: default the best device, fp16 on CUDA and fp32 elsewhere.
     One generation runs at a time per Pipeline; loaded weights are cached between requests.
     """
 
     def __init__(self, models: Any = None, device: str | None = None, dtype: torch.dtype | str | None = None,
-                 plugins_allow: str | None = None, plugins_deny: str | None = None, keep_models: int = 1) -> None:
-        self.catalog = Catalog(models)
+                 plugins_allow: str | None = None, plugins_deny: str | None = None, keep_models: int = 1,
+                 folders: Any = None) -> None:
+        self.catalog = Catalog(models, folders=folders)
         self.loader = Loader(self.catalog)
         self.registry = Registry(plugins_allow, plugins_deny)
         self.device = str(device or best_device())
@@ -161,6 +163,10 @@ class Pipeline:
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()
+
+    def refresh(self) -> dict[str, list[str]]:
+        """Rescan the model folders: new files become usable, removed ones go (``added``/``removed`` ids)."""
+        return self.catalog.refresh()
 
     def models(self) -> list[dict[str, Any]]:
         return [{"id": model_id, **entry.describe()} for model_id, entry in self.catalog.entries.items()]
@@ -446,4 +452,4 @@ def _source_of(entry: Entry) -> str:
         return "tiny (built on first use)"
     if entry.repo:
         return f"{entry.repo}@{entry.revision}" + (f"/{entry.filename}" if entry.filename else "")
-    return entry.path or entry.file or ""
+    return entry.path or entry.file or entry.found or ""

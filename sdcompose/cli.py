@@ -59,7 +59,7 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 
 def _pipeline(args: argparse.Namespace):
     from sdcompose.pipelines.pipeline import Pipeline
-    return Pipeline(models=args.models, device=args.device, dtype=args.dtype)
+    return Pipeline(models=args.models, device=args.device, dtype=args.dtype, folders=args.folder or None)
 
 
 def _progress_bar(quiet: bool):
@@ -145,14 +145,33 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    """``models scan DIR...``: what indexing the folders would give, read from the file headers only."""
+    from sdcompose.pipelines.catalog import Catalog
+    if not args.ids:
+        raise ValidationError("models scan needs a folder: sdcompose models scan ~/stable-diffusion-webui")
+    catalog = Catalog(args.models, folders=[*(args.folder or []), *args.ids])
+    for result in catalog.index.scans:
+        usable = sum(f.status == "ok" for f in result.found)
+        print(f"{result.folder} ({result.tree}): {usable} usable of {len(result.found)} model files")
+        for f in sorted(result.found, key=lambda f: (f.status != "ok", f.relative)):
+            label = f"{f.id:32} {f.kind:10} {f.family:5}" if f.status == "ok" else f"{'-':32} {'not used':16}"
+            print(f"  {label} {f.relative}" + ("" if f.status == "ok" else f"  ({f.status})"))
+        for relative, reason in result.skipped:
+            print(f"  {'-':32} {'skipped':16} {relative}  ({reason})")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from sdcompose.pipelines.catalog import Catalog
-    catalog = Catalog(args.models)
+    if args.action == "scan":
+        return cmd_scan(args)
+    catalog = Catalog(args.models, folders=args.folder or None)
     ids = [i for i in catalog.entries if args.kind in (None, catalog.entries[i].kind)]
     if args.action == "list":
         for model_id in ids:
             e = catalog.entries[model_id]
-            source = "tiny" if e.tiny else e.repo or e.path or e.file
+            source = "tiny" if e.tiny else e.repo or e.path or e.file or e.found
             print(f"{model_id:32} {e.kind:10} {e.family or '-':5} {source}")
         return 0
     from sdcompose.pipelines.loader import Loader
@@ -201,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime(p: argparse.ArgumentParser) -> None:
         p.add_argument("--models", help="extra models.yaml overlaying the shipped and user ones")
+        p.add_argument("--folder", action="append", metavar="DIR",
+                       help="a model folder (AUTOMATIC1111 or ComfyUI tree) indexed in place; repeatable")
         p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
         p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA")
 
@@ -254,10 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     pp.set_defaults(func=cmd_preprocess)
 
     m = sub.add_parser("models", allow_abbrev=False, help="the models.yaml catalogue")
-    m.add_argument("action", choices=("list", "check"))
-    m.add_argument("ids", nargs="*", help="check only these")
-    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator"))
+    m.add_argument("action", choices=("list", "check", "scan"))
+    m.add_argument("ids", nargs="*", help="check only these; scan: the folders to preview")
+    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator", "embedding"))
     m.add_argument("--models", help="extra models.yaml")
+    m.add_argument("--folder", action="append", metavar="DIR", help="a model folder indexed in place; repeatable")
     m.add_argument("--download", action="store_true", help="check: download pinned hub models that are missing")
     m.set_defaults(func=cmd_models)
 

@@ -31,7 +31,7 @@ class SoftEdge(Conditioner):
     def preprocess(self, source, ctx, params):
         detector = params["detector"]
         path = ctx.weight(WEIGHTS[detector])
-        net = self._nets.get(path, ctx.device, lambda: _network(detector, path).to(ctx.device))
+        net = self._nets.get(path, ctx.device, lambda: edge_network(detector, path).to(ctx.device))
         module = import_quietly(f"controlnet_aux.{'pidi' if detector == 'pidinet' else 'hed'}")
         wrapper = module.PidiNetDetector(net) if detector == "pidinet" else module.HEDdetector(net)
         resolution = params["detect_resolution"]
@@ -40,7 +40,7 @@ class SoftEdge(Conditioner):
         return to_map(edges, detect_size(source.image.size, resolution))
 
 
-def _network(detector: str, path) -> Any:
+def edge_network(detector: str, path) -> Any:
     state = load_state(path, WEIGHTS[detector])
     if detector == "pidinet":
         model = import_quietly("controlnet_aux.pidi.model")
