@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import struct
 import threading
 import zlib
@@ -149,12 +150,15 @@ def remote_code_folder(folder: Path, sentinel: Path) -> Path:
 
 
 def test_model_folder_naming_custom_code_is_refused_and_never_runs(home, tmp_path, photo):
-    sentinel = tmp_path / "sentinel"
-    remote_code_folder(home / "models" / "evil-depth", sentinel)
+    sentinel, name = tmp_path / "sentinel", f"evil-depth-{tmp_path.name}"
+    folder = remote_code_folder(home / "models" / name, sentinel)
     overlay = tmp_path / "models.yaml"
-    overlay.write_text("models:\n  annotator-depth-anything-v2-small:\n    kind: annotator\n    path: evil-depth\n")
-    with pytest.raises(sdcompose.ModelError, match="names custom code .*auto_map.*never runs"):
-        sdcompose.Pipeline(models=overlay, device="cpu").preprocess("depth", photo, input="photo")
+    overlay.write_text(f"models:\n  annotator-depth-anything-v2-small:\n    kind: annotator\n    path: {name}\n")
+    try:
+        with pytest.raises(sdcompose.ModelError, match="names custom code .*auto_map.*never runs"):
+            sdcompose.Pipeline(models=overlay, device="cpu").preprocess("depth", photo, input="photo")
+    finally:
+        shutil.rmtree(folder)
     assert not sentinel.exists()
 
 

@@ -40,10 +40,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_ui(log: Path, *args: str):
+def running_ui(log: Path, *args: str, env: dict[str, str] | None = None):
     """``sdcompose ui`` on CPU in a subprocess on a free loopback port; yields (url, process); always shut down."""
     port = free_port()
-    env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"} | (env or {})
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "sdcompose.cli", "ui", "--port", str(port), "--device", "cpu",
                                  *args],
