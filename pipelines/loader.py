@@ -6,6 +6,7 @@ pointer) before diffusers sees it, and hashed for the image metadata.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ HUB_PATTERNS = {
              "vae/config.json", "vae/diffusion_pytorch_model.safetensors"],
     "controlnet": ["config.json", "diffusion_pytorch_model.safetensors"],
 }
+
+# Loading patches torch.nn for the whole process while it runs (accelerate's init_empty_weights, used by
+# from_pretrained), so two threads loading at once, for two Pipelines, break each other's modules.
+LOADING = threading.RLock()
 
 
 def quiet() -> None:
@@ -164,6 +169,10 @@ class Loader:
         cls = pipeline_class(entry.family)
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
             if entry.family == "sd15" else {}
+        with LOADING:
+            return self._base(entry, cls, dtype, extra)
+
+    def _base(self, entry: Entry, cls: Any, dtype: torch.dtype, extra: dict[str, Any]) -> dict[str, Any]:
         source = self.verified_path(entry)
         try:
             if source.is_file():
@@ -180,6 +189,10 @@ class Loader:
         return {k: v for k, v in pipe.components.items() if v is not None}
 
     def controlnet(self, entry: Entry, dtype: torch.dtype):
+        with LOADING:
+            return self._controlnet(entry, dtype)
+
+    def _controlnet(self, entry: Entry, dtype: torch.dtype):
         from diffusers import ControlNetModel
         source = self.verified_path(entry)
         try:

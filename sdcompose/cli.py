@@ -1,10 +1,11 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, models, plugins, ui.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, batch, models, plugins, ui.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError, quote
-from sdcompose.files import write_atomically
 from sdcompose.plugins.api import PluginError
 from sdcompose.request import ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control, Lora
 
@@ -133,12 +133,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     def save() -> None:
         from PIL import Image
+
+        from sdcompose.metadata import write_atomic
         output = Path(args.output)
         kind = Image.registered_extensions().get(output.suffix.lower())
         if kind is None:
             raise ValueError(f"unknown image file extension {output.suffix!r}")
+        buffer = io.BytesIO()
+        image.save(buffer, format=kind)
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(output, lambda file: image.save(file, format=kind))
+        write_atomic(output, buffer.getvalue())
 
     _write(args.output, save)
     print(args.output)
@@ -210,6 +214,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise SdcomposeError("the web UI needs gradio, which is not installed: pip install 'gradio>=5.0,<7'")
     from sdcompose.ui.serve import serve
     return serve(args)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from sdcompose.batch.run import run_batch
+    if args.workers < 1:
+        raise ValidationError(f"--workers must be at least 1, got {args.workers}")
+    models = str(Path(args.models).resolve()) if args.models else None
+    if args.ray:
+        from sdcompose.raycluster import require_ray
+        require_ray()
+        from sdcompose.batch import ray_workers
+        start = lambda n: ray_workers.start_workers(n, args.address, models, args.device, args.dtype,  # noqa: E731
+                                                    args.gpus_per_worker, args.cpus_per_worker)
+        stop = ray_workers.stop_workers
+    else:
+        from sdcompose.batch.worker import Worker
+        start = lambda n: [Worker(f"local-{i}", models, args.device, args.dtype) for i in range(n)]  # noqa: E731
+        stop = lambda pool: None  # noqa: E731
+    summary = run_batch(args.jobs, args.out, start, args.workers, args.quiet, stop)
+    print(summary.text(Path(args.out)))
+    return 1 if summary.failures else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("action", choices=("list",))
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
+
+    b = sub.add_parser("batch", allow_abbrev=False, help="make the images of a JSON-lines file of requests, resumably")
+    b.add_argument("jobs", help="one request per line in the request's JSON form, with an optional \"id\"")
+    b.add_argument("--out", required=True, help="folder for <id>.png and failures.jsonl; a rerun skips finished lines")
+    b.add_argument("--workers", type=int, default=1, help="pipelines working at once (Ray actors with --ray)")
+    b.add_argument("--ray", action="store_true", help="spread the lines over Ray actors (pip install 'sdcompose[ray]')")
+    b.add_argument("--address", help="with --ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: start a "
+                                     "local Ray")
+    b.add_argument("--gpus-per-worker", type=float, default=0, help="with --ray: GPUs each actor reserves")
+    b.add_argument("--cpus-per-worker", type=float, default=1, help="with --ray: CPUs each actor reserves")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    runtime(b)
+    b.set_defaults(func=cmd_batch)
 
     u = sub.add_parser("ui", allow_abbrev=False, help="serve the web UI (127.0.0.1:7860)")
     u.add_argument("--host", default="127.0.0.1")

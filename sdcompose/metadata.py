@@ -11,9 +11,11 @@ import base64
 import functools
 import io
 import json
+import os
 import platform
 import re
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -23,11 +25,11 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from sdcompose.errors import ValidationError
-from sdcompose.files import write_atomically
 from sdcompose.images import PixelBudget, _read_bytes, open_image, pixel_budget
 
 KEY, INPUTS_KEY = "sdcompose", "sdcompose-inputs"
 FORMAT = 1
+PARTIAL = ".partial"  # the suffix of a file still being written
 MAX_TEXT = 32 * 1024 * 1024
 LIBRARIES = ("sdcompose", "torch", "diffusers", "transformers", "peft", "safetensors", "controlnet-aux", "numpy", "pillow")
 
@@ -66,13 +68,51 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
     return "\n".join(lines + [", ".join(fields)])
 
 
-def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image], path: Path) -> Path:
+def png_info(meta: dict[str, Any], inputs: dict[str, Image.Image]) -> PngImagePlugin.PngInfo:
+    """The three text chunks of an sdcompose PNG."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", a1111_parameters(meta))
     info.add_itxt(KEY, json.dumps(meta, sort_keys=True), zip=True)
     if inputs:
         info.add_itxt(INPUTS_KEY, json.dumps({k: encode_image(v) for k, v in inputs.items()}), zip=True)
-    return write_atomically(path, lambda file: image.save(file, format="PNG", pnginfo=info))
+    return info
+
+
+def png_bytes(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image]) -> bytes:
+    """The PNG ``save_png`` writes, as bytes (what the HTTP API answers)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=png_info(meta, inputs))
+    return buf.getvalue()
+
+
+def save_png(image: Image.Image, meta: dict[str, Any], inputs: dict[str, Image.Image], path: Path) -> Path:
+    return write_atomic(Path(path), png_bytes(image, meta, inputs))
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``path`` whole or not at all: a unique temp file beside it, flushed to disk, then renamed over it.
+
+    A process killed meanwhile leaves at most a hidden ``.NAME.*.partial`` file, never a truncated ``path``.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; a saved image is an ordinary file
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def read_png(source: Any) -> tuple[dict[str, Any], "EmbeddedInputs"]:
