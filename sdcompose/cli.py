@@ -1,4 +1,4 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, batch, models, plugins, ui.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, models, plugins, ui, serve.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
@@ -58,7 +58,7 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 
 def _pipeline(args: argparse.Namespace):
     from sdcompose.pipelines.pipeline import Pipeline
-    return Pipeline(models=args.models, device=args.device, dtype=args.dtype, folders=args.folder or None)
+    return Pipeline(models=args.models, device=args.device, dtype=args.dtype)
 
 
 def _progress_bar(quiet: bool):
@@ -139,33 +139,14 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
-    """``models scan DIR...``: what indexing the folders would give, read from the file headers only."""
-    from sdcompose.pipelines.catalog import Catalog
-    if not args.ids:
-        raise ValidationError("models scan needs a folder: sdcompose models scan ~/stable-diffusion-webui")
-    catalog = Catalog(args.models, folders=[*(args.folder or []), *args.ids])
-    for result in catalog.index.scans:
-        usable = sum(f.status == "ok" for f in result.found)
-        print(f"{result.folder} ({result.tree}): {usable} usable of {len(result.found)} model files")
-        for f in sorted(result.found, key=lambda f: (f.status != "ok", f.relative)):
-            label = f"{f.id:32} {f.kind:10} {f.family:5}" if f.status == "ok" else f"{'-':32} {'not used':16}"
-            print(f"  {label} {f.relative}" + ("" if f.status == "ok" else f"  ({f.status})"))
-        for relative, reason in result.skipped:
-            print(f"  {'-':32} {'skipped':16} {relative}  ({reason})")
-    return 0
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     from sdcompose.pipelines.catalog import Catalog
-    if args.action == "scan":
-        return cmd_scan(args)
-    catalog = Catalog(args.models, folders=args.folder or None)
+    catalog = Catalog(args.models)
     ids = [i for i in catalog.entries if args.kind in (None, catalog.entries[i].kind)]
     if args.action == "list":
         for model_id in ids:
             e = catalog.entries[model_id]
-            source = "tiny" if e.tiny else e.repo or e.path or e.file or e.found
+            source = "tiny" if e.tiny else e.repo or e.path or e.file
             print(f"{model_id:32} {e.kind:10} {e.family or '-':5} {source}")
         return 0
     from sdcompose.pipelines.loader import Loader
@@ -199,32 +180,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    return _serve(args, api=False, ui=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args, api=True, ui=not args.no_ui)
+
+
+def _serve(args: argparse.Namespace, api: bool, ui: bool) -> int:
     import importlib.util
-    if importlib.util.find_spec("gradio") is None:  # the one dependency that only the web UI needs
-        raise SdcomposeError("the web UI needs gradio, which is not installed: pip install 'gradio>=5.0,<7'")
-    from sdcompose.ui.serve import serve
-    return serve(args)
-
-
-def cmd_batch(args: argparse.Namespace) -> int:
-    from sdcompose.batch.run import run_batch
-    if args.workers < 1:
-        raise ValidationError(f"--workers must be at least 1, got {args.workers}")
-    models = str(Path(args.models).resolve()) if args.models else None
-    if args.ray:
-        from sdcompose.raycluster import require_ray
-        require_ray()
-        from sdcompose.batch import ray_workers
-        start = lambda n: ray_workers.start_workers(n, args.address, models, args.device, args.dtype,  # noqa: E731
-                                                    args.gpus_per_worker, args.cpus_per_worker)
-        stop = ray_workers.stop_workers
-    else:
-        from sdcompose.batch.worker import Worker
-        start = lambda n: [Worker(f"local-{i}", models, args.device, args.dtype) for i in range(n)]  # noqa: E731
-        stop = lambda pool: None  # noqa: E731
-    summary = run_batch(args.jobs, args.out, start, args.workers, args.quiet, stop)
-    print(summary.text(Path(args.out)))
-    return 1 if summary.failures else 0
+    if ui and importlib.util.find_spec("gradio") is None:  # the one dependency that only the web UI needs
+        raise SdcomposeError("the web UI needs gradio, which is not installed: pip install 'gradio>=5.0,<7'"
+                             + (" (or serve the API alone with --no-ui)" if api else ""))
+    from sdcompose.server.serve import serve
+    return serve(args, api=api, ui=ui)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,8 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime(p: argparse.ArgumentParser) -> None:
         p.add_argument("--models", help="extra models.yaml overlaying the shipped and user ones")
-        p.add_argument("--folder", action="append", metavar="DIR",
-                       help="a model folder (AUTOMATIC1111 or ComfyUI tree) indexed in place; repeatable")
         p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
         p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA")
 
@@ -289,11 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.set_defaults(func=cmd_preprocess)
 
     m = sub.add_parser("models", help="the models.yaml catalogue")
-    m.add_argument("action", choices=("list", "check", "scan"))
-    m.add_argument("ids", nargs="*", help="check only these; scan: the folders to preview")
-    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator", "embedding"))
+    m.add_argument("action", choices=("list", "check"))
+    m.add_argument("ids", nargs="*", help="check only these")
+    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator"))
     m.add_argument("--models", help="extra models.yaml")
-    m.add_argument("--folder", action="append", metavar="DIR", help="a model folder indexed in place; repeatable")
     m.add_argument("--download", action="store_true", help="check: download pinned hub models that are missing")
     m.set_defaults(func=cmd_models)
 
@@ -302,27 +268,28 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
-    b = sub.add_parser("batch", help="make the images of a JSON-lines file of requests, resumably")
-    b.add_argument("jobs", help="one request per line in the request's JSON form, with an optional \"id\"")
-    b.add_argument("--out", required=True, help="folder for <id>.png and failures.jsonl; a rerun skips finished lines")
-    b.add_argument("--workers", type=int, default=1, help="pipelines working at once (Ray actors with --ray)")
-    b.add_argument("--ray", action="store_true", help="spread the lines over Ray actors (pip install 'sdcompose[ray]')")
-    b.add_argument("--address", help="with --ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: start a "
-                                     "local Ray")
-    b.add_argument("--gpus-per-worker", type=float, default=0, help="with --ray: GPUs each actor reserves")
-    b.add_argument("--cpus-per-worker", type=float, default=1, help="with --ray: CPUs each actor reserves")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    runtime(b)
-    b.set_defaults(func=cmd_batch)
+    def serving(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=7860)
+        p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
+        p.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
+        p.add_argument("--auth-token-file", metavar="FILE", help="bearer tokens, one a line (16+ characters each)")
+        p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
+        runtime(p)
 
     u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
-    u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=7860)
-    u.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --auth or --insecure-no-auth)")
-    u.add_argument("--auth", help="user:password, or @FILE with one user:password per line (kept out of ps)")
-    u.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind with no password")
-    runtime(u)
-    u.set_defaults(func=cmd_ui)
+    serving(u)
+    u.set_defaults(func=cmd_ui, max_queue=64, cors_allow_origin=[])
+
+    s = sub.add_parser("serve", help="serve the HTTP API (/v1, /sdapi/v1) and the web UI (127.0.0.1:7860)")
+    serving(s)
+    s.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests waiting at most; more answer 429 with Retry-After (default 64)")
+    s.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://app.example) call the API; off by default")
+    s.add_argument("--no-ui", action="store_true", help="serve the API alone")
+    s.add_argument("-m", "--model", help="the AUTOMATIC1111 API's checkpoint until a client sets one")
+    s.set_defaults(func=cmd_serve)
     return parser
 
 

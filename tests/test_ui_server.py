@@ -40,13 +40,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_ui(log: Path, *args: str):
-    """``sdcompose ui`` on CPU in a subprocess on a free loopback port; yields (url, process); always shut down."""
+def running_ui(log: Path, *args: str, command: str = "ui"):
+    """``sdcompose ui`` (or ``command``: serve) on CPU in a subprocess on a free loopback port; yields (url, process);
+    always shut down."""
     port = free_port()
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sdcompose.cli", "ui", "--port", str(port), "--device", "cpu",
-                                 *args],
+        proc = subprocess.Popen([sys.executable, "-m", "sdcompose.cli", command, "--port", str(port), "--device",
+                                 "cpu", *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -55,7 +56,7 @@ def running_ui(log: Path, *args: str):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the UI did not start (exit code {proc.poll()}):\n{log.read_text(errors='replace')}")
             try:
-                if httpx.get(f"{url}/config", timeout=2).status_code in (200, 401):
+                if httpx.get(f"{url}/config", timeout=2).status_code in (200, 401, 404):  # 404: serve --no-ui
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)

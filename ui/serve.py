@@ -1,23 +1,12 @@
-"""``sdcompose ui``: serve the page, on loopback unless told otherwise, and never without a password off it.
-
-Gradio keeps uploads and served files in this server's own temporary folder (not the shared
-``/tmp/gradio``), its file routes serve nothing else, uploads are capped at the size the core
-accepts, and one generation runs at a time while the others wait in the queue with their position shown.
-"""
+"""Where ``sdcompose ui`` and ``sdcompose serve`` may listen: loopback unless told otherwise, never without a
+password off it. (Both run ``sdcompose.server``'s one app and security layer.)"""
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import os
-import shutil
-import signal
 import sys
-import tempfile
-import threading
 from pathlib import Path
 
 from sdcompose.errors import ValidationError
-from sdcompose.images import MAX_BYTES
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -61,32 +50,3 @@ def check_bind(host: str, auth: list | None, insecure_no_auth: bool) -> None:
                               "could use it; add --auth user:password (or --insecure-no-auth if you mean it)")
     print(f"sdcompose: warning: serving on {host} with no password (--insecure-no-auth): anyone who can reach "
           "this machine can use it and its GPU", file=sys.stderr)
-
-
-def serve(args: argparse.Namespace) -> int:
-    host = "0.0.0.0" if args.listen else args.host
-    auth = parse_auth(args.auth)
-    check_bind(host, auth, args.insecure_no_auth)
-    workdir = Path(tempfile.mkdtemp(prefix="sdcompose-ui-"))
-    os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")  # read when the components are built
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        from sdcompose.pipelines.pipeline import Pipeline
-        from sdcompose.ui.app import build_app
-        pipeline = Pipeline(models=args.models, device=args.device, dtype=args.dtype)
-        demo = build_app(pipeline, workdir)
-        demo.queue(default_concurrency_limit=1, max_size=256)
-        try:
-            demo.launch(server_name=host, server_port=args.port, auth=auth, max_file_size=MAX_BYTES,
-                        enable_monitoring=False, show_error=True, quiet=False, favicon_path=None,
-                        footer_links=["api", "settings"])
-        except OSError as exc:
-            raise ValidationError(f"cannot serve on {host}:{args.port} ({exc}); pick another --port") from None
-        return 0
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

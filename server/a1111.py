@@ -1,0 +1,241 @@
+"""The AUTOMATIC1111-compatible API (``/sdapi/v1``) and sd-webui-controlnet's (``/controlnet``), so existing
+clients (webuiapi, chat front ends, editor plugins) work unchanged. Thin: ``a1111_request`` maps the payload,
+the shared ``Service`` queue runs it, and the answer is written the way A1111 writes it."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from sdcompose import __version__
+from sdcompose.errors import Cancelled
+from sdcompose.metadata import _png_text, a1111_parameters
+
+from . import a1111_names as names
+from .a1111_request import checkpoint, plan
+from .answers import b64, error_body, preview_png, result_pngs, status_of
+from .inputs import FieldError, image_bytes
+from .native import json_body
+from .service import Service, finished
+
+# sdcompose's names in validation messages -> A1111's field names
+FIELD_NAMES = (("guidance", "cfg_scale"), ("batch", "batch_size"), ("strength", "denoising_strength"),
+               ("init_image", "init_images[0]"), ("controls", "alwayson_scripts.controlnet.args"))
+
+
+def router(service: Service) -> APIRouter:
+    api = APIRouter(tags=["AUTOMATIC1111-compatible"])
+
+    async def run(request: Request, task: str) -> JSONResponse:
+        try:
+            payload = await json_body(request)
+            todo = plan(payload, task, service.model, service.pipeline.catalog)
+            job = await finished(service.submit_call(lambda **hooks: _run_all(service, todo, hooks), task), request)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
+            return a1111_error(exc)
+        if job.state == "failed":
+            return a1111_error(job.error)
+        results = job.result if job.state == "done" else []  # interrupted: what was finished, as A1111 does
+        images = [b64(png) for result in results for png in result_pngs(result)]
+        return JSONResponse({"images": images if todo.send_images else [], "parameters": payload,
+                             "info": json.dumps(info(todo, results, job.cancel.is_set()))})
+
+    @api.post("/sdapi/v1/txt2img")
+    async def txt2img(request: Request) -> JSONResponse:
+        return await run(request, "txt2img")
+
+    @api.post("/sdapi/v1/img2img")
+    async def img2img(request: Request) -> JSONResponse:
+        return await run(request, "img2img")
+
+    @api.get("/sdapi/v1/progress")
+    async def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        job = service.jobs.running
+        step, total = (job.step, job.total) if job else (0, 0)
+        fraction = step / total if total else 0.0
+        elapsed = time.time() - job.started if job and job.started else 0.0
+        image = None if skip_current_image or job is None else preview_png(job.preview)
+        return {"progress": fraction, "eta_relative": elapsed / fraction - elapsed if fraction else 0.0,
+                "state": {"skipped": False, "interrupted": bool(job and job.cancel.is_set()),
+                          "stopping_generation": False, "job": job.label if job else "",
+                          "job_count": service.jobs.waiting() + (job is not None), "job_timestamp": "0",
+                          "job_no": 0, "sampling_step": step, "sampling_steps": total},
+                "current_image": image.split(",", 1)[1] if image else None, "textinfo": None,
+                "current_task": job.id if job else None}
+
+    @api.post("/sdapi/v1/interrupt")
+    async def interrupt() -> dict:
+        job = service.jobs.running
+        if job is not None:
+            job.cancel.set()
+        return {}
+
+    @api.post("/sdapi/v1/skip")
+    async def skip() -> dict:  # one run per call here: skipping it is interrupting it
+        return await interrupt()
+
+    @api.get("/sdapi/v1/sd-models")
+    async def sd_models() -> list[dict[str, Any]]:
+        return [{"title": m["id"], "model_name": m["id"], "hash": None, "sha256": None, "filename": m["id"],
+                 "config": None} for m in _entries(service, "base")]
+
+    @api.post("/sdapi/v1/refresh-checkpoints")
+    async def refresh_checkpoints() -> None:  # models.yaml is read when the server starts
+        return None
+
+    @api.get("/sdapi/v1/samplers")
+    async def samplers() -> list[dict[str, Any]]:
+        return [{"name": name, "aliases": [sdc], "options": {}} for name, sdc in names.SAMPLERS.items()]
+
+    @api.get("/sdapi/v1/schedulers")
+    async def schedulers() -> list[dict[str, Any]]:
+        return [{"name": name, "label": name.title(), "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for name in names.SCHEDULERS]
+
+    @api.get("/sdapi/v1/loras")
+    async def loras() -> list[dict[str, Any]]:
+        return [{"name": m["id"], "alias": m["id"], "path": m["id"], "metadata": {}} for m in _entries(service, "lora")]
+
+    @api.get("/sdapi/v1/embeddings")
+    async def embeddings() -> dict[str, Any]:
+        return {"loaded": {}, "skipped": {}}
+
+    @api.get("/sdapi/v1/scripts")
+    async def scripts() -> dict[str, list[str]]:
+        return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+
+    @api.get("/sdapi/v1/options")
+    async def options() -> dict[str, Any]:
+        return {"sd_model_checkpoint": service.model, "sd_checkpoint_hash": None, "CLIP_stop_at_last_layers": 1,
+                "samples_format": "png", "sd_vae": "Automatic"}
+
+    @api.post("/sdapi/v1/options")
+    async def set_options(request: Request) -> JSONResponse:
+        try:
+            data = await json_body(request)
+            for key in data:
+                if key != "sd_model_checkpoint":
+                    raise FieldError(key, f"option {key!r} cannot be set on sdcompose (only sd_model_checkpoint)")
+            if "sd_model_checkpoint" in data:
+                service.model = checkpoint(data["sd_model_checkpoint"], service.pipeline.catalog,
+                                           "sd_model_checkpoint")
+        except Exception as exc:  # noqa: BLE001
+            return a1111_error(exc)
+        return JSONResponse(None)
+
+    @api.post("/sdapi/v1/png-info")
+    async def png_info(request: Request) -> JSONResponse:
+        try:
+            text = _png_text(image_bytes((await json_body(request)).get("image"), "image"))
+        except Exception as exc:  # noqa: BLE001
+            return a1111_error(exc)
+        parameters = text.get("parameters", "")
+        return JSONResponse({"info": parameters, "items": {k: v for k, v in text.items() if k == "sdcompose"},
+                             "parameters": parse_parameters(parameters)})
+
+    @api.get("/controlnet/version")
+    async def controlnet_version() -> dict[str, int]:
+        return {"version": 2}
+
+    @api.get("/controlnet/model_list")
+    async def controlnet_models() -> dict[str, list[str]]:
+        return {"model_list": [m["id"] for m in _entries(service, "controlnet")]}
+
+    @api.get("/controlnet/module_list")
+    async def controlnet_modules() -> dict[str, Any]:
+        return {"module_list": ["none", *names.MODULES], "module_detail": {}}
+
+    @api.post("/controlnet/detect")
+    async def detect(request: Request) -> JSONResponse:
+        try:
+            data = await json_body(request)
+            module = data.get("controlnet_module", "none")
+            if module not in names.MODULES:
+                raise FieldError("controlnet_module", f"controlnet_module {str(module)[:80]!r} is not one sdcompose "
+                                                      "has (GET /controlnet/module_list lists them)")
+            plugin, params = names.MODULES[module]
+            if plugin == "canny":
+                params = {"low_threshold": int(data.get("controlnet_threshold_a", 100)),
+                          "high_threshold": int(data.get("controlnet_threshold_b", 200))}
+            pictures = data.get("controlnet_input_images", data.get("controlnet_images")) or []  # new name, old
+            if not isinstance(pictures, list) or not pictures:
+                raise FieldError("controlnet_input_images", "controlnet_input_images must list base64 images")
+            inputs = [image_bytes(x, f"controlnet_input_images[{i}]") for i, x in enumerate(pictures)]
+            job = await finished(service.submit_call(lambda **_: [service.pipeline.preprocess(plugin, x, **params)
+                                                                  for x in inputs], "detect"), request)
+            if job.state != "done":
+                raise job.error
+        except Exception as exc:  # noqa: BLE001
+            return a1111_error(exc)
+        return JSONResponse({"images": [preview_png(x).split(",", 1)[1] for x in job.result], "info": "Success"})
+
+    return api
+
+
+def _run_all(service: Service, todo: Any, hooks: dict[str, Any]) -> list[Any]:
+    """The ``n_iter`` runs of one call, in order; interrupted after the first, what was finished."""
+    results: list[Any] = []
+    for request in todo.requests:
+        try:
+            results.append(service.pipeline.run(request, **hooks))
+        except Cancelled:
+            if results:
+                return results
+            raise
+    return results
+
+
+def _entries(service: Service, kind: str) -> list[dict[str, Any]]:
+    return [m for m in service.pipeline.models() if m.get("kind") == kind]
+
+
+def info(todo: Any, results: list[Any], interrupted: bool) -> dict[str, Any]:
+    """The ``info`` JSON A1111 answers with: the first image's parameters, every seed, one infotext an image."""
+    first = todo.requests[0]
+    metas = [meta for result in results for meta in result.per_image]
+    seeds = [meta["seed"] for meta in metas] or [first.seed]
+    return {"prompt": first.prompt, "all_prompts": [first.prompt] * len(seeds), "negative_prompt": first.negative_prompt,
+            "all_negative_prompts": [first.negative_prompt] * len(seeds), "seed": seeds[0], "all_seeds": seeds,
+            "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0, "width": first.width,
+            "height": first.height, "sampler_name": todo.sampler_name, "scheduler": todo.schedule,
+            "cfg_scale": first.guidance, "steps": first.steps, "batch_size": first.batch, "restore_faces": False,
+            "face_restoration_model": None, "sd_model_name": first.model, "sd_model_hash": None, "sd_vae_name": None,
+            "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "denoising_strength": first.strength if first.init_image is not None else None,
+            "extra_generation_params": {}, "index_of_first_image": 0,
+            "infotexts": [a1111_parameters(meta) for meta in metas], "styles": [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+            "is_using_inpainting_conditioning": False, "interrupted": interrupted, "version": f"sdcompose {__version__}"}
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """A1111's infotext as a dict: Prompt, Negative prompt, then each ``Key: value`` of the last line."""
+    lines = text.split("\n")
+    if not text:
+        return {}
+    out: dict[str, Any] = {"Prompt": lines[0]}
+    for line in lines[1:-1]:
+        if line.startswith("Negative prompt: "):
+            out["Negative prompt"] = line[len("Negative prompt: "):]
+    for key, value in re.findall(r"\s*([\w ]+): ([^,]+)(?:,|$)", lines[-1] if len(lines) > 1 else ""):
+        out[key.strip()] = value.strip()
+    return out
+
+
+def a1111_error(exc: BaseException) -> JSONResponse:
+    body = error_body(exc)
+    field = body["error"]["field"]
+    for ours, theirs in FIELD_NAMES:
+        if field and (field == ours or field.startswith(ours + "[") or field.startswith(ours + ".")):
+            field = theirs + field[len(ours):]
+            break
+    body["error"]["field"] = field
+    # A1111's own error keys beside ours, so its clients show the message
+    body |= {"detail": body["error"]["message"], "errors": body["error"]["message"]}
+    headers = {"Retry-After": str(exc.retry_after)} if hasattr(exc, "retry_after") else None
+    return JSONResponse(body, status_code=status_of(exc), headers=headers)
+

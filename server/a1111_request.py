@@ -1,0 +1,274 @@
+"""An AUTOMATIC1111 ``txt2img``/``img2img`` payload (with sd-webui-controlnet units) as sdcompose requests.
+
+Each field is honoured, accepted because it changes nothing (or only at the value that changes nothing), or
+refused with a 422 that names it: never dropped where it would change the picture.
+"""
+from __future__ import annotations
+
+import io
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import ImageFilter, ImageOps
+
+from sdcompose.images import load_mask
+from sdcompose.request import LIMITS, Control, GenerationRequest, Lora
+
+from . import a1111_names as names
+from .inputs import FieldError, image_bytes
+
+# accepted whatever their value: they change nothing in the picture (or are read elsewhere)
+NO_EFFECT = {"save_images", "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
+             "eta", "s_tmax", "include_init_images", "image_cfg_scale", "comments", "force_task_id", "infotext",
+             "sampler_index", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+             "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+             "hr_additional_modules", "firstphase_width", "firstphase_height", "script_args", "subseed",
+             "refiner_switch_at", "inpaint_full_res_padding", "mask_round", "user", "disable_extra_networks"}
+# accepted only at these values (A1111's defaults, and what webuiapi sends); anything else is refused
+AT_DEFAULT = {"enable_hr": (False, None), "restore_faces": (False, None), "tiling": (False, None),
+              "styles": ([], None), "subseed_strength": (0, 0.0, None), "seed_resize_from_h": (-1, 0, None),
+              "seed_resize_from_w": (-1, 0, None), "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None),
+              "s_noise": (1, 1.0, None), "script_name": (None, ""), "refiner_checkpoint": (None, ""),
+              "initial_noise_multiplier": (1, 1.0, None), "resize_mode": (0, None), "latent_mask": (None, ""),
+              "firstpass_image": (None, ""), "sampler_index": ()}
+WHY = {"enable_hr": "hires fix is not in sdcompose yet", "restore_faces": "sdcompose has no face restorer",
+       "tiling": "sdcompose has no seamless tiling", "styles": "sdcompose has no saved styles",
+       "subseed_strength": "variation seeds are not in sdcompose", "resize_mode": "img2img resizes with 0 (Just resize)",
+       "script_name": "A1111 scripts do not run in sdcompose", "refiner_checkpoint": "sdcompose has no refiner pass"}
+HONOURED = {"prompt", "negative_prompt", "seed", "sampler_name", "scheduler", "steps", "cfg_scale", "width",
+            "height", "batch_size", "n_iter", "override_settings", "send_images", "alwayson_scripts"}
+IMG2IMG = {"init_images", "denoising_strength", "mask", "mask_blur", "inpainting_fill", "inpaint_full_res",
+           "inpainting_mask_invert"}
+OVERRIDES_NO_EFFECT = {"CLIP_stop_at_last_layers": (1, None), "sd_vae": ("Automatic", "None", None),
+                       "samples_format": ("png",)}
+UNIT_NO_EFFECT = {"low_vram", "lowvram", "processor_res", "pixel_perfect", "hr_option", "save_detected_map",
+                  "is_ui", "input_mode", "batch_images", "output_dir", "loopback", "guessmode", "advanced_weighting",
+                  "ipadapter_input", "effective_region_mask", "inpaint_crop_input_image", "union_control_type",
+                  "pulid_mode", "animatediff_batch", "batch_mask_dir", "batch_modifiers", "batch_image_dir"}
+UNIT_FIELDS = {"enabled", "image", "input_image", "mask", "mask_image", "module", "model", "weight", "guidance_start",
+               "guidance_end", "control_mode", "resize_mode", "threshold_a", "threshold_b"} | UNIT_NO_EFFECT
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
+MAX_IMAGES = 64
+
+
+@dataclass
+class Plan:
+    """What one A1111 call runs: ``n_iter`` requests of ``batch_size`` images each, seeds counting up."""
+
+    requests: list[GenerationRequest]
+    send_images: bool
+    sampler_name: str
+    schedule: str
+
+
+def plan(payload: Any, task: str, default_model: str, catalog: Any) -> Plan:
+    if not isinstance(payload, dict):
+        raise FieldError("body", "the body must be a JSON object")
+    known = HONOURED | NO_EFFECT | set(AT_DEFAULT) | (IMG2IMG if task == "img2img" else set())
+    if task == "txt2img":
+        known |= {"denoising_strength"}  # for hires fix only
+    for key, value in payload.items():
+        if key not in known:
+            from sdcompose.errors import suggest
+            raise FieldError(key, f"unknown field {key!r} for {task}{suggest(key, known)}")
+        if key in AT_DEFAULT and AT_DEFAULT[key] and not _at(value, AT_DEFAULT[key]):
+            why = WHY.get(key, "sdcompose cannot honour it yet")
+            raise FieldError(key, f"{key}={str(value)[:60]} is not supported ({why}); leave it at "
+                                  f"{AT_DEFAULT[key][0]!r}")
+    p = payload.get
+    model = _model(p("override_settings") or {}, default_model, catalog)
+    prompt, loras = _loras(_text(p("prompt", ""), "prompt"), catalog, not p("disable_extra_networks", False))
+    sampler = p("sampler_name") or p("sampler_index") or "Euler"
+    schedule = p("scheduler") or "automatic"
+    base = dict(prompt=prompt, negative_prompt=_text(p("negative_prompt", ""), "negative_prompt"), model=model,
+                loras=loras, steps=_int(p("steps", 20), "steps"), guidance=p("cfg_scale", 7.0),
+                width=_int(p("width", 512), "width"), height=_int(p("height", 512), "height"),
+                scheduler=names.scheduler_id(sampler, schedule), batch=_int(p("batch_size", 1), "batch_size"))
+    if task == "img2img":
+        base |= _img2img(payload)
+    base["controls"] = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog)
+    n_iter = _int(p("n_iter", 1), "n_iter")
+    if not 1 <= n_iter or n_iter * base["batch"] > MAX_IMAGES:
+        raise FieldError("n_iter", f"n_iter x batch_size must be between 1 and {MAX_IMAGES}")
+    seed = p("seed", -1)
+    if seed is None or (isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed == -1):
+        seed = secrets.randbelow(2**32)
+    seed = _int(seed, "seed")
+    if not 0 <= seed <= LIMITS["seed"][1] - MAX_IMAGES:
+        raise FieldError("seed", f"seed must be -1 (random) or between 0 and {LIMITS['seed'][1] - MAX_IMAGES}")
+    requests = [GenerationRequest(**base, seed=seed + i * base["batch"]) for i in range(n_iter)]
+    send = p("send_images", True)
+    return Plan(requests, send is not False, str(sampler), str(schedule))
+
+
+def _at(value: Any, allowed: tuple) -> bool:
+    """``value`` is one of ``allowed`` (true and 1 are not the same here)."""
+    return any(value is a if isinstance(value, bool) or isinstance(a, bool) else value == a for a in allowed)
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise FieldError(field, f"{field} must be text, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
+            float("inf"), float("-inf")) or int(value) != value:
+        raise FieldError(field, f"{field} must be a whole number, got {str(value)[:60]!r}")
+    return int(value)
+
+
+def _model(overrides: Any, default: str, catalog: Any) -> str:
+    if not isinstance(overrides, dict):
+        raise FieldError("override_settings", "override_settings must be an object")
+    for key, value in overrides.items():
+        if key == "sd_model_checkpoint":
+            continue
+        if key not in OVERRIDES_NO_EFFECT or value not in OVERRIDES_NO_EFFECT[key]:
+            raise FieldError(f"override_settings.{key}", f"override_settings.{key} is not supported by sdcompose "
+                                                         "(only sd_model_checkpoint is)")
+    return checkpoint(overrides.get("sd_model_checkpoint", default), catalog, "override_settings.sd_model_checkpoint")
+
+
+def checkpoint(value: Any, catalog: Any, field: str) -> str:
+    name = names.model_name(value) if isinstance(value, str) else None
+    entry = catalog.entries.get(name) if name else None
+    if entry is None or entry.kind != "base":
+        bases = [i for i, e in catalog.entries.items() if e.kind == "base"]
+        from sdcompose.errors import suggest
+        raise FieldError(field, f"{field} {str(value)[:80]!r} is not a base model in models.yaml "
+                                f"(GET /sdapi/v1/sd-models lists them){suggest(str(name), bases)}")
+    return name
+
+
+def _loras(prompt: str, catalog: Any, parse: bool) -> tuple[str, list[Lora]]:
+    """``<lora:name:weight>`` tags taken out of the prompt as LoRAs (name: a models.yaml LoRA id)."""
+    if not parse:
+        return prompt, []
+    loras = []
+    for match in LORA_TAG.finditer(prompt):
+        name, weight = match[1].strip(), match[2]
+        entry = catalog.entries.get(name)
+        if entry is None or entry.kind != "lora":
+            raise FieldError("prompt", f"prompt: <lora:{name[:60]}> is not a LoRA in models.yaml "
+                                       "(GET /sdapi/v1/loras lists them)")
+        try:
+            loras.append(Lora(name, float(weight) if weight not in (None, "") else 1.0))
+        except ValueError:
+            raise FieldError("prompt", f"prompt: <lora:{name[:60]}:{weight[:20]}> has a weight that is not a "
+                                       "number") from None
+    return re.sub(r"\s{2,}", " ", LORA_TAG.sub("", prompt)).strip(), loras
+
+
+def _img2img(payload: dict) -> dict[str, Any]:
+    images = payload.get("init_images") or []
+    if not isinstance(images, list) or not images:
+        raise FieldError("init_images", "init_images must be a list with one base64 image")
+    if len(images) > 1:
+        raise FieldError("init_images", "init_images: sdcompose takes one init image per call")
+    out: dict[str, Any] = {"init_image": image_bytes(images[0], "init_images[0]"),
+                           "strength": payload.get("denoising_strength", 0.75)}
+    mask = payload.get("mask")
+    if mask:
+        for key, allowed, default in (("inpainting_fill", (1,), 0), ("inpaint_full_res", (False, 0), True)):
+            value = payload.get(key, default)  # A1111's defaults: fill, and only the masked area
+            if isinstance(value, bool) != isinstance(allowed[0], bool) or value not in allowed:
+                meaning = {"inpainting_fill": "only 1 (original) is supported",
+                           "inpaint_full_res": "inpainting only the masked area is not supported; send false"}
+                raise FieldError(key, f"{key}={str(value)[:20]} with a mask: {meaning[key]}")
+        picture = load_mask(image_bytes(mask, "mask"), "mask")
+        if payload.get("inpainting_mask_invert", 0) not in (0, 1):
+            raise FieldError("inpainting_mask_invert", "inpainting_mask_invert must be 0 or 1")
+        if payload.get("inpainting_mask_invert", 0) == 1:
+            picture = ImageOps.invert(picture)
+        blur = payload.get("mask_blur", 4)
+        if isinstance(blur, bool) or not isinstance(blur, (int, float)) or not 0 <= blur <= 64:
+            raise FieldError("mask_blur", "mask_blur must be a number between 0 and 64")
+        if blur:
+            picture = picture.filter(ImageFilter.GaussianBlur(blur))
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG")
+        out["mask"] = buf.getvalue()
+    return out
+
+
+def _units(scripts: Any, init_image: bytes | None, catalog: Any) -> list[Control]:
+    if not isinstance(scripts, dict):
+        raise FieldError("alwayson_scripts", "alwayson_scripts must be an object")
+    controls: list[Control] = []
+    for name, script in scripts.items():
+        args = script.get("args", []) if isinstance(script, dict) else None
+        if not isinstance(args, list):
+            raise FieldError(f"alwayson_scripts.{name}", f"alwayson_scripts.{name} must be {{\"args\": [...]}}")
+        if str(name).lower() != "controlnet":
+            if args not in ([], [False]):
+                raise FieldError(f"alwayson_scripts.{name}", f"alwayson_scripts.{name}: sdcompose runs no A1111 "
+                                                             "scripts but ControlNet")
+            continue
+        for i, unit in enumerate(args):
+            control = _unit(unit, f"alwayson_scripts.controlnet.args[{i}]", init_image, catalog)
+            if control is not None:
+                controls.append(control)
+    return controls
+
+
+def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Control | None:
+    if not isinstance(unit, dict):
+        raise FieldError(where, f"{where} must be an object (a ControlNet unit)")
+    for key in unit:
+        if key not in UNIT_FIELDS:
+            raise FieldError(f"{where}.{key}", f"unknown ControlNet unit field {key!r} in {where}")
+    if unit.get("enabled", True) is False:
+        return None
+    if unit.get("mask") or unit.get("mask_image"):
+        raise FieldError(f"{where}.mask", f"{where}.mask: ControlNet unit masks are not supported by sdcompose")
+    module, model = unit.get("module", "none"), unit.get("model", "None")
+    if not isinstance(module, str) or not isinstance(model, str):
+        raise FieldError(f"{where}.module", f"{where}: module and model must be names")
+    preprocessed = module in names.NO_PREPROCESSOR
+    model_id = names.model_name(model)
+    entry = catalog.entries.get(model_id)
+    own = entry is not None and entry.kind == "controlnet"  # a models.yaml id: used as it is
+    kind = names.conditioner_for_model(model_id)
+    if model_id in ("", "None", "none") or (not own and kind is None):
+        raise FieldError(f"{where}.model", f"{where}.model {model_id[:80]!r} is not a ControlNet sdcompose has "
+                                           "(GET /controlnet/model_list lists them)")
+    if preprocessed:
+        plugin, params = kind, {}
+        if plugin is None:
+            raise FieldError(f"{where}.model", f"{where}.model {model_id[:80]!r}: cannot tell which conditioner "
+                                               "it is for; name a module")
+    elif module in names.MODULES:
+        plugin, params = names.MODULES[module][0], dict(names.MODULES[module][1])
+        if not own and kind != plugin:
+            raise FieldError(f"{where}.model", f"{where}.model {model_id[:80]!r} is for {kind}, not for module "
+                                               f"{module!r}; name a models.yaml ControlNet id to pair them anyway")
+    else:
+        raise FieldError(f"{where}.module", f"{where}.module {module[:80]!r} is not one sdcompose has "
+                                            "(GET /controlnet/module_list lists them)")
+    if plugin == "canny":
+        for key, param, default in (("threshold_a", "low_threshold", 100), ("threshold_b", "high_threshold", 200)):
+            value = unit.get(key, default)
+            params[param] = _int(value if value not in (None, -1) else default, f"{where}.{key}")
+    image = unit.get("image", unit.get("input_image"))
+    if isinstance(image, dict):  # newer clients: {"image": ..., "mask": ...}
+        if image.get("mask"):
+            raise FieldError(f"{where}.image.mask", f"{where}: ControlNet unit masks are not supported by sdcompose")
+        image = image.get("image")
+    if image:
+        data = image_bytes(image, f"{where}.image")
+    elif init_image is not None:
+        data = init_image  # as sd-webui-controlnet: img2img's image when the unit has none
+    else:
+        raise FieldError(f"{where}.image", f"{where}.image is missing (a base64 image)")
+    return Control(plugin, image=data, weight=unit.get("weight", 1.0), start=unit.get("guidance_start", 0.0),
+                   end=unit.get("guidance_end", 1.0), params=params, preprocessed=preprocessed,
+                   model=model_id if own else None,  # None: the conditioner's ControlNet for the base family
+                   resize_mode=names.choice(names.RESIZE_MODES, unit.get("resize_mode", "Crop and Resize"),
+                                            f"{where}.resize_mode"),
+                   control_mode=names.choice(names.CONTROL_MODES, unit.get("control_mode", "Balanced"),
+                                             f"{where}.control_mode"))
+
