@@ -1,4 +1,4 @@
-"""The ``sdcompose`` command: generate, reproduce, preprocess, models, plugins, ui, serve.
+"""The ``sdcompose`` command: generate, reproduce, preprocess, batch, models, plugins, ui, serve.
 
 Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 """
@@ -184,6 +184,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.ray:
+        from sdcompose.raycluster import require_ray
+        require_ray()
+        from sdcompose.server.rayserve_cli import serve_ray
+        return serve_ray(args)
     return _serve(args, api=True, ui=not args.no_ui)
 
 
@@ -194,6 +199,27 @@ def _serve(args: argparse.Namespace, api: bool, ui: bool) -> int:
                              + (" (or serve the API alone with --no-ui)" if api else ""))
     from sdcompose.server.serve import serve
     return serve(args, api=api, ui=ui)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from sdcompose.batch.run import run_batch
+    if args.workers < 1:
+        raise ValidationError(f"--workers must be at least 1, got {args.workers}")
+    models = str(Path(args.models).resolve()) if args.models else None
+    if args.ray:
+        from sdcompose.raycluster import require_ray
+        require_ray()
+        from sdcompose.batch import ray_workers
+        start = lambda n: ray_workers.start_workers(n, args.address, models, args.device, args.dtype,  # noqa: E731
+                                                    args.gpus_per_worker, args.cpus_per_worker)
+        stop = ray_workers.stop_workers
+    else:
+        from sdcompose.batch.worker import Worker
+        start = lambda n: [Worker(f"local-{i}", models, args.device, args.dtype) for i in range(n)]  # noqa: E731
+        stop = lambda pool: None  # noqa: E731
+    summary = run_batch(args.jobs, args.out, start, args.workers, args.quiet, stop)
+    print(summary.text(Path(args.out)))
+    return 1 if summary.failures else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
+    b = sub.add_parser("batch", help="make the images of a JSON-lines file of requests, resumably")
+    b.add_argument("jobs", help="one request per line in the request's JSON form, with an optional \"id\"")
+    b.add_argument("--out", required=True, help="folder for <id>.png and failures.jsonl; a rerun skips finished lines")
+    b.add_argument("--workers", type=int, default=1, help="pipelines working at once (Ray actors with --ray)")
+    b.add_argument("--ray", action="store_true", help="spread the lines over Ray actors (pip install 'sdcompose[ray]')")
+    b.add_argument("--address", help="with --ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: start a "
+                                     "local Ray")
+    b.add_argument("--gpus-per-worker", type=float, default=0, help="with --ray: GPUs each actor reserves")
+    b.add_argument("--cpus-per-worker", type=float, default=1, help="with --ray: CPUs each actor reserves")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    runtime(b)
+    b.set_defaults(func=cmd_batch)
+
     def serving(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=7860)
@@ -289,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let web pages from ORIGIN (e.g. https://app.example) call the API; off by default")
     s.add_argument("--no-ui", action="store_true", help="serve the API alone")
     s.add_argument("-m", "--model", help="the AUTOMATIC1111 API's checkpoint until a client sets one")
+    s.add_argument("--ray", action="store_true", help="deploy on Ray Serve (pip install 'sdcompose[ray]'; "
+                                                      "docs/scale-out.md)")
+    s.add_argument("--address", help="with --ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: a new local Ray")
+    s.add_argument("--replicas", type=int, default=1, help="with --ray: generator replicas (one Pipeline each)")
+    s.add_argument("--autoscale", metavar="MIN:MAX", help="with --ray: autoscale the generator replicas")
+    s.add_argument("--gpus-per-replica", type=float, default=0, help="with --ray: GPUs each replica reserves")
+    s.add_argument("--cpus-per-replica", type=float, default=1, help="with --ray: CPUs each replica reserves")
+    s.add_argument("--models-per-replica", type=int, default=2, metavar="K", help="with --ray: bases a replica keeps")
+    s.add_argument("--write-config", metavar="serve.yaml", help="with --ray: write the Ray Serve config and exit")
     s.set_defaults(func=cmd_serve)
     return parser
 

@@ -11,6 +11,9 @@ from sdcompose.errors import SdcomposeError
 
 INSTALL = "pip install 'sdcompose[ray]'"
 FORWARDED = ("SDCOMPOSE_", "HF_")  # the settings a worker needs to find the same models
+# A local Ray on a busy machine can take minutes to register its node and metrics agent; Ray's defaults
+# (seconds) then fail the start with "The current node timed out during startup".
+PATIENT_START = {"RAY_raylet_start_wait_time_s": "180", "RAY_agent_register_timeout_ms": "180000"}
 
 
 def require_ray() -> Any:
@@ -32,6 +35,8 @@ def connect(address: str | None) -> Any:
     if not ray.is_initialized():
         try:
             local = {} if address else {"include_dashboard": False}  # a new local Ray: no dashboard to serve
+            if not address:
+                patient_start()
             ray.init(address=address, runtime_env=runtime_env(), log_to_driver=False, **local)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SdcomposeError(f"cannot reach Ray at {address or 'a new local instance'}: "
@@ -42,3 +47,9 @@ def connect(address: str | None) -> Any:
 def runtime_env() -> dict[str, Any]:
     """The workers' environment: this process's sdcompose and hub settings (models home, catalogue, offline)."""
     return {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}}
+
+
+def patient_start() -> None:
+    """Give a local Ray started from this process the time a loaded machine needs (unless already set)."""
+    for key, value in PATIENT_START.items():
+        os.environ.setdefault(key, value)
