@@ -15,14 +15,14 @@ from typing import Any, Callable
 
 from ray import serve
 
-from sdcompose.errors import Cancelled, SdcomposeError
+from sdcompose.errors import Cancelled, SdcomposeError, Unavailable
 from sdcompose.pipelines.pipeline import Pipeline
 from sdcompose.request import GenerationRequest, validate
 
 GENERATOR, INGRESS, APP = "generator", "ingress", "sdcompose"
 
 
-class ReplicaLost(SdcomposeError):
+class ReplicaLost(Unavailable):
     """The generator replica running a request stopped; the request did not finish (HTTP 503)."""
 
 

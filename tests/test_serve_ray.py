@@ -89,3 +89,36 @@ def test_a1111_txt2img_and_a_cancelled_job(served):
             assert time.monotonic() < deadline, "the cancel never reached the replica"
             time.sleep(0.05)
         assert state["state"] == "cancelled" and state["step"] < 400
+
+
+def test_a_replica_killed_mid_request_fails_it_with_503_while_others_finish(served):
+    import ray
+
+    from sdcompose.server.answers import status_of
+    from sdcompose.server.rayserve import ReplicaLost
+    assert status_of(ReplicaLost("gone")) == 503
+    small = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 1}
+    with httpx.Client(base_url=served, timeout=600) as client:
+        victim = client.post("/v1/generate", json=small | {"model": "tiny-sdxl"}).json()["metadata"]["replica"]
+        job = client.post("/v1/jobs", json=small | {"model": "tiny-sdxl", "steps": 400}).json()
+        deadline = time.monotonic() + 300
+        while client.get(f"/v1/jobs/{job['id']}").json()["step"] < 2:
+            assert time.monotonic() < deadline, "the long job never started"
+            time.sleep(0.05)
+        actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith(victim)]
+        assert len(actors) == 1, actors
+        ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True)
+        other = client.post("/v1/generate", json=small | {"model": "tiny-sd15"})
+        assert other.status_code == 200  # the other replica goes on
+        while (state := client.get(f"/v1/jobs/{job['id']}").json())["state"] == "running":
+            assert time.monotonic() < deadline, "the killed replica's job never ended"
+            time.sleep(0.05)
+        assert state["state"] == "failed" and state["error"]["type"] == "ReplicaLost", state
+        assert "stopped" in state["error"]["message"]
+        while True:  # Serve replaces the replica; sdxl is served again
+            again = client.post("/v1/generate", json=small | {"model": "tiny-sdxl"})
+            if again.status_code == 200:
+                break
+            assert again.status_code == 503 and time.monotonic() < deadline + 300, again.text[:300]
+            time.sleep(1)
+        assert again.json()["metadata"]["replica"] != victim
