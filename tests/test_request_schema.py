@@ -64,7 +64,7 @@ def test_ui_defaults_and_slider_ranges_are_the_schemas(pipe, tmp_path):
     labels = {"Steps": "steps", "Width": "width", "Height": "height", "CFG scale": "guidance", "Batch size": "batch"}
     for label, name in labels.items():
         assert sliders[label] == bounds(GenerationRequest, name), label
-    assert sliders["Denoising strength (image to image and inpaint)"][1] == bounds(GenerationRequest, "strength")[1]
+    assert sliders["Denoising strength (how much of the input image is repainted)"][1] == bounds(GenerationRequest, "strength")[1]
     for label, name in (("Weight", "weight"), ("Starting step", "start"), ("Ending step", "end")):
         assert sliders[label] == bounds(Control, name), label
     lora_sliders = [r for label, r in sliders.items() if label.endswith(" weight") and label != "Weight"]

@@ -193,7 +193,8 @@ def test_image_info_round_trip_restores_every_field_and_the_same_image(client, p
                           cn0_enable=True, cn0_image=handle_file(str(photo)), cn0_end=0.7, loras=["tiny-lora-sd15"],
                           lora_tiny_lora_sd15=0.4, api_name="/generate", **SMALL)[0][0]["image"]
     parameters, metadata, fields = client.predict(image=handle_file(made), api_name="/image_info")
-    assert parameters.startswith("a <b>castle</b>\nNegative prompt: fog\nSteps: 2, Sampler: euler")
+    assert parameters.startswith("a <b>castle</b> <lora:tiny-lora-sd15:0.4>\nNegative prompt: fog\n"
+                                 "Steps: 2, Sampler: Euler, Schedule type: Uniform")  # A1111's infotext
     assert json.loads(metadata)["request"]["prompt"] == "a <b>castle</b>"
     assert {k: fields[k] for k in ("task", "seed", "guidance", "strength", "cn0_enable", "cn0_preprocessed",
                                    "cn0_end", "loras", "lora_tiny_lora_sd15", "init_image", "cn0_image")} == {
