@@ -155,8 +155,7 @@ class Bench:
         if names:
             plain.unfuse_lora(components=["unet"])
             plain.delete_adapters(names)
-        cached = [m for c in self.pipe._bases.values() for m in c.values() if isinstance(m, torch.nn.Module)]
-        cached += list(self.pipe._controlnets.values())
+        cached = self.pipe.cache.modules()
         release = memory.Placement()
         for module in cached:
             release.release(module)
@@ -164,7 +163,7 @@ class Bench:
                 module.set_attn_processor(AttnProcessor2_0())
         plain.vae.disable_tiling()
         plain.vae.disable_slicing()
-        self.pipe._placement.forget({str(i): m for i, m in enumerate(cached)})
+        self.pipe.cache.placement.forget({str(i): m for i, m in enumerate(cached)})
 
     def row(self, case: Case) -> dict[str, Any]:
         row: dict[str, Any] = {"case": case.name, "setting": asdict(case)}

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdcompose.errors import Cancelled, ValidationError
+from sdcompose.errors import Cancelled, SdcomposeError, ValidationError, describe
+from sdcompose.plugins.api import PluginContext, PluginError
 from sdcompose.request import LIMITS
 
 PLUGIN = "spandrel"  # the upscaler plugin that loads models.yaml upscaler entries
@@ -84,3 +85,15 @@ def upscale(net: Any, image: Image.Image, scale: float, device: str, tile: int =
         image = image.resize(size, Image.LANCZOS)
     return image, {"scale": scale, "native_scale": net.scale, "passes": count, "tile": tile, "overlap": OVERLAP,
                    "resized": resized, "size": list(size)}
+
+
+def load(registry: Any, loader: Any, entry: Any, device: str, dtype: Any) -> Any:
+    """The network of the models.yaml upscaler ``entry``, loaded by the upscaler plugin on ``device``."""
+    plugin = registry.get(PLUGIN, "upscaler")
+    path = loader.verified_path(entry)
+    try:
+        return plugin.load(path, PluginContext(device=device, dtype=dtype))
+    except (PluginError, SdcomposeError):
+        raise
+    except Exception as exc:  # a plugin's bug fails this request only
+        raise PluginError(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}: {describe(exc)}") from None

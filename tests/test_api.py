@@ -128,7 +128,7 @@ def test_family_mismatch_is_refused_before_loading(home):
         pipe.generate(model="tiny-sd15", controls=[sdcompose.Control("canny", image=np.zeros((8, 8, 3), np.uint8),
                                                                      model="tiny-controlnet-canny-sdxl")],
                       width=64, height=64, steps=1)
-    assert not pipe._bases and not pipe._controlnets
+    assert pipe.cache.loaded() == {"base": [], "controlnet": []}
 
 
 def test_five_controlnets_in_one_request_are_each_loaded_once_and_run(home, photo):
@@ -142,7 +142,7 @@ def test_five_controlnets_in_one_request_are_each_loaded_once_and_run(home, phot
     small(pipe, controls=controls)
     assert sorted(loaded) == sorted(f"tiny-controlnet-{k}-sd15" for k in kinds)
     composed = pipe.diffusers_pipeline("tiny-sd15", controls)
-    assert [id(net) for net in composed.controlnet.nets] == [id(net) for net in pipe._controlnets.values()]
+    assert [id(net) for net in composed.controlnet.nets] == [id(pipe.cache.controlnet_module(i)) for i in pipe.cache.loaded()["controlnet"]]
     assert len(loaded) == 5
 
 

@@ -16,7 +16,7 @@ def run(pipe, photo, backend):
 
 
 def processors(pipe):
-    unet = pipe._bases["tiny-sd15"]["unet"]
+    unet = pipe.cache.components("tiny-sd15")["unet"]
     return {type(p).__name__ for p in unet.attn_processors.values()}
 
 

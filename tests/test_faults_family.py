@@ -20,7 +20,7 @@ def one_sentence(message: str) -> None:
 
 
 def nothing_loaded(p, home) -> None:
-    assert p._bases == {} and p._controlnets == {}
+    assert p.cache.loaded() == {"base": [], "controlnet": []}
     assert not (home / "models").exists(), sorted(str(x) for x in (home / "models").rglob("*"))
 
 

@@ -30,7 +30,7 @@ def refused(fresh, match: str, **changes) -> str:
     p, home = fresh
     with pytest.raises(sdcompose.ValidationError, match=match) as err:
         p.generate(**(OK | changes))
-    assert p._bases == {} and not (home / "models").exists()
+    assert p.cache.loaded()["base"] == [] and not (home / "models").exists()
     message = str(err.value)
     assert "\n" not in message and len(message) < 300, message
     return message

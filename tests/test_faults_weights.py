@@ -108,7 +108,7 @@ def test_git_lfs_pointer_in_a_base_folder_refused_before_loading(pipe, home, roo
     p = sdcompose.Pipeline(yaml, device="cpu")
     with pytest.raises(sdcompose.ModelError, match="unet/diffusion_pytorch_model.safetensors is a git-LFS pointer"):
         p.generate(model="local-base", **SMALL)
-    assert p._bases == {}
+    assert p.cache.loaded()["base"] == []
     weights_file.write_bytes(good)
     p.generate(model="local-base", **SMALL)
 
@@ -126,7 +126,7 @@ def test_corrupt_safetensors_in_base_folder(pipe, home, root, tmp_path, damage):
     with pytest.raises(sdcompose.ModelError) as err:
         p.generate(model="local-base", **SMALL)
     assert "vae/diffusion_pytorch_model.safetensors" in str(err.value) and "download it again" in str(err.value)
-    assert p._bases == {}
+    assert p.cache.loaded()["base"] == []
     assert str(weights_file.resolve()) not in cached_paths(home)
     weights_file.write_bytes(good)
     p.generate(model="local-base", **SMALL)

@@ -145,7 +145,7 @@ def test_switching_modes_back_and_forth_gives_identical_images(pipe, photo):
                                      steps=2, seed=11, batch=2, memory=mode)
     first = run("none")
     request = validate(sdcompose.GenerationRequest(model="tiny-sd15", controls=control))
-    modules = pipe._modules(resolve(request, pipe.catalog, pipe.registry))
+    modules = pipe.cache.plan_modules(resolve(request, pipe.catalog, pipe.registry))
     for mode in ("model_offload", "group_offload", "sequential_offload", "vae_slicing", "model_offload", "none"):
         result = run(mode)
         assert result.metadata["memory_plan"]["mode"] == mode

@@ -71,7 +71,7 @@ def gpu():
 
 def pair(gpu, compile_: bool, **kw):
     """(default image, fast image, fast report, second fast report) for one request."""
-    gpu._fast.compile = compile_
+    gpu.fast_mode.compile = compile_
     args = dict(model="tiny-sd15", width=64, height=64, steps=4, seed=1, guidance=6.0) | kw
     default = gpu.generate("a red fox", **args)
     fast = gpu.generate("a red fox", fast=True, **args)

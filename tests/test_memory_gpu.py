@@ -24,7 +24,7 @@ def test_every_mode_gives_the_default_image_and_gives_memory_back(gpu, photo):
         result = gpu.generate("a fox", memory=mode, **args)
         assert result.metadata["memory_plan"]["mode"] == mode
         assert np.abs(np.stack(result.arrays) - default).max() <= 1e-3, mode
-    unet = gpu._bases["tiny-sd15"]["unet"]
+    unet = gpu.cache.components("tiny-sd15")["unet"]
     assert next(unet.parameters()).is_cuda and not hasattr(unet, "_hf_hook")
 
 

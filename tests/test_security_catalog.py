@@ -150,7 +150,7 @@ def test_symlink_inside_a_model_folder_pointing_out(pipe, tmp_path, home):
     p = sdcompose.Pipeline(path, device="cpu")
     with pytest.raises(sdcompose.ModelError, match="outside the models root"):
         p.generate(model="b", width=64, height=64, steps=2, seed=1)
-    assert p._bases == {}
+    assert p.cache.loaded()["base"] == []
 
 
 def test_duplicate_ids_refused(tmp_path):

@@ -107,7 +107,7 @@ def test_pickled_unet_in_base_folder_refused_by_content(pipe, root, sentinel, tm
     assert name in message and "allow_pickle" in message and "safetensors" in message
     assert "pickle" in message
     assert not sentinel.exists()
-    assert p._bases == {}
+    assert p.cache.loaded()["base"] == []
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".safetensors"])
@@ -152,7 +152,7 @@ def test_pickled_controlnet_refused_by_content(pipe, root, sentinel, tmp_path, p
     with pytest.raises(sdcompose.ModelError, match="pickled weights.*allow_pickle"):
         p.generate(model="local-base", controls=[sdcompose.Control("canny", photo, model="evil-cn")], **SMALL)
     assert not sentinel.exists()
-    assert p._controlnets == {}
+    assert p.cache.loaded()["controlnet"] == []
 
 
 # ---- allow_pickle: true loads weights-only; a malicious pickle is still refused -----------------------------------
@@ -206,7 +206,7 @@ def test_allow_pickle_controlnet_is_weights_only(pipe, root, sentinel, tmp_path,
     p = sdcompose.Pipeline(yaml, device="cpu")
     with pytest.raises(sdcompose.ModelError, match="not plain weights"):
         p.generate(model="local-base", controls=[sdcompose.Control("canny", photo, model="cn")], **SMALL)
-    assert not sentinel.exists() and p._controlnets == {}
+    assert not sentinel.exists() and p.cache.loaded()["controlnet"] == []
 
 
 def test_torch_load_itself_refuses_the_payload(tmp_path, sentinel):

@@ -44,7 +44,7 @@ def test_fp16_overflow_is_decoded_again_in_fp32(pipe, home):
     assert np.isfinite(image).all()
     assert image.std() > 0.01, "not a flat (black or white) image"
     assert result.metadata["vae_decode"] == "float32 (the float16 decode had NaN/inf)"
-    assert half._bases["vae-overflow-fp16"]["vae"].dtype == torch.float16, "the VAE goes back to float16"
+    assert half.cache.components("vae-overflow-fp16")["vae"].dtype == torch.float16, "the VAE goes back to float16"
 
 
 def test_normal_decode_is_left_alone(pipe):

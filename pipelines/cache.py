@@ -1,0 +1,111 @@
+"""The weights one ``Pipeline`` keeps loaded between requests: base models' components, ControlNets,
+schedulers, and where the memory plan last put them.
+
+Bases are kept least recently used first, ``keep_models`` of them; ControlNets up to ``CONTROLNETS_KEPT``
+(more while one request needs more). ``loaded()`` says what is in memory, by id, for tests, benchmarks and
+a router choosing a worker.
+"""
+from __future__ import annotations
+
+import gc
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from sdcompose.pipelines import compose, memory, schedulers
+from sdcompose.pipelines.catalog import Entry
+from sdcompose.pipelines.loader import Loader
+from sdcompose.pipelines.resolve import Plan
+
+CONTROLNETS_KEPT = 4  # ControlNets cached between requests (more while one request needs more)
+
+
+class ModelCache:
+    def __init__(self, loader: Loader, dtype: torch.dtype, keep_models: int = 1) -> None:
+        self.loader, self.dtype, self.keep_models = loader, dtype, keep_models
+        self.placement = memory.Placement()  # where each cached module is now (device, offload hooks)
+        self._bases: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._controlnets: OrderedDict[str, Any] = OrderedDict()
+        self._schedulers: dict[tuple[str, str], Any] = {}
+
+    # ---- what is loaded ------------------------------------------------------------------------
+    def loaded(self) -> dict[str, list[str]]:
+        """The ids in memory by kind, least recently used first: ``{"base": [...], "controlnet": [...]}``."""
+        return {"base": list(self._bases), "controlnet": list(self._controlnets)}
+
+    def components(self, base_id: str) -> dict[str, Any]:
+        """A loaded base's diffusers components by name (``unet``, ``vae``, ``scheduler``, ...); KeyError if not loaded."""
+        return self._bases[base_id]
+
+    def controlnet_module(self, controlnet_id: str) -> torch.nn.Module:
+        """A loaded ControlNet; KeyError if not loaded."""
+        return self._controlnets[controlnet_id]
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every loaded module: the bases' networks, then the ControlNets."""
+        cached = [m for c in self._bases.values() for m in c.values() if isinstance(m, torch.nn.Module)]
+        return cached + list(self._controlnets.values())
+
+    # ---- loading -------------------------------------------------------------------------------
+    def base(self, entry: Entry) -> dict[str, Any]:
+        if entry.id not in self._bases:
+            while len(self._bases) >= max(1, self.keep_models):
+                self._bases.popitem(last=False)
+                free()
+            components = self.loader.base(entry, self.dtype)  # on the CPU: the memory plan places them
+            for module in components.values():
+                if isinstance(module, torch.nn.Module):
+                    module.eval().requires_grad_(False)
+            self._bases[entry.id] = components
+        self._bases.move_to_end(entry.id)
+        return self._bases[entry.id]
+
+    def controlnet(self, entry: Entry, keep: int = CONTROLNETS_KEPT):
+        if entry.id not in self._controlnets:
+            while len(self._controlnets) >= keep:
+                self._controlnets.popitem(last=False)
+                free()
+            self._controlnets[entry.id] = self.loader.controlnet(entry, self.dtype).eval().requires_grad_(False)
+        self._controlnets.move_to_end(entry.id)
+        return self._controlnets[entry.id]
+
+    def plan_modules(self, plan: Plan) -> dict[str, torch.nn.Module]:
+        """The cached modules a composition runs, by name (``controlnet:0``, ... for its units), loaded if needed.
+
+        The ControlNet cache grows to hold every ControlNet of the plan, so none of them is evicted while
+        the plan loads the next."""
+        components = self.base(plan.base)
+        modules = {name: m for name, m in components.items() if isinstance(m, torch.nn.Module)}
+        keep = max(CONTROLNETS_KEPT, len({u.controlnet.id for u in plan.units}))
+        modules.update({f"controlnet:{i}": self.controlnet(u.controlnet, keep) for i, u in enumerate(plan.units)})
+        return modules
+
+    def compose(self, plan: Plan, modules: dict[str, torch.nn.Module]):
+        """The diffusers pipeline over ``modules`` (from ``plan_modules(plan)``): the very modules the memory plan places."""
+        controlnets = [modules[f"controlnet:{i}"] for i in range(len(plan.units))]
+        return compose.build(plan.family, plan.request.task, self._bases[plan.base.id], controlnets,
+                             [unit.control.control_mode for unit in plan.units])
+
+    def besides(self, modules: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
+        """The cached modules a composition does not use (the memory plan moves them off the device)."""
+        used = {id(m) for m in modules.values()}
+        return [m for m in self.modules() if id(m) not in used]
+
+    def scheduler(self, base_id: str, name: str) -> Any:
+        """One scheduler per base and name, reused as diffusers reuses its own: requests run one at a time, and
+        set_timesteps resets a run's state (building costs ms)."""
+        key = (base_id, name)
+        if key not in self._schedulers:
+            self._schedulers[key] = schedulers.make(name, self._bases[base_id]["scheduler"].config)
+        return self._schedulers[key]
+
+    def drop(self, base_id: str) -> None:
+        """Forget a base whose weights may have been changed: the next request loads it afresh."""
+        self._bases.pop(base_id, None)
+
+
+def free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

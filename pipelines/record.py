@@ -1,0 +1,89 @@
+"""The record of a run: metadata out (every field, model hashes, plugin versions, runtime, the inputs embedded),
+and a recorded image's request back in (its models checked unchanged first)."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sdcompose.errors import ModelError
+from sdcompose.metadata import FORMAT, library_versions, read_png
+from sdcompose.pipelines.catalog import Catalog, Entry
+from sdcompose.pipelines.loader import Loader
+from sdcompose.pipelines.resolve import Plan, lora_by_name
+from sdcompose.plugins.registry import Registry
+from sdcompose.request import GenerationRequest
+from sdcompose.result import Result
+
+TEST_MODEL_NOTE = "noise from a random-weight test model"
+
+
+def result(plan: Plan, arrays: list[np.ndarray], report: dict[str, Any], inputs: dict[str, Image.Image],
+           runtime: dict[str, Any], loader: Loader, registry: Registry, device: str, dtype: Any) -> Result:
+    """The images of one run with their metadata (shared, and per image with its seed)."""
+    req = plan.request
+    entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras)]
+    models = {e.id: {"kind": e.kind, "family": e.family, "source": source_of(e),
+                     "sha256": loader.hashes(e)} for e in entries}
+    plugins = {u.control.id: {"version": u.plugin.version, "package": registry.entries[u.control.id].package}
+               for u in plan.units}
+    shared = {
+        "format": FORMAT, "task": req.task, "request": req.summary(), "seeds": [req.seed + i for i in range(req.batch)],
+        "models": models, "plugins": plugins, **environment(device, dtype), "lora_report": report,
+        "control_maps_sha256": [hashlib.sha256(m.tobytes()).hexdigest() for k, m in inputs.items()
+                                if k.startswith("control-")],
+        **runtime,
+    }
+    if plan.base.tiny:
+        shared["note"] = TEST_MODEL_NOTE
+    images = [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)) for a in arrays]
+    per_image = [{**shared, "seed": req.seed + i, "image_index": i} for i in range(len(images))]
+    return Result(images=images, metadata=shared, per_image=per_image, arrays=arrays, inputs=inputs)
+
+
+def upscaled(image: Image.Image, entry: Entry, architecture: str, source_size: tuple[int, int],
+             report: dict[str, Any], plugin: Any, package: str, loader: Loader, device: str, dtype: Any) -> Result:
+    """An upscaled image with its metadata."""
+    meta = {"format": FORMAT, "task": "upscale", "upscale": {"model": entry.id, "architecture": architecture,
+                                                              "source_size": list(source_size), **report},
+            "models": {entry.id: {"kind": entry.kind, "source": source_of(entry), "sha256": loader.hashes(entry)}},
+            "plugins": {plugin.id: {"version": plugin.version, "package": package}}, **environment(device, dtype)}
+    if entry.tiny:
+        meta["note"] = TEST_MODEL_NOTE
+    return Result(images=[image], metadata=meta, per_image=[meta], arrays=[np.asarray(image, dtype=np.float32) / 255])
+
+
+def environment(device: str, dtype: Any) -> dict[str, Any]:
+    return {"device": device, "dtype": str(dtype).removeprefix("torch."), "versions": library_versions()}
+
+
+def request_from(png: Any, catalog: Catalog, loader: Loader, strict: bool) -> GenerationRequest:
+    """The request an sdcompose PNG records; with ``strict``, refused if a model's files changed since."""
+    meta, inputs = read_png(png)
+    request = GenerationRequest.from_metadata(meta, inputs, runtime=False)
+    if strict:
+        for model_id, recorded in meta.get("models", {}).items():
+            current = loader.hashes(catalog.get(model_id))
+            if current != recorded.get("sha256"):
+                raise ModelError(f"model {model_id!r} has changed since this image was made (different "
+                                 "file hashes); restore that version, or pass strict=False")
+    return request
+
+
+def resolves(catalog: Catalog, lora_name: str) -> bool:
+    """Whether an A1111 ``<lora:name:w>`` tag names a LoRA of the catalogue."""
+    try:
+        lora_by_name(catalog, lora_name)
+        return True
+    except ModelError:
+        return False
+
+
+def source_of(entry: Entry) -> str:
+    if entry.tiny:
+        return "tiny (built on first use)"
+    if entry.repo:
+        return f"{entry.repo}@{entry.revision}" + (f"/{entry.filename}" if entry.filename else "")
+    return entry.path or entry.file or entry.found or ""

@@ -1,0 +1,177 @@
+"""One request's denoise over the model cache: the memory plan, attention and fast mode, the adapter applied for
+this request only (a context manager that always takes it off again), the step callbacks (progress, preview,
+cancel), and out-of-memory and cancel turned into sdcompose's errors once the run's tensors are freed."""
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdcompose.errors import Cancelled, OutOfMemory, SdcomposeError, describe
+from sdcompose.pipelines import attention, compose, families, memory, schedulers, vae_guard
+from sdcompose.pipelines.cache import ModelCache, free
+from sdcompose.pipelines.fast import FastMode
+from sdcompose.pipelines.loader import Loader
+from sdcompose.pipelines.preview import latents_to_image
+from sdcompose.pipelines.resolve import Plan
+from sdcompose.plugins.api import PluginContext, PluginError
+from sdcompose.plugins.registry import Registry
+
+log = logging.getLogger("sdcompose")
+Progress = Callable[[int, int], None]
+Preview = Callable[[int, int, Image.Image], None]
+
+
+def loaded_adapter(registry: Registry) -> Any:
+    """The LoRA plugin if it has been used: it also clears LoRAs it keeps fused between requests."""
+    entry = registry.entries.get("lora")
+    return entry.plugin if entry is not None and entry.status == "loaded" else None
+
+
+class Adapters:
+    """The request's adapter plugin on ``pipe``: ``apply()`` inside the block, always taken off when it ends.
+
+    A plugin that fails to apply, or cannot take its weights off, leaves the base dropped from the cache, so
+    the next request loads it clean."""
+
+    def __init__(self, adapter: Any, pipe: Any, plan: Plan, cache: ModelCache, loader: Loader,
+                 ctx: PluginContext) -> None:
+        self.adapter, self.pipe, self.plan, self.cache, self.loader, self.ctx = adapter, pipe, plan, cache, loader, ctx
+
+    def __enter__(self) -> "Adapters":
+        return self
+
+    def apply(self) -> dict[str, Any]:
+        """The plugin's load report ({} without an adapter)."""
+        if self.adapter is None:
+            return {}
+        plan = self.plan
+        adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
+        try:
+            return self.adapter.apply(self.pipe, adapters, self.ctx)
+        except SdcomposeError:
+            raise
+        except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
+            self.cache.drop(plan.base.id)
+            if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
+                raise
+            raise PluginError(f"adapter plugin {self.adapter.id!r} could not apply {[a['id'] for a in adapters]} "
+                              f"(does the file fit this {plan.family} base?): {describe(exc)}") from None
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.adapter is None:
+            return
+        base_id = self.plan.base.id
+        try:
+            self.adapter.remove(self.pipe)
+        except Exception as exc:
+            self.cache.drop(base_id)
+            free()
+            warnings.warn(f"adapter plugin {self.adapter.id!r} could not remove its weights ({type(exc).__name__}: "
+                          f"{exc}); base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
+
+
+class Run:
+    """The denoise of one resolved request; ``Run(...).denoise(maps, init, mask)`` -> (arrays, adapter report,
+    runtime metadata)."""
+
+    def __init__(self, plan: Plan, cache: ModelCache, registry: Registry, fast: FastMode, device: str,
+                 dtype: torch.dtype, progress: Progress | None = None, cancel: threading.Event | None = None,
+                 preview: Preview | None = None) -> None:
+        self.plan, self.cache, self.registry, self.fast, self.device, self.dtype = plan, cache, registry, fast, device, dtype
+        self.progress, self.cancel, self.preview = progress, cancel, preview
+        self.final: dict[str, Any] = {}  # the last step's latents, for the fp16 VAE guard
+
+    def on_step(self, _pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        steps = self.plan.request.steps
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"cancelled at step {step + 1} of {steps}")
+        if self.progress is not None:
+            self.progress(step + 1, steps)
+        if self.preview is not None and tensors.get("latents") is not None:
+            self.preview(step + 1, steps, latents_to_image(tensors["latents"], self.plan.family))
+        self.final["latents"] = tensors.get("latents")
+        return tensors
+
+    def denoise(self, maps: list[Image.Image], init: Any, mask: Any) -> tuple[list[np.ndarray], dict, dict]:
+        plan, cache = self.plan, self.cache
+        req = plan.request
+        backend, backend_reason = attention.choose(req.attention, self.device)
+        models = cache.plan_modules(plan)
+        pipe = cache.compose(plan, models)
+        plan_memory = memory.choose(req.memory, memory.workload(models, req.width, req.height, req.batch,
+                                                                 req.guidance, self.dtype, plan.family),
+                                    self.device, req.vram)
+        log.info("memory plan %s: %s", plan_memory.mode, plan_memory.reason)
+        pipe.scheduler = cache.scheduler(plan.base.id, req.scheduler)
+        schedulers.seed(pipe.scheduler, req.seed)
+        kwargs: dict[str, Any] = {}
+        adapter = self.registry.get("lora", "adapter") if plan.loras else loaded_adapter(self.registry)
+        report: dict[str, Any] = {}
+        stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
+        try:
+            with Adapters(adapter, pipe, plan, cache, cache.loader, PluginContext(device=self.device, dtype=self.dtype)) \
+                    as adapters:
+                cache.placement.prepare(models, plan_memory, self.device, cache.besides(models))
+                attention.apply(list(models.values()), backend)
+                report = adapters.apply()
+                cache.placement.attach(pipe, models, plan_memory, self.device)
+                denoiser = families.get(plan.family).denoiser
+                graphed = [m for name, m in models.items() if name == denoiser or name.startswith("controlnet")]
+                with torch.inference_mode(), \
+                        self.fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
+                    kwargs = self.call_arguments(pipe, maps, init, mask)  # encodes prompts: after placement, LoRAs
+                    with vae_guard.Watch(pipe.vae) as watch:
+                        output = pipe(**kwargs, callback_on_step_end=self.on_step)
+                    images, vae_decode = vae_guard.checked(pipe, watch, output.images, self.final.get("latents"))
+        except torch.OutOfMemoryError:
+            stopped = "oom"
+        except Cancelled as exc:
+            stopped = str(exc)
+        except SdcomposeError:
+            raise
+        except Exception as exc:
+            if adapter is not None and _raised_in(exc, type(adapter).__module__):
+                raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
+                                  f"{describe(exc)}") from None
+            raise
+        if stopped == "oom":
+            del pipe, kwargs
+            self.final.clear()
+            free()
+            raise OutOfMemory(f"out of {self.device} memory at {req.width}x{req.height}, batch {req.batch}, "
+                              f"{len(plan.units)} ControlNet(s): lower the size or batch, or use a memory-saving "
+                              "mode; nothing from this request stays loaded")
+        if stopped is not None:
+            raise Cancelled(stopped)
+        arrays = [np.asarray(a, dtype=np.float32) for a in images]
+        runtime = {"memory_plan": plan_memory.describe(), "attention": {"backend": backend, "reason": backend_reason},
+                   "fast": fast_report, "vae_decode": vae_decode}
+        return arrays, report, runtime
+
+    def call_arguments(self, pipe: Any, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
+        plan = self.plan
+        req = plan.request
+        generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
+        prompt = plan.prompt
+        if req.add_trigger_words:
+            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in prompt]
+            prompt = ", ".join([prompt, *words]) if prompt else ", ".join(words)
+        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt,
+                                      family=plan.family)
+
+
+def _raised_in(exc: BaseException, module: str) -> bool:
+    """Whether ``exc`` was raised in code of ``module`` (a plugin), judged by its traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        if name == module or name.startswith(module + "."):
+            return True
+        tb = tb.tb_next
+    return False
