@@ -148,7 +148,7 @@ class JobQueue:
             return len(self._waiting)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Withdraw every queued job, stop the running one, and let the worker end."""
+        """Withdraw every queued job, stop the running ones, and let the workers end."""
         with self._lock:
             self._closed = True
             waiting = list(self._waiting)
