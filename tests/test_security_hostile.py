@@ -90,7 +90,7 @@ BOMB_ENTRY_POINTS = {
     "Image info": """
         from test_ui_handlers import handlers_for
         text, shown, values = handlers_for(WORK).image_info(BOMB)
-        emit(f"{values['cn0_image']} {values['cn2_image']} {values['mask']} {values['inpaint']['background']}")
+        emit(f"{values['cn0_image']} {values['cn2_image']} {values['mask']} {values['inpaint']}")
     """,
     "Restore": """
         import gradio as gr

@@ -171,8 +171,9 @@ def test_embedded_inputs_are_checked_like_any_image(pipe, made, tmp_path):
                             ("not base64 !!", "not valid base64"), (12, "not base64 text")):
         target = tmp_path / "inputs.png"
         target.write_bytes(png_with(itxt(KEY, json.dumps(meta)), itxt(INPUTS_KEY, json.dumps({"control-0": embedded}))))
+        _, embedded_inputs = read_png(target)  # read without decoding: checked when a request uses it
         with pytest.raises(sdcompose.ValidationError, match=match):
-            read_png(target)
+            open_image(embedded_inputs["control-0"])
     encoded = {"../../etc/passwd": "AAAA", **{k: base64_png(open_image(v)) for k, v in inputs.items()}}
     target.write_bytes(png_with(itxt(KEY, json.dumps(meta)), itxt(INPUTS_KEY, json.dumps(encoded))))
     assert set(read_png(target)[1]) == {"control-0", "init_image"}  # names sdcompose never writes are ignored
