@@ -11,12 +11,13 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from sdcompose.errors import SdcomposeError, ValidationError
-from sdcompose.images import MAX_BYTES, fit, load_rgb, open_image, to_rgb
+from sdcompose.errors import ValidationError
+from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_rgb, open_image, to_rgb
 from sdcompose.pipelines.catalog import Catalog
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Unit
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
+from sdcompose.plugins.contain import plugin_code
 from sdcompose.request import LIMITS, Control
 
 MAPS_KEPT = 32  # control maps kept in memory between requests
@@ -49,15 +50,13 @@ class Conditioning:
 
     def _preprocess(self, control: Control, plugin: Any, source: ControlSource, params: dict[str, Any]) -> Image.Image:
         ctx = PluginContext(device=self.device, dtype=self.dtype, weights=LazyWeights(plugin.annotators, self.annotator))
-        try:
+        with plugin_code(f"conditioner {control.id!r} failed on its input"):  # fails this request only
             image = plugin.preprocess(source, ctx, params)
-        except SdcomposeError:  # lazily fetched weights raise ModelError as they are
-            raise
-        except Exception as exc:  # a plugin's bug fails this request only
-            raise PluginError(f"conditioner {control.id!r} failed on its input: "
-                              f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(image, Image.Image):
             raise PluginError(f"conditioner {control.id!r} returned {type(image).__name__}, not a PIL image")
+        if image.width * image.height > MAX_PIXELS:
+            raise PluginError(f"conditioner {control.id!r} returned a {image.width}x{image.height} map; "
+                              f"the limit is {MAX_PIXELS} pixels")
         return to_rgb(image)
 
     @staticmethod

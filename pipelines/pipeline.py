@@ -11,8 +11,10 @@ from PIL import Image
 from sdcompose import infotext
 from sdcompose.errors import ValidationError
 from sdcompose.images import fit, load_mask, load_rgb, pixel_budget
+from sdcompose.metadata import read_png
 from sdcompose.pipelines import hires, memory, prompt_encode, record, upscale
-from sdcompose.pipelines.cache import ModelCache
+from sdcompose.pipelines import reproduce as reproduction
+from sdcompose.pipelines.cache import ModelCache, best_device
 from sdcompose.pipelines.catalog import Catalog, home
 from sdcompose.pipelines.conditioning import Conditioning, target_size
 from sdcompose.pipelines.fast import FastMode
@@ -20,19 +22,12 @@ from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Unit, base_by_name, resolve
 from sdcompose.pipelines.run import Run, loaded_adapter
 from sdcompose.plugins.api import PluginContext
+from sdcompose.plugins.contain import plugin_code
 from sdcompose.plugins.registry import Registry
 from sdcompose.prompt_syntax import check_syntax
 from sdcompose.request import Control, GenerationRequest, validate
 from sdcompose.result import Result
 from sdcompose.settings import Settings
-
-
-def best_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 class Pipeline:
@@ -107,7 +102,14 @@ class Pipeline:
         found = infotext.foreign(png)
         if found.tool != "sdcompose":
             return self._reproduce_foreign(found, model)
-        return self.run(record.request_from(png, self.catalog, self.loader, strict))
+        meta, inputs = read_png(png)  # its embedded inputs: decoded by run(), only those the request uses
+        request = GenerationRequest.from_metadata(meta, inputs, runtime=False)  # validated before anything is hashed
+        if request.model is None:
+            request = request.with_(model=self.settings.default_model)
+        if strict:
+            reproduction.check_models(meta, resolve(request, self.catalog, self.registry), self.catalog,
+                                      self.loader.hashes)
+        return self.run(request)
 
     def _reproduce_foreign(self, found: infotext.Found, model: str | None) -> Result:
         restored = self.restored(found, model)
@@ -155,7 +157,8 @@ class Pipeline:
             self.cache.placement.prepare(models, memory.MemoryPlan(), self.device)  # all on the device
             adapter = loaded_adapter(self.registry)
             if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
-                adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
+                with plugin_code(f"adapter plugin {adapter.id!r} could not take its LoRAs off"):
+                    adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
             return pipe
 
     def upscale(self, image: Any, model: str, scale: float | None = None, tile: int = upscale.TILE,

@@ -1,5 +1,6 @@
 """The record of a run: metadata out (every field, model hashes, plugin versions, runtime, the inputs embedded),
-and a recorded image's request back in (its models checked unchanged first)."""
+and the LoRA names an A1111 image's tags point at (the request itself comes back through
+``GenerationRequest.from_metadata``; its models are checked by ``pipelines/reproduce.py``)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,12 +10,11 @@ import numpy as np
 from PIL import Image
 
 from sdcompose.errors import ModelError
-from sdcompose.metadata import FORMAT, library_versions, read_png
+from sdcompose.metadata import FORMAT, library_versions
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Plan, lora_by_name
 from sdcompose.plugins.registry import Registry
-from sdcompose.request import GenerationRequest
 from sdcompose.result import Result
 
 TEST_MODEL_NOTE = "noise from a random-weight test model"
@@ -57,19 +57,6 @@ def upscaled(image: Image.Image, entry: Entry, architecture: str, source_size: t
 
 def environment(device: str, dtype: Any) -> dict[str, Any]:
     return {"device": device, "dtype": str(dtype).removeprefix("torch."), "versions": library_versions()}
-
-
-def request_from(png: Any, catalog: Catalog, loader: Loader, strict: bool) -> GenerationRequest:
-    """The request an sdcompose PNG records; with ``strict``, refused if a model's files changed since."""
-    meta, inputs = read_png(png)
-    request = GenerationRequest.from_metadata(meta, inputs, runtime=False)
-    if strict:
-        for model_id, recorded in meta.get("models", {}).items():
-            current = loader.hashes(catalog.get(model_id))
-            if current != recorded.get("sha256"):
-                raise ModelError(f"model {model_id!r} has changed since this image was made (different "
-                                 "file hashes); restore that version, or pass strict=False")
-    return request
 
 
 def resolves(catalog: Catalog, lora_name: str) -> bool:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from sdcompose.errors import Cancelled, OutOfMemory, SdcomposeError, describe
+from sdcompose.errors import Cancelled, OutOfMemory, SdcomposeError, is_out_of_memory
 from sdcompose.pipelines import attention, compose, families, memory, schedulers, vae_guard
 from sdcompose.pipelines.cache import ModelCache, free
 from sdcompose.pipelines.fast import FastMode
@@ -20,6 +21,7 @@ from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.preview import latents_to_image
 from sdcompose.pipelines.resolve import Plan
 from sdcompose.plugins.api import PluginContext, PluginError
+from sdcompose.plugins.contain import plugin_code
 from sdcompose.plugins.registry import Registry
 
 log = logging.getLogger("sdcompose")
@@ -52,28 +54,25 @@ class Adapters:
             return {}
         plan = self.plan
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
-        try:
-            return self.adapter.apply(self.pipe, adapters, self.ctx)
-        except SdcomposeError:
-            raise
-        except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
-            self.cache.drop(plan.base.id)
-            if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
+        with plugin_code(f"adapter plugin {self.adapter.id!r} could not apply {[a['id'] for a in adapters]} "
+                         f"(does the file fit this {plan.family} base?)", oom=True):
+            try:
+                return self.adapter.apply(self.pipe, adapters, self.ctx)
+            except BaseException:  # the base's weights may be half changed: load it afresh next time
+                self.cache.drop(plan.base.id)
                 raise
-            raise PluginError(f"adapter plugin {self.adapter.id!r} could not apply {[a['id'] for a in adapters]} "
-                              f"(does the file fit this {plan.family} base?): {describe(exc)}") from None
 
     def __exit__(self, *exc_info: Any) -> None:
         if self.adapter is None:
             return
         base_id = self.plan.base.id
         try:
-            self.adapter.remove(self.pipe)
-        except Exception as exc:
+            with plugin_code(f"adapter plugin {self.adapter.id!r} could not remove its weights"):
+                self.adapter.remove(self.pipe)
+        except PluginError as exc:
             self.cache.drop(base_id)
             free()
-            warnings.warn(f"adapter plugin {self.adapter.id!r} could not remove its weights ({type(exc).__name__}: "
-                          f"{exc}); base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{exc}; base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
 
 
 class Run:
@@ -114,9 +113,11 @@ class Run:
         adapter = self.registry.get("lora", "adapter") if plan.loras else loaded_adapter(self.registry)
         report: dict[str, Any] = {}
         stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
+        adapter_code = nullcontext() if adapter is None else plugin_code(  # an adapter's hooks run inside the call
+            f"adapter plugin {adapter.id!r} failed during generation", module=type(adapter).__module__, oom=True)
         try:
             with Adapters(adapter, pipe, plan, cache, cache.loader, PluginContext(device=self.device, dtype=self.dtype)) \
-                    as adapters:
+                    as adapters, adapter_code:
                 cache.placement.prepare(models, plan_memory, self.device, cache.besides(models))
                 attention.apply(list(models.values()), backend)
                 report = adapters.apply()
@@ -136,10 +137,9 @@ class Run:
         except SdcomposeError:
             raise
         except Exception as exc:
-            if adapter is not None and _raised_in(exc, type(adapter).__module__):
-                raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
-                                  f"{describe(exc)}") from None
-            raise
+            if not is_out_of_memory(exc):  # the CPU's out of memory is a MemoryError or a RuntimeError
+                raise
+            stopped = "oom"
         if stopped == "oom":
             del pipe, kwargs
             self.final.clear()
@@ -165,13 +165,3 @@ class Run:
         return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt,
                                       family=plan.family)
 
-
-def _raised_in(exc: BaseException, module: str) -> bool:
-    """Whether ``exc`` was raised in code of ``module`` (a plugin), judged by its traceback."""
-    tb = exc.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_globals.get("__name__", "")
-        if name == module or name.startswith(module + "."):
-            return True
-        tb = tb.tb_next
-    return False

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdcompose.errors import Cancelled, SdcomposeError, ValidationError, describe
-from sdcompose.plugins.api import PluginContext, PluginError
+from sdcompose.errors import Cancelled, ValidationError
+from sdcompose.plugins.api import PluginContext
 from sdcompose.request import LIMITS
 
 PLUGIN = "spandrel"  # the upscaler plugin that loads models.yaml upscaler entries
@@ -91,9 +91,6 @@ def load(registry: Any, loader: Any, entry: Any, device: str, dtype: Any) -> Any
     """The network of the models.yaml upscaler ``entry``, loaded by the upscaler plugin on ``device``."""
     plugin = registry.get(PLUGIN, "upscaler")
     path = loader.verified_path(entry)
-    try:
+    from sdcompose.plugins.contain import plugin_code
+    with plugin_code(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}"):  # fails this request only
         return plugin.load(path, PluginContext(device=device, dtype=dtype))
-    except (PluginError, SdcomposeError):
-        raise
-    except Exception as exc:  # a plugin's bug fails this request only
-        raise PluginError(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}: {describe(exc)}") from None
