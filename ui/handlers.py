@@ -146,7 +146,7 @@ class Handlers:
         for event in self._run(session_of(request), values):
             if event.done:
                 yield event.gallery, event.info, event.status, event.seed
-            else:
+            elif event.total:
                 progress((event.step, event.total), desc=f"step {event.step} of {event.total}", unit="steps")
                 if event.image is not None:
                     yield [(event.image, f"preview at step {event.step}")], gr.skip(), event.status, gr.skip()
@@ -173,6 +173,7 @@ class Handlers:
         started = time.monotonic()
         with errors_in_page(self.form.unit_names(values)):
             kwargs = self.form.to_kwargs(values)
+            yield RunEvent(status=self.preparing(kwargs.get("model")))
             with self.sessions.cancel_flag(session) as cancel:
                 steps: queue.Queue = queue.Queue()
                 outcome: dict[str, Any] = {}
@@ -222,6 +223,15 @@ class Handlers:
                       "real model draws. " + status)
         yield RunEvent(done=True, gallery=gallery, info=json.dumps(result.metadata, indent=1, default=str),
                        status=status, seed=seeds[0])
+
+    def preparing(self, model: str | None) -> str:
+        """The status line until the first step: the base model loading (or downloading, on first use)."""
+        entry = self.pipeline.catalog.entries.get(model or self.pipeline.settings.default_model)
+        if entry is None or entry.id in self.pipeline.loaded():
+            return "Starting\u2026"
+        if not self.pipeline.loader.is_local(entry):
+            return f"Downloading {escape(entry.id)} (first use: several GB, it can take minutes)\u2026"
+        return f"Loading {escape(entry.id)}\u2026"
 
     def stop(self, request: gr.Request) -> str:
         stopped = self.sessions.stop(session_of(request))
