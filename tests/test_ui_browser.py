@@ -410,3 +410,24 @@ def test_restoring_add_trigger_words_shows_the_prompt_the_model_gets(page, tmp_p
     page.click("#sdc-restore")
     page.locator("#sdc-prompt-tokens").get_by_text("the model gets: a lighthouse, tinystyle").wait_for(timeout=60_000)
     assert page.input_value("#sdc-prompt textarea") == "a lighthouse" and page.dialogs == []
+
+
+def test_an_xyz_plot_runs_as_one_job_and_shows_its_labelled_grid(page, outputs):
+    page.fill("#sdc-prompt textarea", "a plotted lighthouse")
+    set_numbers(page, width=64, height=64, steps=2)
+    page.fill("#sdc-seed input", "8")
+    page.click("#sdc-xyz button.label-wrap")
+    pick(page, "#sdc-xyz-x-kind", "Steps")
+    page.locator("#sdc-xyz-x-values").locator("textarea, input").first.fill("1, 2")
+    pick(page, "#sdc-xyz-y-kind", "CFG scale")
+    page.locator("#sdc-xyz-y-values").locator("textarea, input").first.fill("2, 6")
+    page.click("#sdc-xyz-run")
+    page.get_by_text("X/Y/Z plot: 4 image(s) and 1 grid(s)").wait_for(timeout=240_000)
+    grid = served_png(page)  # the first image shown: the grid
+    meta = json.loads(grid.text["sdcompose"])
+    assert [a["kind"] for a in meta["xyz"]["axes"]] == ["steps", "guidance"] and grid.width > 128
+    (kept,) = outputs.glob("*/grids/*-grid.png")
+    assert np.array_equal(pixels(Image.open(kept)), pixels(grid))
+    assert len(list(outputs.glob("*/*-8.png"))) == 4, "each cell kept as its own PNG"
+    screenshot(page, "ui-xyz.png", full_page=False)
+    assert page.dialogs == []

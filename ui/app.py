@@ -26,6 +26,7 @@ from .form import LORA_WEIGHT, RANGES, TASKS, Form
 from .assist import Assist
 from .handlers import Handlers, with_fields
 from .history import History
+from .plot import PlotRun, plot_controls
 from .sessions import Sessions
 from .uploads import checked_image, control_file
 
@@ -123,6 +124,7 @@ def _form(ui: SimpleNamespace, add: Add, pipeline: Any, form: Form, loras: list[
         if broken:
             gr.Markdown("Plugins that could not be used (see the Plugins tab):\n" + broken)
     _loras(add, loras, form)
+    ui.plot_fields, ui.plot_run = plot_controls()
     _performance(add, defaults)
     ui.forget_form = gr.Button("Reset the form (it is kept in this browser)", size="sm", variant="secondary",
                                elem_id="sdc-forget-form")
@@ -225,9 +227,15 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
     # the gallery unhidden, and an error stays in the status line.
     started = gr.on([ui.generate.click], lambda: ("Waiting for the device\u2026", ""), None, [ui.status, ui.progress],
                     api_name="clear_status", api_visibility="undocumented", queue=False)
-    started.then(with_fields(handlers.generate_in_page, list(fields)), outputs=[*outputs, ui.progress, ui.gallery_paths],
-                 api_name="generate_in_page", api_visibility="undocumented", show_progress="minimal",
-                 show_progress_on=ui.progress, **run)
+    in_page = dict(outputs=[*outputs, ui.progress, ui.gallery_paths], show_progress="minimal",
+                   show_progress_on=ui.progress, concurrency_limit=1, concurrency_id="device")
+    started.then(with_fields(handlers.generate_in_page, list(fields)), inputs_kwargs=fields,
+                 api_name="generate_in_page", api_visibility="undocumented", **in_page)
+    # The X/Y/Z plot: the form's request over its axes, one job on the same queue, shown and kept as a run is.
+    plotted = ui.plot_run.click(lambda: ("Waiting for the device\u2026", ""), None, [ui.status, ui.progress],
+                                api_name="clear_status_plot", api_visibility="undocumented", queue=False)
+    plotted.then(with_fields(PlotRun(handlers).in_page, [*fields, *ui.plot_fields]),
+                 inputs_kwargs=fields | ui.plot_fields, api_name="xyz_plot", **in_page)
     gr.on([fields["model"].input, fields["loras"].input], handlers.recommended, [fields["model"], fields["loras"]],
           [fields["steps"], fields["guidance"], fields["scheduler"], ui.status], api_name="recommended",
           api_visibility="undocumented")  # a few-step model's steps, guidance and sampler, when the user picks it
