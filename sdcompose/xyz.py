@@ -146,8 +146,8 @@ def plot(pipe: Any, request: GenerationRequest, axes: list[Axis], progress: Call
         grids.append(draw_grid(rows, x_labels, y_labels, title))
         metas.append({"format": FORMAT, "xyz": {
             "axes": [{"kind": a.kind, "name": NAMES[i], "values": list(a.values)} for i, a in enumerate(axes)],
-            "z": z, "cells": [{"index": list(c.index), "seed": c.request.seed} for c in layer]},
-            "request": request.summary()})
+            "z": z, "cells": [{"index": list(c.index), "seed": c.request.seed} for c in layer],
+            "request": request.summary()}})  # not at the top: a grid is not one generation to restore
     return Plot(axes, grid, grids, metas)
 
 

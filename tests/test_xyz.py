@@ -37,9 +37,11 @@ def test_a_two_axis_plot_runs_each_cell_and_draws_a_labelled_grid(pipe, tmp_path
     paths = [path for c in made.cells for path in kept.save(c.result)]
     grid_path = kept.save_grid(grid, made.grid_metadata[0])
     assert grid_path.parent.name == "grids" and grid_path.name == "00001-grid.png"
-    meta, _ = read_png(grid_path)
+    meta = json.loads(Image.open(grid_path).text["sdcompose"])
+    with pytest.raises(sdcompose.ValidationError, match="an X/Y/Z plot's grid, not one generation"):
+        read_png(grid_path)
     assert [a["kind"] for a in meta["xyz"]["axes"]] == ["steps", "lora_weight"]
-    assert meta["xyz"]["axes"][1]["values"] == [0.0, 1.5] and meta["request"]["prompt"] == "a red fox"
+    assert meta["xyz"]["axes"][1]["values"] == [0.0, 1.5] and meta["xyz"]["request"]["prompt"] == "a red fox"
     assert [e.path for e in kept.history().entries] == paths[::-1], "the cells are in the history, the grid is not"
     remade = pipe.reproduce(paths[3])  # each cell's PNG makes itself again
     assert np.array_equal(pixels(remade.images[0]), last)
