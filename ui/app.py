@@ -291,8 +291,9 @@ def _send_events(ui: SimpleNamespace, history: History, handlers: Handlers, form
     ui.gallery.change(lambda: None, None, ui.selected, api_visibility="private", queue=False)
     browse = [ui.history_search, ui.history_page]
     shown = [ui.history, ui.history_paths, ui.history_page, ui.history_where]
+    # always_last: a search submitted while the tab's own listing runs is listed after it, not dropped
     gr.on([ui.history_tab.select, ui.history_search.submit], history.pager(0), [ui.history_search, gr.State(1)],
-          shown, api_name="history", api_visibility="undocumented")
+          shown, api_name="history", api_visibility="undocumented", trigger_mode="always_last")
     ui.history_newer.click(history.pager(-1), browse, shown, api_visibility="private")
     ui.history_older.click(history.pager(+1), browse, shown, api_visibility="private")
     ui.task.change(lambda task: gr.update(visible=task != "txt2img"), ui.task, ui.input_settings,
