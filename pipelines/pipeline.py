@@ -36,9 +36,8 @@ class Pipeline:
     ``models``: extra models.yaml file(s) overlaying the shipped and user ones.
     ``folders``: model folders (an AUTOMATIC1111 or ComfyUI tree) indexed in place; ``refresh()`` rescans.
     ``device`` / ``dtype``: default the best device, fp16 on CUDA and fp32 elsewhere.
-    One generation runs at a time per Pipeline; loaded weights are cached between requests (``cache``:
-    a ModelCache, whose ``loaded()`` lists them). docs/architecture.md shows the modules behind it.
-    """
+    One generation runs at a time per Pipeline; loaded weights are cached between requests (``cache``, a
+    ModelCache). docs/architecture.md shows the modules behind it."""
 
     def __init__(self, models: Any = None, device: str | None = None, dtype: torch.dtype | str | None = None,
                  plugins_allow: str | None = None, plugins_deny: str | None = None, keep_models: int = 1,
@@ -82,9 +81,9 @@ class Pipeline:
         plan = resolve(req, self.catalog, self.registry)
         with pixel_budget("this request"):  # every image this request decodes, together
             maps = [self.conditioning.control_map(unit, req.width, req.height) for unit in plan.units]
-            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
+            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, req.resize_mode) \
                 if req.init_image is not None else None
-            mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
+            mask = fit(load_mask(req.mask), req.width, req.height, req.resize_mode) if req.mask is not None else None
         with self._lock:
             run = Run(plan, self.cache, self.registry, self.fast_mode, self.device, self.dtype, progress, cancel, preview)
             arrays, report, runtime = run.denoise(maps, init, mask)
@@ -187,9 +186,12 @@ class Pipeline:
                 components = self.cache.base(entry)
         return prompt_encode.token_counts(components["tokenizer"], prompt, check_syntax("prompt_syntax", prompt_syntax))
 
+    def loaded(self) -> list[str]:
+        """The base models held in memory (ready to run without loading), least recently used first."""
+        return self.cache.loaded()["base"]
+
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()
-
     def refresh(self) -> dict[str, list[str]]:
         """Rescan the model folders: new files become usable, removed ones go (``added``/``removed`` ids)."""
         return self.catalog.refresh()

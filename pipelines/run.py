@@ -158,10 +158,6 @@ class Run:
         plan = self.plan
         req = plan.request
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
-        prompt = plan.prompt
-        if req.add_trigger_words:
-            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in prompt]
-            prompt = ", ".join([prompt, *words]) if prompt else ", ".join(words)
-        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt,
-                                      family=plan.family)
+        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units],
+                                      plan.final_prompt(), family=plan.family)
 
