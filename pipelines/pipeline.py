@@ -12,8 +12,7 @@ from sdcompose import infotext
 from sdcompose.errors import ValidationError
 from sdcompose.images import fit, load_mask, load_rgb, pixel_budget
 from sdcompose.metadata import read_png
-from sdcompose.pipelines import hires, memory, prompt_encode, record, upscale
-from sdcompose.pipelines import reproduce as reproduction
+from sdcompose.pipelines import hires, memory, prompt_encode, record, reproduce as reproduction, upscale
 from sdcompose.pipelines.cache import ModelCache, best_device
 from sdcompose.pipelines.catalog import Catalog, home
 from sdcompose.pipelines.conditioning import Conditioning, target_size
