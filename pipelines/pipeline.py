@@ -193,8 +193,7 @@ class Pipeline:
         meta = {"format": FORMAT, "task": "upscale", "upscale": {"model": entry.id, "architecture": net.architecture,
                                                                   "source_size": list(source.size), **report},
                 "models": {entry.id: {"kind": entry.kind, "source": _source_of(entry), "sha256": self.loader.hashes(entry)}},
-                "plugins": {upscale.PLUGIN: {"version": self.registry.get(upscale.PLUGIN).version,
-                                             "package": self.registry.entries[upscale.PLUGIN].package}},
+                "plugins": {upscale.PLUGIN: self.registry.record(upscale.PLUGIN)},
                 "device": self.device, "dtype": str(self.dtype).removeprefix("torch."), "versions": library_versions()}
         if entry.tiny:
             meta["note"] = TEST_MODEL_NOTE
@@ -461,8 +460,7 @@ class Pipeline:
         entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras)]
         models = {e.id: {"kind": e.kind, "family": e.family, "source": _source_of(e),
                          "sha256": self.loader.hashes(e)} for e in entries}
-        plugins = {u.control.id: {"version": u.plugin.version, "package": self.registry.entries[u.control.id].package}
-                   for u in plan.units}
+        plugins = {u.control.id: self.registry.record(u.control.id) for u in plan.units}
         shared = {
             "format": FORMAT, "task": req.task, "request": req.summary(), "seeds": [req.seed + i for i in range(req.batch)],
             "models": models, "plugins": plugins, "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),

@@ -10,6 +10,7 @@ from sdcompose.plugins.api import Conditioner, ParamSpec
 
 class Canny(Conditioner):
     id = "canny"
+    api_version = "2.0"
     version = "1.0"
     help = "Edges from OpenCV's Canny detector; white lines on black, as ControlNet canny models expect."
     families = frozenset({"sd15", "sdxl"})

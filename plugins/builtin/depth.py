@@ -21,6 +21,7 @@ DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit, 32-bit and float im
 
 class Depth(Conditioner):
     id = "depth"
+    api_version = "2.0"
     version = "1.0"
     help = ("Depth map, near = bright: estimated from a photo with Depth Anything V2 Small, or read from an "
             "8/16-bit depth-map image (greyscale inputs are taken as depth maps unless input=photo).")

@@ -14,6 +14,7 @@ FINE, COARSE = "annotator-lineart", "annotator-lineart-coarse"
 
 class Lineart(Conditioner):
     id = "lineart"
+    api_version = "2.0"
     version = "1.0"
     help = "Line drawing (white lines on black) from a photo, realistic or coarse style."
     families = frozenset({"sd15"})

@@ -10,6 +10,7 @@ WEIGHTS = "annotator-mlsd"
 
 class Mlsd(Conditioner):
     id = "mlsd"
+    api_version = "2.0"
     version = "1.0"
     help = "Straight line segments (white on black) from M-LSD: rooms, buildings, furniture."
     families = frozenset({"sd15"})

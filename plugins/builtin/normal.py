@@ -17,6 +17,7 @@ WEIGHTS = "annotator-normalbae"
 
 class Normal(Conditioner):
     id = "normal"
+    api_version = "2.0"
     version = "1.0"
     help = "Surface normal map (colour-coded directions) from a photo, estimated by NormalBae."
     families = frozenset({"sd15"})

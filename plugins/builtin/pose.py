@@ -19,6 +19,7 @@ BODY, HAND, FACE = "annotator-openpose-body", "annotator-openpose-hand", "annota
 
 class Pose(Conditioner):
     id = "pose"
+    api_version = "2.0"
     version = "1.0"
     help = ("OpenPose skeleton from a photo (OpenPose body detector, optional hands and face), or drawn from "
             "OpenPose JSON (`people[].pose_keypoints_2d`, hands, face; COCO-18 or BODY_25). A pose map you "

@@ -14,6 +14,7 @@ from .annotators import detect_size, import_quietly, to_map
 
 class Shuffle(Conditioner):
     id = "shuffle"
+    api_version = "2.0"
     version = "1.0"
     help = "The image's content shuffled by a smooth random flow: the shuffle ControlNet takes its style, not its layout."
     families = frozenset({"sd15"})

@@ -13,6 +13,7 @@ from sdcompose.plugins.api import Conditioner, ParamSpec
 
 class Tile(Conditioner):
     id = "tile"
+    api_version = "2.0"
     version = "1.0"
     help = "The image itself (optionally downsampled and blurred) for the tile ControlNet: keeps content, adds detail."
     families = frozenset({"sd15"})
