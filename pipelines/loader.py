@@ -66,7 +66,7 @@ class Loader:
         if entry.found:
             return self.catalog.found_file(entry)
         relative = entry.path or entry.file
-        local = self.catalog.local(f"{relative}/{entry.filename}" if entry.filename else relative)
+        local = self.catalog.local(f"{relative}/{entry.filename}" if entry.filename else relative, entry.id)
         if not local.exists():
             raise ModelError(f"model {entry.id!r}: {local} does not exist; put the files there or fix models.yaml")
         return local
@@ -108,7 +108,7 @@ class Loader:
         if entry.found:
             return Path(entry.found).is_file()
         try:
-            return self.catalog.local(entry.path or entry.file).exists()
+            return self.catalog.local(entry.path or entry.file, entry.id).exists()
         except ModelError:
             return False
 
@@ -116,7 +116,7 @@ class Loader:
         """The entry's weight files, each checked by content; pickles refused unless opted in."""
         root = self.path(entry)
         if not entry.repo and not entry.tiny and root.is_dir():
-            self.catalog.inside(root)
+            self.catalog.inside(root, entry.id)
         found = [root] if root.is_file() else weights.weight_files(root)
         if not found:
             raise ModelError(f"model {entry.id!r}: no weight files in {root}")
@@ -156,7 +156,7 @@ class Loader:
         if entry.config is None:
             raise ModelError(f"model {entry.id!r} is a single file and needs `config:` in models.yaml "
                              "(sd15, sdxl, or a diffusers config folder under the models root)")
-        folder = CONFIGS / entry.config if entry.config in ("sd15", "sdxl") else self.catalog.local(entry.config)
+        folder = CONFIGS / entry.config if entry.config in ("sd15", "sdxl") else self.catalog.local(entry.config, entry.id)
         if not folder.is_dir():
             raise ModelError(f"model {entry.id!r}: its `config:` folder {folder} does not exist; use sd15, sdxl "
                              "or a diffusers config folder under the models root")

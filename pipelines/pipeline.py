@@ -21,7 +21,8 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, hires, memory, prompt_encode, schedulers, upscale, vae_guard
+from sdcompose.pipelines import (attention, compose, hires, memory, plugin_models, prompt_encode, schedulers,
+                                 upscale, vae_guard)
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -62,7 +63,7 @@ class Pipeline:
         self.settings = Settings.from_env()
         self.catalog = Catalog(models, folders=folders)
         self.loader = Loader(self.catalog)
-        self.registry = Registry(plugins_allow, plugins_deny)
+        self.registry = Registry(plugins_allow, plugins_deny, check=plugin_models.checker(self.catalog))
         self.device = str(device or best_device())
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype, None)
@@ -261,7 +262,8 @@ class Pipeline:
             image = self._maps.get(key)
             if image is None:
                 ctx = PluginContext(device=self.device, dtype=self.dtype,
-                                    weights=_LazyWeights(plugin.annotators, self._annotator))
+                                    weights=_LazyWeights(plugin.annotators,
+                                                         lambda i: self._annotator(unit.annotators.get(i, i))))
                 try:
                     image = plugin.preprocess(source, ctx, params)
                 except SdcomposeError:  # lazily fetched weights raise ModelError as they are

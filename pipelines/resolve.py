@@ -10,6 +10,7 @@ from typing import Any
 from sdcompose.errors import ModelError, suggest
 from sdcompose.prompt_syntax import lora_tags
 from sdcompose.pipelines.catalog import Catalog, Entry
+from sdcompose.pipelines.plugin_models import annotator_ids, default_controlnet
 from sdcompose.plugins.api import PluginError
 from sdcompose.plugins.registry import Registry
 from sdcompose.request import Control, GenerationRequest
@@ -20,6 +21,7 @@ class Unit:
     control: Control
     plugin: Any
     controlnet: Entry
+    annotators: dict[str, str] = field(default_factory=dict)  # declared id -> the entry used (a tiny stand-in)
 
 
 @dataclass
@@ -51,10 +53,9 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
         if base.family not in plugin.families:
             raise PluginError(f"conditioner {control.id!r} supports {', '.join(sorted(plugin.families))}; "
                               f"base {base.id!r} is {base.family}: pick a base of a supported family")
-        model_id = control.model or catalog.stand_in(plugin.controlnets[base.family], base.tiny)
-        entry = catalog.get(model_id, "controlnet")
+        entry = catalog.get(control.model or default_controlnet(catalog, plugin, base), "controlnet")
         _same_family("ControlNet", entry, base, f"pick an {base.family} ControlNet or an {entry.family} base")
-        plan.units.append(Unit(control, plugin, entry))
+        plan.units.append(Unit(control, plugin, entry, annotator_ids(catalog, plugin, base.tiny)))
     plan.prompt, tags = lora_tags(req.prompt, req.prompt_syntax)
     wanted = [(catalog.get(lora.id, "lora"), lora.weight) for lora in req.loras]
     wanted += [(lora_by_name(catalog, name), weight) for name, weight in tags]

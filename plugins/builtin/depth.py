@@ -26,7 +26,6 @@ class Depth(Conditioner):
     help = ("Depth map, near = bright: estimated from a photo with Depth Anything V2 Small, or read from an "
             "8/16-bit depth-map image (greyscale inputs are taken as depth maps unless input=photo).")
     families = frozenset({"sd15", "sdxl"})
-    controlnets = {"sd15": "controlnet-depth-sd15", "sdxl": "controlnet-depth-sdxl"}
     annotators = (ESTIMATOR,)
     params = (
         ParamSpec("input", "choice", "auto", choices=("auto", "photo", "depth_map"),

@@ -18,7 +18,6 @@ class Lineart(Conditioner):
     version = "1.0"
     help = "Line drawing (white lines on black) from a photo, realistic or coarse style."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-lineart-sd15"}
     annotators = (FINE, COARSE)
     params = (
         ParamSpec("coarse", "bool", False, help="Use the coarse-style generator (bolder, fewer lines)."),

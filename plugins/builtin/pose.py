@@ -25,7 +25,6 @@ class Pose(Conditioner):
             "OpenPose JSON (`people[].pose_keypoints_2d`, hands, face; COCO-18 or BODY_25). A pose map you "
             "already have goes in with preprocessed=true.")
     families = frozenset({"sd15", "sdxl"})
-    controlnets = {"sd15": "controlnet-openpose-sd15", "sdxl": "controlnet-openpose-sdxl"}
     annotators = (BODY, HAND, FACE)
     inputs = ("image", "json")
     params = (

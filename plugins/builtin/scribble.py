@@ -20,7 +20,6 @@ class Scribble(Conditioner):
     version = "1.0"
     help = "Scribble strokes (white on black) from a photo through HED or PiDiNet, or from your own drawing."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-scribble-sd15"}
     annotators = tuple(WEIGHTS.values())
     params = (
         ParamSpec("detector", "choice", "hed", choices=(*WEIGHTS, "drawing"),

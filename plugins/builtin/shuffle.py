@@ -18,7 +18,6 @@ class Shuffle(Conditioner):
     version = "1.0"
     help = "The image's content shuffled by a smooth random flow: the shuffle ControlNet takes its style, not its layout."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-shuffle-sd15"}
     params = (
         ParamSpec("seed", "int", 0, min=0, max=2**32 - 1, help="Seed of the random flow."),
         ParamSpec("flow_size", "int", 256, min=8, max=2048, step=8,
