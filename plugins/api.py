@@ -23,7 +23,6 @@ from sdcompose.errors import PluginError, first_line  # re-exported: a plugin im
 API_VERSION = "2.0"  # 1.1: first_line; 1.2: Upscaler; 2.0: api_version required, ControlNets found by models.yaml
 API_MAJOR = 2
 
-FAMILIES = frozenset({"sd15", "sdxl"})
 KINDS = frozenset({"conditioner", "adapter", "upscaler"})
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 
@@ -157,7 +156,7 @@ class Plugin:
     kind: ClassVar[str] = ""
     api_version: ClassVar[str]  # required: the plugin API this class was written for, e.g. "2.0"
     version: ClassVar[str] = "0"
-    families: ClassVar[frozenset[str]] = FAMILIES
+    families: ClassVar[frozenset[str]] = frozenset()  # the model families it serves; empty: every installed one
     params: ClassVar[tuple[ParamSpec, ...]] = ()
     help: ClassVar[str] = ""
 
@@ -212,6 +211,13 @@ class Upscaler(Plugin):
         """Return a network for ``path`` on ``ctx.device``: called with a float RGB tensor (N, 3, H, W) in [0, 1],
         it returns (N, 3, H * scale, W * scale) in [0, 1]; its ``scale`` attribute is that whole factor."""
         raise NotImplementedError
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FAMILIES":  # plugin API 1.x: the installed model families' names (pipelines/families/)
+        from sdcompose.pipelines import families
+        return frozenset(families.names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate_plugin_class(cls: Any, entry_id: str) -> None:

@@ -13,7 +13,6 @@ A package whose metadata cannot be read is listed as broken.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import threading
 import warnings
@@ -23,6 +22,8 @@ from importlib.metadata import distributions
 from typing import Any
 
 from sdcompose.errors import suggest
+from sdcompose.pipelines import families as model_families
+from sdcompose.settings import Settings
 
 from . import api, compat
 
@@ -44,7 +45,7 @@ class PluginEntry:
         return {
             "id": self.id,
             "kind": getattr(cls, "kind", ""),
-            "families": sorted(getattr(cls, "families", ())),
+            "families": sorted(getattr(cls, "families", ()) or (model_families.names() if cls else ())),
             "version": getattr(cls, "version", ""),
             "api_version": getattr(cls, "api_version", ""),
             "package": self.package,
@@ -75,8 +76,8 @@ def _listed(entry: "PluginEntry", names: set[str]) -> bool:
         f"{_package(n.partition(':')[0])}:{n.partition(':')[2]}" for n in names if ":" in n}
 
 
-def _discover() -> tuple[list[PluginEntry], list[PluginEntry]]:
-    """Every entry point in GROUP, one distribution per name (the first on sys.path, as importlib does),
+def _discover(group: str = GROUP) -> tuple[list[PluginEntry], list[PluginEntry]]:
+    """Every entry point in ``group``, one distribution per name (the first on sys.path, as importlib does),
     plus a broken entry for each distribution whose entry points cannot be read."""
     found, broken, seen = [], [], set()
     for dist in distributions():
@@ -86,7 +87,7 @@ def _discover() -> tuple[list[PluginEntry], list[PluginEntry]]:
                 continue
             seen.add(_package(key))
         try:
-            eps = list(dist.entry_points.select(group=GROUP))
+            eps = list(dist.entry_points.select(group=group))
             if not eps:
                 continue
             name = dist.metadata["Name"] or key or "?"
@@ -129,9 +130,10 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
     if cls.kind not in api.KINDS:
         raise api.PluginError(f"kind {cls.kind!r} is not one of {', '.join(sorted(api.KINDS))}")
     major = compat.major(cls)
-    families = frozenset(cls.families)
-    if not families or not families <= api.FAMILIES:
-        raise api.PluginError(f"families {sorted(families)} must be a non-empty subset of {sorted(api.FAMILIES)}")
+    known = set(model_families.names())
+    families = frozenset(cls.families) or frozenset(known)  # none declared: every installed family
+    if not families <= known:
+        raise api.PluginError(f"families {sorted(families)} must be a non-empty subset of {sorted(known)}")
     if not all(isinstance(spec, api.ParamSpec) for spec in cls.params):
         raise api.PluginError("params must be ParamSpec instances")
     if len({spec.name for spec in cls.params}) != len(cls.params):
@@ -143,18 +145,19 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
                 isinstance(k, str) and isinstance(v, str) for k, v in cls.controlnets.items()):
             raise api.PluginError("controlnets must map each family to a models.yaml ControlNet id")
         if major == 1:
-            compat.check_v1(cls, families)
+            compat.check_v1(cls, frozenset(cls.families))
         if not all(isinstance(a, str) for a in cls.annotators) or not set(cls.inputs) <= {"image", "json"}:
             raise api.PluginError("annotators must be models.yaml ids and inputs a subset of ('image', 'json')")
 
 
 class Registry:
     def __init__(self, allow: str | None = None, deny: str | None = None,
-                 check: Callable[[Any], None] | None = None) -> None:
-        """``allow`` / ``deny`` default to SDCOMPOSE_PLUGINS_ALLOW / _DENY; ``check(plugin)`` runs on each
-        plugin as it loads (the catalogue check of the ids it declares) and raises PluginError to refuse it."""
-        self.allow = _id_list(allow if allow is not None else os.environ.get("SDCOMPOSE_PLUGINS_ALLOW"))
-        self.deny = _id_list(deny if deny is not None else os.environ.get("SDCOMPOSE_PLUGINS_DENY")) or set()
+                 check: Callable[[Any], None] | None = None, settings: Settings | None = None) -> None:
+        """``allow`` / ``deny`` default to the settings' (SDCOMPOSE_PLUGINS_ALLOW / _DENY); ``check(plugin)`` runs
+        on each plugin as it loads (the catalogue check of the ids it declares) and raises PluginError to refuse it."""
+        settings = settings or (Settings.from_env() if allow is None or deny is None else None)
+        self.allow = _id_list(allow if allow is not None else settings.plugins_allow)
+        self.deny = _id_list(deny if deny is not None else settings.plugins_deny) or set()
         self.check = check
         self._lock = threading.Lock()
         self.entries: dict[str, PluginEntry] = {}
@@ -240,12 +243,13 @@ class Registry:
                 "api_version": plugin.api_version}
 
     def describe_all(self) -> list[dict[str, Any]]:
-        """Every discovered plugin (importing each enabled one to learn its kind), broken ones included."""
+        """Every discovered plugin (importing each enabled one to learn its kind), broken ones included,
+        then the model families (kind ``family``)."""
         with self._lock:
             for entry in self.entries.values():
                 if entry.status == "available":
                     self._load(entry)
-        return [entry.describe() for entry in [*self.entries.values(), *self.rejected]]
+        return [entry.describe() for entry in [*self.entries.values(), *self.rejected]] + model_families.describe_all()
 
     def ids(self, kind: str) -> list[str]:
         return [d["id"] for d in self.describe_all() if d["kind"] == kind and d["status"] == "loaded"]
