@@ -261,9 +261,10 @@ class Catalog:
     folders those files list under ``folders:`` (or given as ``folders``), indexed in place."""
 
     def __init__(self, extra: str | os.PathLike | list | None = None, root: Path | None = None,
-                 folders: str | os.PathLike | list | None = None) -> None:
-        self.root = (root or home() / "models").resolve()
-        self.user_file = user_catalog()
+                 folders: str | os.PathLike | list | None = None, settings: Settings | None = None) -> None:
+        settings = settings or Settings.from_env()
+        self.root = (root or settings.home / "models").resolve()
+        self.user_file = settings.user_models
         files = [SHIPPED]
         if self.user_file.is_file():
             files.append(self.user_file)

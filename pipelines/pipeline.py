@@ -21,9 +21,9 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import (attention, compose, families, hires, memory, plugin_models, prompt_encode,
-                                 schedulers, upscale, vae_guard)
-from sdcompose.pipelines.catalog import Catalog, Entry, home
+from sdcompose.pipelines import (attention, compose, families, hires, memory, plugin_models, preflight,
+                                 prompt_encode, schedulers, upscale, vae_guard)
+from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.preview import latents_to_image
@@ -61,9 +61,10 @@ class Pipeline:
                  plugins_allow: str | None = None, plugins_deny: str | None = None, keep_models: int = 1,
                  folders: Any = None) -> None:
         self.settings = Settings.from_env()
-        self.catalog = Catalog(models, folders=folders)
+        self.catalog = Catalog(models, folders=folders, settings=self.settings)
         self.loader = Loader(self.catalog)
-        self.registry = Registry(plugins_allow, plugins_deny, check=plugin_models.checker(self.catalog))
+        self.registry = Registry(plugins_allow, plugins_deny, check=plugin_models.checker(self.catalog),
+                                 settings=self.settings)
         self.device = str(device or best_device())
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype, None)
@@ -77,7 +78,7 @@ class Pipeline:
         self._schedulers: dict[tuple[str, str], Any] = {}
         self._maps: OrderedDict[str, Image.Image] = OrderedDict()
         self._placement = memory.Placement()
-        self._fast = FastMode(home() / "compile")
+        self._fast = FastMode(self.settings.home / "compile")
 
     # ---- public API ------------------------------------------------------------------------
     def generate(self, prompt: str | None = None, /, progress: Callable[[int, int], None] | None = None,
@@ -94,6 +95,7 @@ class Pipeline:
             cancel: threading.Event | None = None,
             preview: Callable[[int, int, Image.Image], None] | None = None) -> Result:
         req = validate(request)
+        preflight.check(req, self.device)  # what cannot run on this device is refused before any preprocessing
         if req.model is None:
             req = req.with_(model=self.settings.default_model)
         if req.seed is None:

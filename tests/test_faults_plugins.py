@@ -258,6 +258,13 @@ def test_unknown_ids_and_allow_lists_that_switch_off_built_ins_are_warned_about(
         Registry(deny="sobel,sdc-other-plugins:dupe,sdc-hooky-lora:lora,sdc-stuck-lora:lora")
 
 
+def test_what_cannot_run_on_this_device_is_refused_before_preprocessing(site, photo):
+    p = sdcompose.Pipeline(device="cpu", plugins_deny="sdc-hooky-lora:lora,sdc-stuck-lora:lora")
+    with pytest.raises(sdcompose.ValidationError, match="attention 'xformers' (needs the xformers package|runs on "
+                                                        "CUDA only)"):  # not crashpre's ZeroDivisionError
+        p.generate(controls=[sdcompose.Control("crashpre", photo)], attention="xformers", **SMALL)
+
+
 def test_plugin_raising_at_preprocessing_fails_the_request_cleanly(site, photo, pipe):
     p = sdcompose.Pipeline(device="cpu", plugins_deny="sdc-hooky-lora:lora,sdc-stuck-lora:lora")
     with pytest.raises(sdcompose.PluginError, match="conditioner 'crashpre' failed on its input: ZeroDivisionError"):
