@@ -24,20 +24,18 @@ from sdcompose.metadata import read_png
 
 PKG = f"sdc_edgenet_{uuid.uuid4().hex[:6]}"
 PLUGIN = '''
-import numpy as np
-from PIL import Image
 from sdcompose.plugins.api import Conditioner
 
 
 class EdgeNet(Conditioner):
     """A 3x3 filter whose kernel is a weight file (an annotator): the tiny stand-in's kernel is the identity."""
-    id = "edgenet"
-    api_version = "2.0"
-    version = "0.1"
+    id, api_version, version = "edgenet", "2.0", "0.1"
     families = frozenset({"sd15"})
     annotators = ("annotator-edgenet",)
 
     def preprocess(self, source, ctx, params):
+        import numpy as np  # importing a plugin costs nothing: heavy imports where they are used
+        from PIL import Image
         from safetensors.numpy import load_file
         kernel = load_file(str(ctx.weight("annotator-edgenet")))["kernel"]
         grey = np.asarray(source.image.convert("L"), np.float32)
