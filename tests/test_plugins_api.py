@@ -46,7 +46,8 @@ def test_1x_conditioners_load_by_the_1x_rules_and_2x_ones_need_no_controlnet_ids
     validate_plugin_class(plugin("2.0"), "probe")  # the catalogue's `conditioner:` entries name its ControlNets
     validate_plugin_class(plugin("1.0", controlnets={"sd15": "a", "sdxl": "b"}), "probe")
     with pytest.raises(PluginError, match=r"declares families \['sdxl'\] without a ControlNet id"):
-        validate_plugin_class(plugin("1.2", controlnets={"sd15": "a"}), "probe")
+        validate_plugin_class(plugin("1.2", controlnets={"sd15": "a"}, families=frozenset({"sd15", "sdxl"})),
+                              "probe")
 
 
 def test_api_version_is_listed_and_recorded_in_metadata(home, photo):
