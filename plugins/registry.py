@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import distributions
 from typing import Any
 
-from sdcompose.errors import suggest
+from sdcompose.errors import SdcomposeError, suggest
 from sdcompose.pipelines import families as model_families
 from sdcompose.settings import Settings
 
 from . import api, compat
+from .contain import plugin_code
 
 GROUP = "sdcompose.plugins"
 
@@ -194,16 +195,17 @@ class Registry:
 
     def _load(self, entry: PluginEntry) -> None:
         try:
-            cls = self._class(entry)
-            validate_plugin_class(cls, entry.id)
-            entry.plugin = cls()
+            with plugin_code(""):  # a broken plugin never takes the app down, even with sys.exit() at import
+                cls = self._class(entry)
+                validate_plugin_class(cls, entry.id)
+                entry.plugin = cls()
             if self.check is not None:
                 self.check(entry.plugin)
             entry.status = "loaded"
-        except (Exception, SystemExit) as exc:  # a broken plugin must never take the app down
+        except SdcomposeError as exc:
             entry.status = "broken"
             entry.plugin = None
-            entry.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, api.PluginError) else str(exc)
+            entry.error = str(exc)
 
     def _class(self, entry: PluginEntry) -> Any:
         """The class an entry point names; a module that fails to import is named with every class it held."""
