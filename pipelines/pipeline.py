@@ -21,7 +21,8 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, hires, memory, prompt_encode, schedulers, upscale, vae_guard
+from sdcompose.pipelines import (attention, compose, embeddings, hires, memory, prompt_encode, schedulers, upscale,
+                                 vae_guard)
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -149,7 +150,8 @@ class Pipeline:
                                   "(in its text chunks or EXIF): was it saved without them?")
         return infotext.to_request(
             infotext.parse(found.text["parameters"]), lambda name, digest: base_by_name(self.catalog, name, digest),
-            lambda name: _resolves(self.catalog, name), model)
+            lambda name: _resolves(self.catalog, name), model,
+            {n for e in self.catalog.entries.values() if e.kind == "embedding" for n in embeddings.names(e)})
 
     def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:
@@ -220,7 +222,10 @@ class Pipeline:
         if components is None:
             with self._lock:
                 components = self._base(entry)
-        return prompt_encode.token_counts(components["tokenizer"], prompt, check_syntax("prompt_syntax", prompt_syntax))
+        syntax = check_syntax("prompt_syntax", prompt_syntax)
+        (prompt,), wanted = embeddings.used(self.catalog, entry, [prompt]) if syntax != "literal" else ((prompt,), {})
+        vectors = embeddings.load(components, wanted, self.loader.verified_path)
+        return prompt_encode.token_counts(components["tokenizer"], prompt, syntax, vectors)
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()
@@ -424,7 +429,9 @@ class Pipeline:
         if req.add_trigger_words:
             words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in prompt]
             prompt = ", ".join([prompt, *words]) if prompt else ", ".join(words)
-        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt)
+        vectors = embeddings.load(pipe, plan.embeddings, self.loader.verified_path)
+        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt,
+                                      plan.negative, vectors)
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
@@ -458,7 +465,8 @@ class Pipeline:
     def _result(self, plan: Plan, arrays: list[np.ndarray], report: dict[str, Any],
                 inputs: dict[str, Image.Image], runtime: dict[str, Any]) -> Result:
         req = plan.request
-        entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras)]
+        entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras),
+                   *{e.id: e for e in plan.embeddings.values()}.values()]
         models = {e.id: {"kind": e.kind, "family": e.family, "source": _source_of(e),
                          "sha256": self.loader.hashes(e)} for e in entries}
         plugins = {u.control.id: {"version": u.plugin.version, "package": self.registry.entries[u.control.id].package}
