@@ -83,41 +83,52 @@ def load(parts: Any, wanted: dict[str, Entry], path_of: Any) -> dict[str, Embedd
 
 
 def vectors(path: Path, model_id: str, widths: list[int]) -> tuple[Any, ...]:
-    """One [n, width] float tensor per text encoder from an embedding file; ModelError in one sentence."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """One [n, width] float tensor per text encoder from an embedding file; ModelError in one sentence.
+
+    Shapes are checked from the header before any tensor is read."""
+    from safetensors import SafetensorError, safe_open
     if path.suffix.lower() != ".safetensors":
         raise ModelError(f"embedding {model_id!r}: {path.name} is not a .safetensors file; textual-inversion "
                          "embeddings are read from .safetensors only (a .pt/.bin is a pickle, which can run code "
                          "when loaded): convert it")
     try:
-        data = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            keys = sorted(f.keys())
+            chosen = _keys(keys)
+            if chosen is None:
+                raise ModelError(f"embedding {model_id!r}: {path.name} holds {', '.join(keys)[:120] or 'no tensors'}, "
+                                 "not an embedding's vectors (emb_params, string_to_param, clip_l and clip_g, or one "
+                                 "tensor)")
+            shapes = [tuple(f.get_slice(k).get_shape()) for k in chosen]
+            shapes = [(1, *s) if len(s) == 1 else s for s in shapes]
+            _check(model_id, shapes, widths)
+            found = [f.get_tensor(k).reshape(shape) for k, shape in zip(chosen, shapes)]
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"embedding {model_id!r}: {path.name} cannot be read ({str(exc)[:120]}); download it "
                          "again") from None
-    keys = sorted(data)
-    if "clip_l" in data and "clip_g" in data:
-        found = [data["clip_l"], data["clip_g"]]
-    elif "emb_params" in data:
-        found = [data["emb_params"]]
-    elif len([k for k in keys if k.startswith("string_to_param.")]) == 1:
-        found = [data[next(k for k in keys if k.startswith("string_to_param."))]]
-    elif len(keys) == 1:  # a diffusers concept: {"<token>": vector}
-        found = [data[keys[0]]]
-    else:
-        raise ModelError(f"embedding {model_id!r}: {path.name} holds {', '.join(keys)[:120] or 'no tensors'}, not an "
-                         "embedding's vectors (emb_params, string_to_param, clip_l and clip_g, or one tensor)")
-    found = [v[None] if v.ndim == 1 else v for v in found]
-    shapes = [tuple(v.shape) for v in found]
-    if len(found) != len(widths) or any(v.ndim != 2 or v.shape[1] != w for v, w in zip(found, widths)):
-        what = "SDXL (clip_l + clip_g)" if len(found) == 2 else "one text encoder"
-        raise ModelError(f"embedding {model_id!r} holds vectors of shape {', '.join(map(str, shapes))} for {what}; this "
-                         f"model's text encoders take width {' and '.join(map(str, widths))}: is it for another "
-                         "model family?")
-    if len({v.shape[0] for v in found}) != 1 or not 1 <= found[0].shape[0] <= MAX_VECTORS:
-        raise ModelError(f"embedding {model_id!r} holds {' and '.join(str(v.shape[0]) for v in found)} vectors; an "
-                         f"embedding needs 1 to {MAX_VECTORS}, the same number for each encoder")
     return tuple(v.float() for v in found)
+
+
+def _keys(keys: list[str]) -> list[str] | None:
+    if "clip_l" in keys and "clip_g" in keys:
+        return ["clip_l", "clip_g"]
+    if "emb_params" in keys:
+        return ["emb_params"]
+    params = [k for k in keys if k.startswith("string_to_param.")]
+    if len(params) == 1:
+        return params
+    return keys if len(keys) == 1 else None  # a diffusers concept: {"<token>": vector}
+
+
+def _check(model_id: str, shapes: list[tuple[int, ...]], widths: list[int]) -> None:
+    if len(shapes) != len(widths) or any(len(s) != 2 or s[1] != w for s, w in zip(shapes, widths)):
+        what = "SDXL (clip_l + clip_g)" if len(shapes) == 2 else "one text encoder"
+        raise ModelError(f"embedding {model_id!r} holds vectors of shape {', '.join(map(str, shapes))} for {what}; "
+                         f"this model's text encoders take width {' and '.join(map(str, widths))}: is it for another "
+                         "model family?")
+    if len({s[0] for s in shapes}) != 1 or not 1 <= shapes[0][0] <= MAX_VECTORS:
+        raise ModelError(f"embedding {model_id!r} holds {' and '.join(str(s[0]) for s in shapes)} vectors; an "
+                         f"embedding needs 1 to {MAX_VECTORS}, the same number for each encoder")
 
 
 @contextlib.contextmanager

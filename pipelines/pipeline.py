@@ -263,10 +263,11 @@ class Pipeline:
             image = load_rgb(control.image, f"control map for {control.id!r}")
         else:
             source = self._source(control, plugin)
-            key = self._map_key(control.id, params, source)
+            size = (width, height) if width and height else None
+            key = self._map_key(control.id, params, source) + (f"@{width}x{height}" if source.data is not None else "")
             image = self._maps.get(key)
             if image is None:
-                ctx = PluginContext(device=self.device, dtype=self.dtype,
+                ctx = PluginContext(device=self.device, dtype=self.dtype, size=size,
                                     weights=_LazyWeights(plugin.annotators, self._annotator))
                 try:
                     image = plugin.preprocess(source, ctx, params)

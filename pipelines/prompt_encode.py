@@ -1,14 +1,16 @@
 """Prompt text -> diffusers call arguments, the way AUTOMATIC1111 encodes it.
 
-A plain prompt (no emphasis, no BREAK, at most 75 tokens, no clip skip) goes to diffusers as text, so its embeddings are
-diffusers' own. Anything else is encoded here and handed over through diffusers' ``prompt_embeds`` path:
+A plain prompt (no emphasis, no BREAK, no embedding, at most 75 tokens, no clip skip) goes to diffusers as
+text, so its embeddings are diffusers' own. Anything else is encoded here and handed over through diffusers' ``prompt_embeds`` path:
 the prompt is split into 75-token chunks (at the last comma within 20 tokens of the end, and at each
 BREAK), each chunk is encoded as ``BOS + 75 tokens + EOS`` with every text encoder, each token's hidden
 state is multiplied by its weight and the chunk rescaled to its original mean (A1111's "Original" emphasis),
 and the chunks are concatenated (a chunk whose mean is numerically zero, as in the random-weight
 test models, is not rescaled: dividing by it would blow up). SDXL's pooled embedding comes from the first chunk of its second encoder.
 The prompt and negative prompt are padded with empty chunks to the same length. Clip skip N takes the
-hidden state N layers from the end (1: the last), as A1111 counts it.
+hidden state N layers from the end (1: the last), as A1111 counts it. A textual-inversion embedding named
+in the text takes as many token places as it has vectors, in one chunk, and its vectors go in through
+``embeddings.inserted``.
 """
 from __future__ import annotations
 

@@ -95,5 +95,5 @@ def lora_by_name(catalog: Catalog, name: str) -> Entry:
     if found is not None:
         return found
     loras = catalog.ids("lora")
-    raise ModelError(f"the prompt's <lora:{name}> names no LoRA in models.yaml (by id or file name)"
-                     f"{suggest(name, loras)}")
+    raise ModelError(f"the prompt's <lora:{name[:80]}> names no LoRA in models.yaml (by id or file name)"
+                     f"{suggest(name[:200], loras)}")
