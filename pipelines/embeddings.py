@@ -22,7 +22,8 @@ from sdcompose.errors import ModelError, suggest
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.prompt_syntax import word_pattern
 
-COMFY = re.compile(r"(?<![^\W_])embedding:([^\s,()\[\]<>:]+)", re.I)  # ComfyUI's explicit embedding:NAME
+# ComfyUI's explicit embedding:NAME (a name starts with a letter: "(embedding:1.2)" is A1111 emphasis on a word)
+COMFY = re.compile(r"(?<![^\W_])embedding:([^\W\d][^\s,()\[\]<>:]*)", re.I)
 SUFFIXES = (".safetensors", ".pt", ".bin")
 MAX_VECTORS = 75  # one chunk
 

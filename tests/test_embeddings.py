@@ -137,6 +137,8 @@ def test_comfyui_embedding_syntax_and_unknown_names(ti):
                                          r"sdxl"):
         image(ti, "a cat, embedding:tinyxl")
     assert max_diff(image(ti, "a cat, tinyxl"), image(sdcompose.Pipeline(device="cpu"), "a cat, tinyxl")) == 0
+    base = ti.catalog.get("tiny-sd15")
+    assert embeddings.used(ti.catalog, base, ["a (embedding:1.2) map"]) == (["a (embedding:1.2) map"], {})  # emphasis
 
 
 def test_literal_prompts_use_no_embeddings(ti, pipe):
