@@ -109,6 +109,11 @@ class Entry(BaseModel):
         if self.file and self.kind in ("base", "controlnet") and not self.config:
             raise ValueError(f"a single-file {self.kind} needs an explicit `config` "
                              f"({', '.join(families.shipped_configs())} or a folder)")
+        named = self.filename or self.file or self.path or self.found or ""
+        if self.kind == "embedding" and not self.tiny and not named.lower().endswith(".safetensors"):
+            raise ValueError("a textual-inversion embedding is one .safetensors file (name it in `file`, `path` or "
+                             "`filename`); .pt and .bin embeddings are pickles, which can run code when loaded: "
+                             "convert them")
         if self.kind not in ("annotator", "upscaler") and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` ({' or '.join(families.names())})")
         if self.conditioner is not None and self.kind != "controlnet":
@@ -132,6 +137,15 @@ class Entry(BaseModel):
 
     def describe(self) -> dict[str, Any]:
         return self.model_dump(exclude_defaults=True)
+
+    def stems(self) -> set[str]:
+        """The names of the entry's file (with and without its extension), as A1111 prompts and infotexts use them."""
+        names = set()
+        for value in (self.file, self.filename, self.path, self.found):
+            stem = (value or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+            if stem:
+                names.update((stem, stem.rsplit(".", 1)[0]))
+        return names
 
 
 class CatalogFile(BaseModel):

@@ -22,7 +22,7 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import (attention, compose, families, hires, memory, plugin_models, preflight,
+from sdcompose.pipelines import (attention, compose, embeddings, families, hires, memory, plugin_models, preflight,
                                  prompt_encode, schedulers, upscale, vae_guard)
 from sdcompose.pipelines import reproduce as reproduction
 from sdcompose.pipelines.catalog import Catalog, Entry
@@ -154,7 +154,8 @@ class Pipeline:
                                   "(in its text chunks or EXIF): was it saved without them?")
         return infotext.to_request(
             infotext.parse(found.text["parameters"]), lambda name, digest: base_by_name(self.catalog, name, digest),
-            lambda name: _resolves(self.catalog, name), model)
+            lambda name: _resolves(self.catalog, name), model,
+            {n for e in self.catalog.entries.values() if e.kind == "embedding" for n in embeddings.names(e)})
 
     def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:
@@ -222,7 +223,10 @@ class Pipeline:
         if components is None:
             with self._lock:
                 components = self._base(entry)
-        return prompt_encode.token_counts(components["tokenizer"], prompt, check_syntax("prompt_syntax", prompt_syntax))
+        syntax = check_syntax("prompt_syntax", prompt_syntax)
+        (prompt,), wanted = embeddings.used(self.catalog, entry, [prompt]) if syntax != "literal" else ((prompt,), {})
+        vectors = embeddings.load(components, wanted, self.loader.verified_path)
+        return prompt_encode.token_counts(components["tokenizer"], prompt, syntax, vectors)
 
     def loaded(self) -> list[str]:
         """The base models held in memory (ready to run without loading), least recently used first."""
@@ -264,10 +268,11 @@ class Pipeline:
             image = load_rgb(control.image, f"control map for {control.id!r}")
         else:
             source = self._source(control, plugin)
-            key = self._map_key(control.id, params, source)
+            size = (width, height) if width and height else None
+            key = self._map_key(control.id, params, source) + (f"@{width}x{height}" if source.data is not None else "")
             image = self._maps.get(key)
             if image is None:
-                ctx = PluginContext(device=self.device, dtype=self.dtype,
+                ctx = PluginContext(device=self.device, dtype=self.dtype, size=size,
                                     weights=_LazyWeights(plugin.annotators,
                                                          lambda i: self._annotator(unit.annotators.get(i, i))))
                 with plugin_code(f"conditioner {control.id!r} failed on its input"):  # fails this request only
@@ -428,8 +433,10 @@ class Pipeline:
     def _call_arguments(self, pipe: Any, plan: Plan, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
         req = plan.request
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
+        vectors = embeddings.load(pipe, plan.embeddings, self.loader.verified_path)
         return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units],
-                                      plan.final_prompt(), family=plan.family)
+                                      plan.final_prompt(), family=plan.family, negative=plan.negative,
+                                      embeddings=vectors)
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
@@ -460,7 +467,8 @@ class Pipeline:
     def _result(self, plan: Plan, arrays: list[np.ndarray], report: dict[str, Any],
                 inputs: dict[str, Image.Image], runtime: dict[str, Any]) -> Result:
         req = plan.request
-        entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras)]
+        entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras),
+                   *{e.id: e for e in plan.embeddings.values()}.values()]
         models = {e.id: {"kind": e.kind, "family": e.family, "source": _source_of(e),
                          "sha256": self.loader.hashes(e)} for e in entries}
         plugins = {u.control.id: self.registry.record(u.control.id) for u in plan.units}

@@ -144,6 +144,7 @@ class PluginContext:
     device: str = "cpu"
     dtype: Any = None
     weights: dict[str, Path] = field(default_factory=dict)  # models.yaml id -> local path, verified
+    size: tuple[int, int] | None = None  # (width, height) the map will be fitted to, when the request gives it
 
     def weight(self, model_id: str) -> Path:
         if model_id not in self.weights:

@@ -230,3 +230,20 @@ def test_body25_with_face_matches_controlnet_aux_drawing(pipe):
     canvas = util.draw_bodypose(canvas, keypoints)
     canvas = util.draw_facepose(canvas, [Keypoint(x / 128, y / 128) for x, y in face])
     assert (ours != canvas).any(axis=2).mean() < 0.01
+
+
+def test_normalised_coordinates_are_drawn_at_the_requests_aspect(pipe, tmp_path):
+    """Normalised points with no canvas: drawn at the output's size (96x64 here), as controlnet-aux draws the same
+    keypoints on a canvas of that size, not drawn square and stretched."""
+    from controlnet_aux.open_pose import util
+    from controlnet_aux.open_pose.body import Keypoint
+    data = pose_json([(x / 128, y / 128) for x, y in BODY])
+    del data["canvas_width"], data["canvas_height"]
+    path = tmp_path / "pose.json"
+    path.write_text(json.dumps(data))
+    result = pipe.generate("a dancer", model="tiny-sd15", width=96, height=64, steps=1, seed=1,
+                           controls=[sdcompose.Control("pose", path)])
+    drawn = np.asarray(result.inputs["control-0"])
+    reference = util.draw_bodypose(np.zeros((64, 96, 3), dtype=np.uint8), [Keypoint(x / 128, y / 128) for x, y in BODY])
+    assert drawn.shape == (64, 96, 3) and (drawn != reference).any(axis=2).mean() < 0.01
+    assert render(pipe, data).shape == (512, 512, 3)  # no output size: 512x512, as before

@@ -101,12 +101,14 @@ def draw(people: list[dict[str, Any]], width: int, height: int, body: bool = Tru
 
 
 # ---- reading JSON -----------------------------------------------------------------------------
-def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0) -> tuple[list[dict[str, Any]], int, int]:
+def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0,
+          output: tuple[int, int] | None = None) -> tuple[list[dict[str, Any]], int, int]:
     """People with normalised points, and the size to draw them at, from OpenPose JSON.
 
     Pixel coordinates are read against the JSON's ``canvas_width``/``canvas_height`` (or, when it
-    has none, the params); the map is drawn at the params' size if given, else the JSON's, else
-    512x512 for normalised coordinates. Malformed JSON raises PluginError naming the key.
+    has none, the params); the map is drawn at the params' size if given, else the JSON's, else, for
+    normalised coordinates, at ``output`` (the request's size, so the pose keeps the output's aspect
+    instead of being drawn square and stretched), else 512x512. Malformed JSON raises PluginError naming the key.
     """
     if isinstance(data, list):
         if len(data) != 1:
@@ -131,7 +133,7 @@ def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0) -> tuple[lis
                 for key, points in person.items()} for person in raw]
     if symmetric or all(0.0 <= v <= 1.0 for v in coords):
         scale = (1.0, 1.0)
-        width, height = width or 512, height or 512
+        width, height = (width, height) if width and height else output or (512, 512)
     else:
         raw = [{key: None if points is None else [None if p is None or p[0] < 0 or p[1] < 0 else p for p in points]
                 for key, points in person.items()} for person in raw]

@@ -47,7 +47,8 @@ class Pose(Conditioner):
 
     def preprocess(self, source, ctx, params):
         if source.data is not None:
-            people, width, height = openpose_json.parse(source.data, params["canvas_width"], params["canvas_height"])
+            people, width, height = openpose_json.parse(source.data, params["canvas_width"], params["canvas_height"],
+                                                        getattr(ctx, "size", None))
         else:
             people, (width, height) = self._detect(source.image, ctx, params)
         canvas = openpose_json.draw(people, width, height, body=params["include_body"],
