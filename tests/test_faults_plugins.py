@@ -426,7 +426,7 @@ def test_plugin_systemexit_in_the_web_ui_fails_that_run_and_the_page_keeps_servi
     for error in (SystemExit(3), KeyboardInterrupt()):
         p.registry.get("raiser", "conditioner").error = error
         values = handlers.form.defaults() | {**SMALL, "cn0_enable": True, "cn0_plugin": "raiser", "cn0_image": str(photo)}
-        (*_, status, _, _, _), = list(handlers.generate_in_page(None, **values))
+        *_, (_, _, status, _, _, _) = handlers.generate_in_page(None, **values)  # the last event is the outcome
         detail = "SystemExit: 3" if isinstance(error, SystemExit) else "KeyboardInterrupt: "
         assert status == ('<span class="sdc-error">Plugin problem: conditioner \'raiser\' failed on its input: '
                           f'{detail}</span>'), status
