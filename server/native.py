@@ -146,7 +146,7 @@ async def parse_request(request: Request):
         form = await request.form(max_files=MAX_PARTS, max_fields=MAX_PARTS)
         files, text = {}, form.get("request", "{}")
         for name, value in form.multi_items():
-            if hasattr(value, "read"):
+            if hasattr(value, "read") and name != "request":  # the request part may come as a file (curl -F request=@f)
                 files[name] = await value.read()
         if not isinstance(text, str):
             text = (await text.read()).decode("utf-8", "replace")

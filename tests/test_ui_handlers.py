@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from PIL import Image
 
 from sdcompose.outputs import Outputs
+from sdcompose.server.jobs import JobQueue
 from sdcompose.ui.form import Form, Rejected
 from sdcompose.ui.handlers import Handlers, RunEvent, page_names, progress_bar
 from sdcompose.ui.history import History
@@ -64,6 +66,29 @@ def test_a_run_in_page_saves_its_image_and_ends_with_the_success_line(handlers):
     assert json.loads(info)["seeds"] == [11]
     page = History(handlers.outputs).browse("KEPT", 1)
     assert page[1] == paths and page[2] == 1 and "1 image(s)" in page[3]
+
+
+def test_a_waiting_run_shows_its_place_in_the_shared_queue_and_stop_withdraws_it(pipe, tmp_path):
+    jobs = JobQueue()  # the one queue: here a job from elsewhere (an HTTP request, say) holds the device
+    try:
+        handlers = Handlers(pipe, Form({}, [], 1), Sessions(tmp_path / "session"), ["tiny-sd15"],
+                            Outputs(tmp_path / "out"), jobs)
+        started, release = threading.Event(), threading.Event()
+        jobs.submit(lambda **_: started.set() or release.wait(120))
+        assert started.wait(60)
+        jobs.submit(lambda **_: None)  # one more request before the page's
+        events = handlers.generate_in_page(None, **(handlers.form.defaults() | dict(prompt="waits", **SMALL)))
+        assert next(events)[2] == "Queued: 2 requests ahead of this one."
+        assert handlers.stop(None) == "Withdrawn from the queue."
+        *_, (gallery, info, status, seed, bar, paths) = list(events)
+        assert status == "Stopped: cancelled before it started." and bar == ""
+        release.set()
+        jobs.submit(lambda **_: None).wait(60)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png")), "it never ran"
+        assert handlers.stop(None) == "Nothing is running."
+    finally:
+        release.set()
+        jobs.close()
 
 
 def test_the_progress_bar_counts_steps_and_time_left():

@@ -31,19 +31,21 @@ INTRO = ("**sdcompose**: Stable Diffusion with ControlNet conditioners and LoRA 
          "prompt, press Generate. Every PNG carries what is needed to make it again: open it in the Image info "
          "tab to restore every setting.")
 TAB_NAMES = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint"}
+WAITING = 16  # page generations in flight at once (each waits in the job queue; more wait in Gradio's queue)
 IMAGE_FIELDS = ("init_image", "inpaint", "mask")  # not kept in the browser's storage, as the units' images
 Add = Callable[[str, Any], Any]
 
 
 def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, save: bool = True,
-              outputs: str | Path | None = None) -> gr.Blocks:
+              outputs: str | Path | None = None, jobs: Any = None) -> gr.Blocks:
     """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units.
 
     Every image is kept in ``outputs`` (default ``$SDCOMPOSE_HOME/outputs``, see ``sdcompose.outputs``) and
     listed in the History tab; Gradio serves that folder's PNGs as they are. ``save=False`` keeps images only
     for the browser session, under ``workdir`` (default: a temporary folder removed at exit), deleted when its
     tab closes; Gradio serves them from its own cache, so a ``workdir`` outside the system temp folder must be
-    in ``launch(allowed_paths=...)``.
+    in ``launch(allowed_paths=...)``. ``jobs``: the ``sdcompose.server.jobs.JobQueue`` generations wait in (the
+    server's, shared with its HTTP APIs; default: one of the page's own); Stop withdraws a waiting one.
     """
     units = max(1, min(units, LIMITS["controls"]))
     if workdir is None:
@@ -58,7 +60,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, 
     form = Form(conditioners, [e.id for e in loras], units)
     model_choices, default_model = widgets.base_models(pipeline)
     handlers = Handlers(pipeline, form, Sessions(Path(workdir) / "outputs"), [value for _, value in model_choices],
-                        kept)
+                        kept, jobs)
     history = History(kept)
     defaults = form.defaults() | {"model": default_model}
     fields: dict[str, Any] = {}
@@ -203,7 +205,8 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
           queue=False)
     ui.forget_form.click(None, None, None, js=browser.forget_form())
     outputs = [ui.gallery, ui.info, ui.status, ui.last_seed]
-    run = dict(inputs_kwargs=fields, concurrency_limit=1, concurrency_id="device")
+    # Generations wait in the shared job queue (their place shows, Stop withdraws them), not in Gradio's.
+    run = dict(inputs_kwargs=fields, concurrency_limit=WAITING, concurrency_id="generate")
     ui.api_generate.click(with_fields(handlers.generate, list(fields)), outputs=outputs, api_name="generate",
                           show_progress_on=ui.gallery, **run)
     # The page's run: the status line is cleared as it starts; progress has its own bar, the previews show in

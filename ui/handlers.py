@@ -8,7 +8,6 @@ import logging
 import queue
 import re
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from sdcompose import infotext
 from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.outputs import Outputs
 from sdcompose.request import GenerationRequest, validate
+from sdcompose.server.jobs import JobQueue
 
 from . import widgets
 from .form import TASKS, Form
@@ -95,6 +95,11 @@ def progress_bar(event: RunEvent) -> str:
             f'<div class="sdc-bar-text">Step {event.step} of {event.total}{left}</div>')
 
 
+def waiting_line(ahead: int) -> str:
+    """The status while a request waits in the queue: how many run before it."""
+    return f"Queued: {ahead} request{'s' if ahead > 1 else ''} ahead of this one."
+
+
 def _eta(first: tuple[float, int], step: int, total: int) -> float | None:
     """Seconds left, from the pace since the first step reported (None until there is a pace)."""
     since, first_step = first
@@ -133,10 +138,11 @@ def session_of(request: gr.Request | None) -> str | None:
 
 class Handlers:
     def __init__(self, pipeline: Any, form: Form, sessions: Sessions, base_ids: list[str],
-                 outputs: Outputs | None = None) -> None:
-        """``outputs``: where every image is kept (None: only for the session, in ``sessions``' folders)."""
+                 outputs: Outputs | None = None, jobs: JobQueue | None = None) -> None:
+        """``outputs``: where every image is kept (None: only for the session, in ``sessions``' folders); ``jobs``:
+        the queue in front of the device (``sdcompose serve`` passes the one its HTTP APIs use)."""
         self.pipeline, self.form, self.sessions, self.base_ids = pipeline, form, sessions, base_ids
-        self.outputs = outputs
+        self.outputs, self._jobs = outputs, jobs
         self.names = list(form.defaults())
 
     # ---- generate and stop -------------------------------------------------------------------
@@ -146,6 +152,8 @@ class Handlers:
         for event in self._run(session_of(request), values):
             if event.done:
                 yield event.gallery, event.info, event.status, event.seed
+            elif not event.total:  # waiting in the queue
+                yield gr.skip(), gr.skip(), event.status, gr.skip()
             else:
                 progress((event.step, event.total), desc=f"step {event.step} of {event.total}", unit="steps")
                 if event.image is not None:
@@ -173,40 +181,39 @@ class Handlers:
         started = time.monotonic()
         with errors_in_page(self.form.unit_names(values)):
             kwargs = self.form.to_kwargs(values)
-            with self.sessions.cancel_flag(session) as cancel:
-                steps: queue.Queue = queue.Queue()
-                outcome: dict[str, Any] = {}
-
-                def work() -> None:
-                    try:
-                        outcome["result"] = self.pipeline.generate(
-                            **kwargs, cancel=cancel, preview=lambda step, total, image: steps.put((step, total, image)))
-                    except BaseException as exc:  # re-raised below, in the event's own thread
-                        outcome["error"] = exc
-                    finally:
-                        steps.put(None)
-
-                worker = threading.Thread(target=work, name="sdcompose-generate", daemon=True)
-                worker.start()
-                shown, first = 0.0, None
+            job = self.jobs.submit(lambda **hooks: self.pipeline.generate(**kwargs, **hooks), label="ui")
+            changed: queue.Queue = queue.Queue()
+            job.subscribe(lambda: changed.put(None))
+            with self.sessions.running(session, lambda: self._withdraw(job)):
+                shown, first, last = 0.0, None, None
                 try:
-                    while (item := steps.get()) is not None:
-                        step, total, image = item
-                        first = first or (time.monotonic(), step)
-                        due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
-                        shown = time.monotonic() if due else shown
-                        yield RunEvent(step=step, total=total, image=image if due else None,
-                                       status=f"Step {step} of {total}", eta=_eta(first, step, total))
-                finally:  # the page went away mid-run: stop the worker at its next step
-                    if worker.is_alive():
-                        cancel.set()
-                if isinstance(outcome.get("error"), Cancelled):
-                    yield RunEvent(done=True, status=f"Stopped: {outcome['error']}.", gallery=gr.skip(),
-                                   info=gr.skip(), seed=gr.skip())
-                    return
-                if "error" in outcome:
-                    raise outcome["error"]
-            result = outcome["result"]
+                    while not job.wait(0):
+                        if job.state == "queued":  # its place in the one queue (UI, HTTP APIs), kept up to date
+                            ahead = self.jobs.position(job)
+                            if ahead and ahead != last:  # 0: nothing runs, it starts now
+                                last = ahead
+                                yield RunEvent(status=waiting_line(ahead))
+                        elif job.total and (job.step, job.total) != last:
+                            step, total = last = (job.step, job.total)
+                            first = first or (time.monotonic(), step)
+                            due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
+                            shown = time.monotonic() if due else shown
+                            yield RunEvent(step=step, total=total, image=job.preview if due else None,
+                                           status=f"Step {step} of {total}", eta=_eta(first, step, total))
+                        try:
+                            changed.get(timeout=1.0)
+                        except queue.Empty:
+                            pass
+                finally:  # the page went away: withdraw the request, or stop it at its next step
+                    if not job.wait(0):
+                        self.jobs.cancel(job.id)
+            if job.state == "cancelled":
+                yield RunEvent(done=True, status=f"Stopped: {job.error}.", gallery=gr.skip(), info=gr.skip(),
+                               seed=gr.skip())
+                return
+            if job.state == "failed":
+                raise job.error
+            result = job.result
             if self.outputs is not None:
                 paths = self.outputs.save(result)
             else:
@@ -224,8 +231,23 @@ class Handlers:
                        status=status, seed=seeds[0])
 
     def stop(self, request: gr.Request) -> str:
+        """Stop: a queued request is withdrawn (it never runs), a running one stops at the end of its step."""
         stopped = self.sessions.stop(session_of(request))
-        return "Stopping at the end of this step." if stopped else "Nothing is running."
+        if not stopped:
+            return "Nothing is running."
+        return "Stopping at the end of this step." if "stopping" in stopped else "Withdrawn from the queue."
+
+    def _withdraw(self, job: Any) -> str:
+        queued = job.state == "queued"
+        self.jobs.cancel(job.id)
+        return "withdrawn" if queued else "stopping"
+
+    @property
+    def jobs(self) -> JobQueue:
+        """The queue generations go through: the server's, shared with the HTTP APIs (or this page's own)."""
+        if self._jobs is None:
+            self._jobs = JobQueue()
+        return self._jobs
 
     def forget(self, request: gr.Request) -> None:
         self.sessions.forget(session_of(request))
