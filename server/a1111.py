@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from sdcompose import __version__, samplers
+from sdcompose import __version__
+from sdcompose import samplers as sampler_table
 from sdcompose.errors import Cancelled
 from sdcompose.metadata import png_text, a1111_parameters
 
@@ -108,7 +109,7 @@ def router(service: Service) -> APIRouter:
     @api.get("/sdapi/v1/samplers")
     async def samplers() -> list[dict[str, Any]]:
         return [{"name": name, "aliases": [sampler_id], "options": {}}
-                for sampler_id, (name, *_) in samplers.SAMPLERS.items()]
+                for sampler_id, (name, *_) in sampler_table.SAMPLERS.items()]
 
     @api.get("/sdapi/v1/schedulers")
     async def schedulers() -> list[dict[str, Any]]:

@@ -62,7 +62,9 @@ def url(tmp_path_factory, home, outputs):
     (folder / "gate").mkdir()
     (folder / "gate" / "sitecustomize.py").write_text(GATE)
     path = os.pathsep.join(filter(None, [str(folder / "gate"), os.environ.get("PYTHONPATH")]))
-    with running_ui(folder / "server.log", "--outputs", str(outputs), env={"PYTHONPATH": path}) as (address, _):
+    # the page as `sdcompose serve` mounts it, beside the HTTP APIs and over their job queue
+    with running_ui(folder / "server.log", "--outputs", str(outputs), env={"PYTHONPATH": path},
+                    command="serve") as (address, _):
         yield address
 
 
