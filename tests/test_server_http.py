@@ -284,22 +284,24 @@ def test_webuiapi_interrupts_a_long_run_and_reports_its_progress(live):
 def test_skip_ends_the_current_image_and_the_call_goes_on_with_the_next(live):
     api = live.webui()
     outcome = {}
-    call = dict(prompt="skipped", seed=20, n_iter=3, width=64, height=64, steps=500,
+    call = dict(prompt="skipped", seed=20, n_iter=2, width=64, height=64, steps=80,
                 override_settings={"sd_model_checkpoint": "tiny-sd15"})
-    worker = threading.Thread(target=lambda: outcome.update(answer=live.http.post("/sdapi/v1/txt2img", json=call)))
+    worker = threading.Thread(target=lambda: outcome.update(answer=live.http.post("/sdapi/v1/txt2img", json=call,
+                                                                                  timeout=900)))
     worker.start()
     try:
-        wait_for(lambda: api.get_progress()["state"]["sampling_step"] > 0, "the call to be under way", timeout=120)
+        wait_for(lambda: (state := api.get_progress()["state"])["sampling_step"] > 0 and state["job_no"] == 0,
+                 "the first image to be under way", timeout=300)
         api.skip()
     finally:
-        worker.join(600)
+        worker.join(900)
     assert not worker.is_alive()
     answer = outcome["answer"]
     assert answer.status_code == 200, answer.text[:300]
     info = json.loads(answer.json()["info"])
-    # one of the three images was skipped (the one under way when the skip came), the others were made
-    assert len(answer.json()["images"]) == 2 and info["interrupted"] is False
-    assert len(info["all_seeds"]) == 2 and set(info["all_seeds"]) < {20, 21, 22}
+    # the first image was skipped mid-run (or, had it just finished, the second): the other one was made
+    assert len(answer.json()["images"]) == 1 and info["interrupted"] is False
+    assert len(info["all_seeds"]) == 1 and info["all_seeds"][0] in (20, 21)
 
 
 def test_detect_returns_the_control_map(live, pipe, photo):
