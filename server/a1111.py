@@ -19,7 +19,7 @@ from sdcompose.metadata import png_text, a1111_parameters
 
 from . import a1111_names as names
 from .a1111_request import checkpoint, plan, whole
-from .answers import b64, error_body, preview_png, result_pngs, status_of
+from .answers import b64, error_body, preview_png, result_pngs, status_of, timing
 from .inputs import FieldError, image_bytes
 from .native import json_body
 from .service import Service, finished
@@ -52,7 +52,7 @@ def router(service: Service) -> APIRouter:
         results = job.result if job.state == "done" else []  # interrupted: what was finished, as A1111 does
         images = [b64(png) for result in results for png in result_pngs(result)]
         return JSONResponse({"images": images if todo.send_images else [], "parameters": payload,
-                             "info": json.dumps(info(todo, results, job.cancel.is_set()))})
+                             "info": json.dumps(info(todo, results, job.cancel.is_set()))}, headers=timing(job))
 
     @api.post("/sdapi/v1/txt2img")
     async def txt2img(request: Request) -> JSONResponse:
