@@ -10,6 +10,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,17 +18,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
-from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, is_out_of_memory
+from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import attention, compose, families, hires, memory, prompt_encode, schedulers, upscale, vae_guard
+from sdcompose.pipelines import reproduce as reproduction
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.preview import latents_to_image
 from sdcompose.pipelines.resolve import Plan, Unit, base_by_name, lora_by_name, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
+from sdcompose.plugins.contain import plugin_code
 from sdcompose.plugins.registry import Registry
 from sdcompose.prompt_syntax import check_syntax
 from sdcompose.request import LIMITS, Control, GenerationRequest, validate
@@ -121,14 +124,13 @@ class Pipeline:
         found = infotext.foreign(png)
         if found.tool != "sdcompose":
             return self._reproduce_foreign(found, model)
-        meta, inputs = read_png(png)
-        request = GenerationRequest.from_metadata(meta, inputs, runtime=False)
+        meta, inputs = read_png(png)  # its embedded inputs: decoded by run(), only those the request uses
+        request = GenerationRequest.from_metadata(meta, inputs, runtime=False)  # validated before anything is hashed
+        if request.model is None:
+            request = request.with_(model=self.settings.default_model)
         if strict:
-            for model_id, recorded in meta.get("models", {}).items():
-                current = self.loader.hashes(self.catalog.get(model_id))
-                if current != recorded.get("sha256"):
-                    raise ModelError(f"model {model_id!r} has changed since this image was made (different "
-                                     "file hashes); restore that version, or pass strict=False")
+            reproduction.check_models(meta, resolve(request, self.catalog, self.registry), self.catalog,
+                                      self.loader.hashes)
         return self.run(request)
 
     def _reproduce_foreign(self, found: infotext.Found, model: str | None) -> Result:
@@ -177,7 +179,8 @@ class Pipeline:
             self._placement.prepare(models, memory.MemoryPlan(), self.device)  # all on the device
             adapter = self._loaded_adapter()
             if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
-                adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
+                with plugin_code(f"adapter plugin {adapter.id!r} could not take its LoRAs off"):
+                    adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
             return pipe
 
     def upscale(self, image: Any, model: str, scale: float | None = None, tile: int = upscale.TILE,
@@ -204,12 +207,9 @@ class Pipeline:
     def _upscaler(self, entry: Entry) -> Any:
         plugin = self.registry.get(upscale.PLUGIN, "upscaler")
         path = self.loader.verified_path(entry)
-        try:
+        with plugin_code(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}"):  # fails this request only
             return plugin.load(path, PluginContext(device=self.device, dtype=self.dtype))
-        except (PluginError, SdcomposeError):
-            raise
-        except Exception as exc:  # a plugin's bug fails this request only
-            raise PluginError(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}: {describe(exc)}") from None
+
     def token_counts(self, prompt: str, model: str | None = None, prompt_syntax: str = "a1111") -> dict[str, Any]:
         """What A1111 shows under a prompt: ``{"tokens": 83, "limit": 150, "chunks": [75, 8], "label": "83/150"}``.
 
@@ -263,15 +263,13 @@ class Pipeline:
             if image is None:
                 ctx = PluginContext(device=self.device, dtype=self.dtype,
                                     weights=_LazyWeights(plugin.annotators, self._annotator))
-                try:
+                with plugin_code(f"conditioner {control.id!r} failed on its input"):  # fails this request only
                     image = plugin.preprocess(source, ctx, params)
-                except SdcomposeError:  # lazily fetched weights raise ModelError as they are
-                    raise
-                except Exception as exc:  # a plugin's bug fails this request only
-                    raise PluginError(f"conditioner {control.id!r} failed on its input: "
-                                      f"{type(exc).__name__}: {exc}") from exc
                 if not isinstance(image, Image.Image):
                     raise PluginError(f"conditioner {control.id!r} returned {type(image).__name__}, not a PIL image")
+                if image.width * image.height > MAX_PIXELS:
+                    raise PluginError(f"conditioner {control.id!r} returned a {image.width}x{image.height} map; "
+                                      f"the limit is {MAX_PIXELS} pixels")
                 image = to_rgb(image)
                 self._maps[key] = image
                 while len(self._maps) > 32:
@@ -376,20 +374,23 @@ class Pipeline:
         adapter = self.registry.get("lora", "adapter") if plan.loras else self._loaded_adapter()
         report: dict[str, Any] = {}
         stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
+        adapter_code = nullcontext() if adapter is None else plugin_code(  # an adapter's hooks run inside the call
+            f"adapter plugin {adapter.id!r} failed during generation", module=type(adapter).__module__, oom=True)
         try:
-            self._placement.prepare(models, plan_memory, self.device, self._cached_besides(models))
-            attention.apply(list(models.values()), backend)
-            if adapter is not None:
-                report = self._apply_adapter(adapter, pipe, plan)
-            self._placement.attach(pipe, models, plan_memory, self.device)
-            denoiser = families.get(plan.family).denoiser
-            graphed = [m for name, m in models.items() if name == denoiser or name.startswith("controlnet")]
-            with torch.inference_mode(), \
-                    self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
-                kwargs = self._call_arguments(pipe, plan, maps, init, mask)  # encodes prompts: after placement, LoRAs
-                with vae_guard.Watch(pipe.vae) as watch:
-                    output = pipe(**kwargs, callback_on_step_end=on_step)
-                images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
+            with adapter_code:
+                self._placement.prepare(models, plan_memory, self.device, self._cached_besides(models))
+                attention.apply(list(models.values()), backend)
+                if adapter is not None:
+                    report = self._apply_adapter(adapter, pipe, plan)
+                self._placement.attach(pipe, models, plan_memory, self.device)
+                denoiser = families.get(plan.family).denoiser
+                graphed = [m for name, m in models.items() if name == denoiser or name.startswith("controlnet")]
+                with torch.inference_mode(), \
+                        self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
+                    kwargs = self._call_arguments(pipe, plan, maps, init, mask)  # encodes prompts: after placement, LoRAs
+                    with vae_guard.Watch(pipe.vae) as watch:
+                        output = pipe(**kwargs, callback_on_step_end=on_step)
+                    images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
         except torch.OutOfMemoryError:
             stopped = "oom"
         except Cancelled as exc:
@@ -397,10 +398,9 @@ class Pipeline:
         except SdcomposeError:
             raise
         except Exception as exc:
-            if adapter is not None and _raised_in(exc, type(adapter).__module__):
-                raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
-                                  f"{describe(exc)}") from None
-            raise
+            if not is_out_of_memory(exc):  # the CPU's out of memory is a MemoryError or a RuntimeError
+                raise
+            stopped = "oom"
         finally:
             if adapter is not None:
                 self._remove_adapter(adapter, pipe, plan.base.id)
@@ -430,16 +430,13 @@ class Pipeline:
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
-        try:
-            return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
-        except SdcomposeError:
-            raise
-        except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
-            self._bases.pop(plan.base.id, None)
-            if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
+        with plugin_code(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
+                         f"(does the file fit this {plan.family} base?)", oom=True):
+            try:
+                return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
+            except BaseException:  # the base's weights may be half changed: load it afresh next time
+                self._bases.pop(plan.base.id, None)
                 raise
-            raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
-                              f"(does the file fit this {plan.family} base?): {describe(exc)}") from None
 
     def _loaded_adapter(self) -> Any:
         """The LoRA plugin if it has been used: it also clears LoRAs it keeps fused between requests."""
@@ -449,12 +446,12 @@ class Pipeline:
     def _remove_adapter(self, adapter: Any, pipe: Any, base_id: str) -> None:
         """Take a request's adapters off; if the plugin cannot, drop the base so the next request loads it clean."""
         try:
-            adapter.remove(pipe)
-        except Exception as exc:
+            with plugin_code(f"adapter plugin {adapter.id!r} could not remove its weights"):
+                adapter.remove(pipe)
+        except PluginError as exc:
             self._bases.pop(base_id, None)
             self._free()
-            warnings.warn(f"adapter plugin {adapter.id!r} could not remove its weights ({type(exc).__name__}: "
-                          f"{exc}); base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{exc}; base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
 
     # ---- results -------------------------------------------------------------------------------
     def _result(self, plan: Plan, arrays: list[np.ndarray], report: dict[str, Any],
@@ -519,17 +516,6 @@ def _resolves(catalog: Catalog, lora_name: str) -> bool:
         return True
     except ModelError:
         return False
-
-
-def _raised_in(exc: BaseException, module: str) -> bool:
-    """Whether ``exc`` was raised in code of ``module`` (a plugin), judged by its traceback."""
-    tb = exc.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_globals.get("__name__", "")
-        if name == module or name.startswith(module + "."):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _source_of(entry: Entry) -> str:

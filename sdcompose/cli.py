@@ -5,12 +5,13 @@ Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sdcompose.errors import SdcomposeError, ValidationError
+from sdcompose.errors import SdcomposeError, ValidationError, quote
 from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control,
                                GenerationRequest, Hires, Lora, bounds, default)
 from sdcompose.settings import DEFAULT_MODEL, Settings
@@ -23,18 +24,18 @@ def parse_control(spec: str) -> Control:
     """``ID=PATH[:key=value...]``: weight/start/end/model/resize_mode/control_mode/preprocessed, else plugin params."""
     plugin_id, sep, rest = spec.partition("=")
     if not sep or not plugin_id or not rest:
-        raise ValidationError(f"--control {spec!r}: expected ID=IMAGE[:key=value...], e.g. canny=photo.png:weight=0.8")
+        raise ValidationError(f"--control {quote(spec)}: expected ID=IMAGE[:key=value...], e.g. canny=photo.png:weight=0.8")
     parts = rest.split(":")
     split = next((i for i, part in enumerate(parts) if i > 0 and "=" in part), len(parts))
     image, fields, params = ":".join(parts[:split]), {}, {}
     for option in parts[split:]:
         key, eq, value = option.partition("=")
         if not eq:
-            raise ValidationError(f"--control {spec!r}: option {option!r} is not key=value")
+            raise ValidationError(f"--control {quote(spec)}: option {quote(option)} is not key=value")
         try:
             (fields if key in CONTROL_FIELDS else params)[key] = CONTROL_FIELDS.get(key, str)(value)
         except ValueError:
-            raise ValidationError(f"--control {spec!r}: {key} must be a number, got {value!r}") from None
+            raise ValidationError(f"--control {quote(spec)}: {key} must be a number, got {quote(value)}") from None
     return Control(plugin_id, image=image, params=params, **fields)
 
 
@@ -43,7 +44,7 @@ def parse_lora(spec: str) -> Lora:
     try:
         return Lora(model_id, float(weight)) if weight else Lora(model_id)
     except ValueError:
-        raise ValidationError(f"--lora {spec!r}: expected ID[:WEIGHT], e.g. papercut:0.7") from None
+        raise ValidationError(f"--lora {quote(spec)}: expected ID[:WEIGHT], e.g. papercut:0.7") from None
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -51,7 +52,7 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq:
-            raise ValidationError(f"--param {pair!r} is not key=value")
+            raise ValidationError(f"--param {quote(pair)} is not key=value")
         out[key] = value
     return out
 
@@ -142,9 +143,18 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     image = pipe.preprocess(args.plugin, args.image, width=args.width, height=args.height,
                             resize_mode=args.resize_mode, **parse_params(args.param))
 
-    def save() -> None:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        image.save(args.output)
+    def save() -> None:  # whole or not at all: a full disk leaves no file behind, not an empty one
+        from PIL import Image
+
+        from sdcompose.metadata import write_atomic
+        output = Path(args.output)
+        kind = Image.registered_extensions().get(output.suffix.lower())
+        if kind is None:
+            raise ValueError(f"unknown image file extension {quote(output.suffix)}")
+        buffer = io.BytesIO()
+        image.save(buffer, format=kind)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(output, buffer.getvalue())
 
     _write(args.output, save)
     print(args.output)
@@ -276,8 +286,16 @@ def ranged(name: str) -> str:
     return f"{low:g} to {high:g} (default {field(name):g})"
 
 
+class Parser(argparse.ArgumentParser):
+    """The command's parsers (every subcommand's too): no abbreviations, so `ui --model` is never taken for
+    `--models`, nor a typo for some other option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdcompose", description=__doc__.splitlines()[0])
+    parser = Parser(prog="sdcompose", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sdcompose {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -396,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--outputs", metavar="DIR", help="the web UI keeps every image here "
                                                          "(default: $SDCOMPOSE_HOME/outputs)")
         p.add_argument("--no-save", action="store_true", help="the web UI keeps images only for the browser session")
+        p.add_argument("-m", "--model", help="the base model the page starts with (default: $SDCOMPOSE_MODEL, else "
+                                             "the first one downloaded); serve: also the AUTOMATIC1111 API's "
+                                             "checkpoint until a client sets one")
         runtime(p)
 
     u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
@@ -409,7 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. https://app.example) call the API; off by default")
     s.add_argument("--no-ui", action="store_true", help="serve the API alone")
-    s.add_argument("-m", "--model", help="the AUTOMATIC1111 API's checkpoint until a client sets one")
     r = s.add_argument_group("Ray Serve (pip install 'sdcompose[ray]'; docs/scale-out.md)")
     r.add_argument("--ray", action="store_true", help="serve the API on Ray Serve, routed by base model")
     r.add_argument("--address", help="the cluster (auto, HOST:PORT, ray://HOST:PORT); default: a new local Ray")

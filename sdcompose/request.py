@@ -380,7 +380,10 @@ def parse_size(value: Any, name: str) -> int:
         match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt])i?b?|(\d+)\s*b", text or "", re.IGNORECASE)
         if not match:
             raise ValidationError(f"{name} must be a size such as 4GB or 512MB, got {_short(value)}")
-        size = int(match[3]) if match[3] else int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower()))
+        try:
+            size = int(match[3]) if match[3] else int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower()))
+        except OverflowError:  # hundreds of digits: a float of them is infinite
+            size = 2**51
     if not 256 * 2**20 <= size <= 2**50:
         raise ValidationError(f"{name} must be between 256MB and 1024TB, got {_short(value)}")
     return size

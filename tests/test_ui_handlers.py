@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -19,10 +20,19 @@ from test_ui_form import CANNY
 SMALL = dict(model="tiny-sd15", width=64, height=64, steps=2)
 
 
+def handlers_for(folder, pipe=None) -> Handlers:
+    """The page's handlers over ``pipe`` (default: a fresh CPU pipeline), 3 units, canny, keeping files in ``folder``."""
+    if pipe is None:
+        from sdcompose.pipelines.pipeline import Pipeline
+        pipe = Pipeline(device="cpu")
+    form = Form({"canny": CANNY}, [], 3)
+    folder = Path(folder)
+    return Handlers(pipe, form, Sessions(folder / "session"), ["tiny-sd15", "tiny-sdxl"], Outputs(folder / "out"))
+
+
 @pytest.fixture
 def handlers(pipe, tmp_path):
-    form = Form({"canny": CANNY}, [], 3)
-    return Handlers(pipe, form, Sessions(tmp_path / "session"), ["tiny-sd15", "tiny-sdxl"], Outputs(tmp_path / "out"))
+    return handlers_for(tmp_path, pipe)
 
 
 def run_in_page(handlers, **values):

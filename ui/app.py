@@ -37,8 +37,8 @@ Add = Callable[[str, Any], Any]
 
 
 def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, save: bool = True,
-              outputs: str | Path | None = None, jobs: Any = None) -> gr.Blocks:
-    """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units.
+              outputs: str | Path | None = None, model: str | None = None, jobs: Any = None) -> gr.Blocks:
+    """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units, ``model`` picked.
 
     Every image is kept in ``outputs`` (default ``$SDCOMPOSE_HOME/outputs``, see ``sdcompose.outputs``) and
     listed in the History tab; Gradio serves that folder's PNGs as they are. ``save=False`` keeps images only
@@ -58,7 +58,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, 
     conditioners, _ = widgets.conditioners(pipeline)
     loras = widgets.lora_models(pipeline)
     form = Form(conditioners, [e.id for e in loras], units)
-    model_choices, default_model = widgets.base_models(pipeline)
+    model_choices, default_model = widgets.base_models(pipeline, model)
     handlers = Handlers(pipeline, form, Sessions(Path(workdir) / "outputs"), [value for _, value in model_choices],
                         kept, jobs)
     history = History(kept)

@@ -19,20 +19,20 @@ from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, PluginError, SdcomposeError, ValidationError
 from sdcompose import infotext
+from sdcompose.images import pixel_budget
 from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.outputs import Outputs
 from sdcompose.request import GenerationRequest, validate
 from sdcompose.server.jobs import JobQueue
 
 from . import widgets
-from .form import TASKS, Form
+from .form import EMBEDDED as IMAGE, TASKS, Form
 from .sessions import Sessions
 from .widgets import escape
 
 log = logging.getLogger("sdcompose.ui")
 TITLES = {ValidationError: "Invalid request", OutOfMemory: "Out of memory", ModelError: "Model problem",
           PluginError: "Plugin problem"}
-IMAGE = "<image>"
 PREVIEW_EVERY_S = 0.25  # at most four preview images a second reach the page
 
 
@@ -51,7 +51,11 @@ def errors_in_page(units: list[int] | None = None) -> Iterator[None]:
     except SdcomposeError as exc:
         title = next((t for cls, t in TITLES.items() if isinstance(exc, cls)), "Error")
         raise gr.Error(escape(page_names(str(exc), units or [])), title=title, print_exception=False) from None
-    except Exception as exc:  # a bug must not end the session: say so, keep the traceback in the server log
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # not GeneratorExit: a closed event generator
+        # A bug must not end the session, nor a SystemExit or KeyboardInterrupt the server: events run in worker
+        # threads, where no signal arrives, so these come from code (plugin code: plugins/contain.py contains it).
+        if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
+            raise
         log.exception("unexpected error in a UI event")
         message = f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)"
         raise gr.Error(escape(message), title="Internal error", print_exception=False) from None
@@ -349,7 +353,7 @@ class Handlers:
             text, shown, meta, inputs, _ = self._settings(image)
             if meta is None:
                 return text, json.dumps(shown, indent=1, default=str), None
-            values, _ = self.form.from_metadata(meta, inputs, store=lambda name, picture: IMAGE)
+            values, _ = self.form.from_metadata(meta, inputs, store=None)  # nothing decoded
         values["inpaint"] = IMAGE if values["inpaint"] else None
         return text, json.dumps(shown, indent=1, default=str), values
 
@@ -358,6 +362,7 @@ class Handlers:
         found = infotext.foreign(image)
         if found.tool == "sdcompose":
             meta, inputs = read_png(image)
+            GenerationRequest.from_metadata(meta, inputs)  # odd values: one sentence here, nothing decoded
             return a1111_parameters(meta), meta, meta, inputs, []
         if found.tool == "ComfyUI":
             shown = {"tool": "ComfyUI", "note": "made by ComfyUI: its graph cannot be run or restored here",
@@ -383,7 +388,7 @@ class Handlers:
             picture.save(path)
             return str(path)
 
-        with errors_in_page():
+        with errors_in_page(), pixel_budget("this restore"):  # the images it decodes (the PNG has its own budget too)
             _, _, meta, inputs, notes = self._settings(image)
             if meta is None:
                 raise ValidationError(notes[0])
