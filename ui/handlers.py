@@ -8,6 +8,7 @@ import logging
 import queue
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
