@@ -105,9 +105,9 @@ class Pipeline:
         plan = resolve(req, self.catalog, self.registry)
         with pixel_budget("this request"):  # every image this request decodes, together
             maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
-            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
+            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, req.resize_mode) \
                 if req.init_image is not None else None
-            mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
+            mask = fit(load_mask(req.mask), req.width, req.height, req.resize_mode) if req.mask is not None else None
         with self._lock:
             arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel, preview)
         inputs = {f"control-{i}": m for i, m in enumerate(maps)}
@@ -221,6 +221,10 @@ class Pipeline:
             with self._lock:
                 components = self._base(entry)
         return prompt_encode.token_counts(components["tokenizer"], prompt, check_syntax("prompt_syntax", prompt_syntax))
+
+    def loaded(self) -> list[str]:
+        """The base models held in memory (ready to run without loading), least recently used first."""
+        return list(self._bases)
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()
@@ -421,12 +425,8 @@ class Pipeline:
     def _call_arguments(self, pipe: Any, plan: Plan, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
         req = plan.request
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
-        prompt = plan.prompt
-        if req.add_trigger_words:
-            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in prompt]
-            prompt = ", ".join([prompt, *words]) if prompt else ", ".join(words)
-        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt,
-                                      family=plan.family)
+        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units],
+                                      plan.final_prompt(), family=plan.family)
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]

@@ -108,7 +108,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         result = pipe.generate(
             prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
             controls=[parse_control(s) for s in args.control], loras=[parse_lora(s) for s in args.lora],
-            init_image=args.init_image, strength=args.strength, mask=args.mask, width=args.width,
+            init_image=args.init_image, strength=args.strength, resize_mode=args.resize_mode, mask=args.mask,
+            width=args.width,
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
             seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update,
             memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast, clip_skip=args.clip_skip,
@@ -322,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the prompt as written: no (emphasis:1.2), BREAK or <lora:...> tags (docs/prompts.md)")
     g.add_argument("--init-image", help="img2img source")
     g.add_argument("--strength", type=float, default=field("strength"), help=ranged("strength"))
+    g.add_argument("--resize-mode", choices=RESIZE_MODES, default=field("resize_mode"),
+                   help="how --init-image (and --mask) is fitted to the size (default: %(default)s)")
     g.add_argument("--mask", help="inpaint mask (white = repaint); needs --init-image")
     g.add_argument("-W", "--width", type=int, default=field("width"), help=ranged("width"))
     g.add_argument("-H", "--height", type=int, default=field("height"), help=ranged("height"))

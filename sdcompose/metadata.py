@@ -186,6 +186,9 @@ def _json(raw: str, what: str) -> Any:
 
 def _check_meta(meta: Any) -> None:
     """The shape ``Pipeline.reproduce`` relies on; values are checked again as a GenerationRequest."""
+    if isinstance(meta, dict) and isinstance(meta.get("xyz"), dict) and "request" not in meta:
+        raise ValidationError("this PNG is an X/Y/Z plot's grid, not one generation: open one of its cells (each "
+                              "kept as a PNG of its own) to restore or reproduce it")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("request"), dict):
         found = meta.get("format") if isinstance(meta, dict) else "?"
         raise ValidationError(f"unsupported sdcompose metadata (format {repr(found)[:20]}, expected {FORMAT})")

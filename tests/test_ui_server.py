@@ -338,16 +338,16 @@ def test_load_every_request_answered_none_mixed_memory_flat(server, client):
 
 
 def test_one_generation_at_a_time_others_wait_with_their_position_and_stop_interrupts(server):
+    from gradio_client.utils import Status
     first, second = server.client(), server.client()
     try:
         long = first.submit(prompt="long", model="tiny-sd15", width=512, height=512, steps=150, seed=1,
                             api_name="/generate")
         wait_for(lambda: long.status().progress_data, "the long run to report progress")
         short = second.submit(prompt="short", seed=2, api_name="/generate", **SMALL)
-        # it waits in the server's job queue (shared with the HTTP APIs), and says where
-        waiting = wait_for(lambda: [out[2] for out in short.outputs() if str(out[2]).startswith("Queued")],
-                           "the second request to report its place in the queue")
-        assert waiting[0] == "Queued: 1 request ahead of this one.", "first in line behind the running generation"
+        waiting = wait_for(lambda: (s := short.status()).code == Status.IN_QUEUE and s.rank is not None and s,
+                           "the second request to be queued with its position")
+        assert waiting.rank == 0 and waiting.queue_size >= 1, "first in line behind the running generation"
         assert first.predict(api_name="/stop") == "Stopping at the end of this step."
         stopped = long.result(timeout=30)[-1]
         assert stopped.startswith("Stopped: cancelled at step") and stopped.endswith("of 150."), stopped

@@ -25,7 +25,8 @@ _R = GenerationRequest
 DEFAULTS = dict(task="txt2img", prompt=default(_R, "prompt"), negative_prompt=default(_R, "negative_prompt"),
                 model=None, scheduler=default(_R, "scheduler"), steps=default(_R, "steps"),
                 guidance=default(_R, "guidance"), width=default(_R, "width"), height=default(_R, "height"),
-                seed=RANDOM_SEED, batch=default(_R, "batch"), strength=default(_R, "strength"), init_image=None,
+                seed=RANDOM_SEED, batch=default(_R, "batch"), strength=default(_R, "strength"),
+                resize_mode=default(_R, "resize_mode"), init_image=None,
                 inpaint=None, mask=None, loras=[], add_trigger_words=default(_R, "add_trigger_words"),
                 memory=default(_R, "memory"), attention=default(_R, "attention"), vram="", fast=default(_R, "fast"))
 UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, file=None, preprocessed=default(Control, "preprocessed"),
@@ -37,7 +38,8 @@ RANGES = {**{name: bounds(_R, name) for name in ("steps", "width", "height", "gu
           **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")}, "lora": bounds(Lora, "weight")}
 EMBEDDED = "<image>"  # an image field restored without decoding the image (Image info shows this)
 SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength",
-           "memory", "attention", "fast")
+           "resize_mode", "memory", "attention", "fast")
+SEED_MAX = bounds(_R, "seed")[1]
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Form:
             if isinstance(values.get(name), Rejected):
                 raise ValidationError(f"{field_title(name)}: {values[name].reason}")
         kwargs = {name: values[name] for name in (*SCALARS, "batch", "add_trigger_words")
-                  if values.get(name) is not None and name != "strength"}
+                  if values.get(name) is not None and name not in ("strength", "resize_mode")}
         kwargs["seed"] = _seed(values.get("seed"))
         kwargs["vram"] = values.get("vram") or None  # empty: what the card has free
         kwargs["controls"] = self._controls(values)
@@ -113,8 +115,9 @@ class Form:
             if not isinstance(lora_id, str) or lora_id not in self.loras:
                 raise ValidationError(f"no LoRA {quote(lora_id)} on offer; pick from {', '.join(self.loras) or 'none'}")
             kwargs["loras"].append(Lora(lora_id, values.get(self.lora(lora_id), LORA_WEIGHT)))
-        if task != "txt2img":
+        if task != "txt2img":  # strength and the resize mode apply only to an input image
             kwargs["strength"] = values.get("strength", DEFAULTS["strength"])
+            kwargs["resize_mode"] = values.get("resize_mode") or DEFAULTS["resize_mode"]
         if task == "img2img":
             if values.get("init_image") is None:
                 raise ValidationError("image to image needs an input image: upload one in the Image to image tab")
@@ -223,6 +226,7 @@ def _size_text(size: int | None) -> str:
 
 
 def _seed(value: Any) -> int | None:
+    """The page's seed (-1: random) as the request's (None: random); the schema checks the upper limit."""
     if value is None or value == "":
         return None
     try:
@@ -231,7 +235,10 @@ def _seed(value: Any) -> int | None:
         number = float("nan")
     if not math.isfinite(number) or number != int(number):
         raise ValidationError(f"seed must be a whole number (-1 for random), got {quote(value)}")
-    return None if int(number) == RANDOM_SEED else int(number)
+    seed = value if isinstance(value, int) and not isinstance(value, bool) else int(number)  # every digit kept
+    if seed < 0 and seed != RANDOM_SEED:
+        raise ValidationError(f"seed must be -1 (random) or between 0 and {SEED_MAX}, got {seed}")
+    return None if seed == RANDOM_SEED else seed
 
 
 def _pose_json(path: str, where: str) -> Any:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
@@ -24,7 +25,6 @@ from sdcompose.images import pixel_budget
 from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.outputs import Outputs
 from sdcompose.request import GenerationRequest, validate
-from sdcompose.server.jobs import JobQueue
 
 from . import widgets
 from .form import EMBEDDED as IMAGE, TASKS, Form
@@ -100,11 +100,6 @@ def progress_bar(event: RunEvent) -> str:
             f'<div class="sdc-bar-text">Step {event.step} of {event.total}{left}</div>')
 
 
-def waiting_line(ahead: int) -> str:
-    """The status while a request waits in the queue: how many run before it."""
-    return f"Queued: {ahead} request{'s' if ahead > 1 else ''} ahead of this one."
-
-
 def _eta(first: tuple[float, int], step: int, total: int) -> float | None:
     """Seconds left, from the pace since the first step reported (None until there is a pace)."""
     since, first_step = first
@@ -137,17 +132,23 @@ def with_fields(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
     return call
 
 
+def test_model_line(result: Any) -> str:
+    """The status line's warning for a tiny test model's images (random weights: noise)."""
+    model = escape(result.metadata["request"]["model"])
+    return (f"**These images are {escape(result.metadata['note'])}** ({model}): they show the pipeline works, not "
+            "what a real model draws. ")
+
+
 def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
 
 class Handlers:
     def __init__(self, pipeline: Any, form: Form, sessions: Sessions, base_ids: list[str],
-                 outputs: Outputs | None = None, jobs: JobQueue | None = None) -> None:
-        """``outputs``: where every image is kept (None: only for the session, in ``sessions``' folders); ``jobs``:
-        the queue in front of the device (``sdcompose serve`` passes the one its HTTP APIs use)."""
+                 outputs: Outputs | None = None) -> None:
+        """``outputs``: where every image is kept (None: only for the session, in ``sessions``' folders)."""
         self.pipeline, self.form, self.sessions, self.base_ids = pipeline, form, sessions, base_ids
-        self.outputs, self._jobs = outputs, jobs
+        self.outputs = outputs
         self.names = list(form.defaults())
 
     # ---- generate and stop -------------------------------------------------------------------
@@ -157,9 +158,7 @@ class Handlers:
         for event in self._run(session_of(request), values):
             if event.done:
                 yield event.gallery, event.info, event.status, event.seed
-            elif not event.total:  # waiting in the queue
-                yield gr.skip(), gr.skip(), event.status, gr.skip()
-            else:
+            elif event.total:
                 progress((event.step, event.total), desc=f"step {event.step} of {event.total}", unit="steps")
                 if event.image is not None:
                     yield [(event.image, f"preview at step {event.step}")], gr.skip(), event.status, gr.skip()
@@ -168,8 +167,12 @@ class Handlers:
         """The page's generate: as ``generate``, plus the progress bar; an error is not raised but stays in the
         status line (red) until the next run. Outputs: gallery, metadata, status, first seed, progress bar, the
         gallery's file paths (what its send-to buttons may send on)."""
+        yield from self.in_page(self._run(session_of(request), values))
+
+    def in_page(self, events: Iterator[RunEvent]) -> Iterator[tuple]:
+        """A run's events as the page's outputs (see ``generate_in_page``); its error, if any, in the status line."""
         try:
-            for event in self._run(session_of(request), values):
+            for event in events:
                 bar = progress_bar(event)
                 if event.done:
                     paths = [path for path, _ in event.gallery] if isinstance(event.gallery, list) else gr.skip()
@@ -186,73 +189,78 @@ class Handlers:
         started = time.monotonic()
         with errors_in_page(self.form.unit_names(values)):
             kwargs = self.form.to_kwargs(values)
-            job = self.jobs.submit(lambda **hooks: self.pipeline.generate(**kwargs, **hooks), label="ui")
-            changed: queue.Queue = queue.Queue()
-            job.subscribe(lambda: changed.put(None))
-            with self.sessions.running(session, lambda: self._withdraw(job)):
-                shown, first, last = 0.0, None, None
-                try:
-                    while not job.wait(0):
-                        if job.state == "queued":  # its place in the one queue (UI, HTTP APIs), kept up to date
-                            ahead = self.jobs.position(job)
-                            if ahead and ahead != last:  # 0: nothing runs, it starts now
-                                last = ahead
-                                yield RunEvent(status=waiting_line(ahead))
-                        elif job.total and (job.step, job.total) != last:
-                            step, total = last = (job.step, job.total)
-                            first = first or (time.monotonic(), step)
-                            due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
-                            shown = time.monotonic() if due else shown
-                            yield RunEvent(step=step, total=total, image=job.preview if due else None,
-                                           status=f"Step {step} of {total}", eta=_eta(first, step, total))
-                        try:
-                            changed.get(timeout=1.0)
-                        except queue.Empty:
-                            pass
-                finally:  # the page went away: withdraw the request, or stop it at its next step
-                    if not job.wait(0):
-                        self.jobs.cancel(job.id)
-            if job.state == "cancelled":
-                yield RunEvent(done=True, status=f"Stopped: {job.error}.", gallery=gr.skip(), info=gr.skip(),
-                               seed=gr.skip())
+            yield RunEvent(status=self.preparing(kwargs.get("model")))
+            result = yield from self.worker(session, lambda cancel, preview: self.pipeline.generate(
+                **kwargs, cancel=cancel, preview=preview))
+            if result is None:
                 return
-            if job.state == "failed":
-                raise job.error
-            result = job.result
-            if self.outputs is not None:
-                paths = self.outputs.save(result)
-            else:
-                paths = result.save(self.sessions.output(session))
+            paths = self.keep(session, result)
         seeds, note = result.metadata["seeds"], result.metadata.get("note")
         gallery = [(str(path), f"seed {seed}" + (f" · {note}" if note else "")) for path, seed in zip(paths, seeds)]
         status = f"{len(paths)} image(s), seed {', '.join(map(str, seeds))}, in {time.monotonic() - started:.1f} s."
         if self.outputs is not None:
             status += f" Saved as {escape(paths[0].name)}" + (" and the rest of the batch." if len(paths) > 1 else ".")
         if note:
-            model = escape(result.metadata["request"]["model"])
-            status = (f"**These images are {escape(note)}** ({model}): they show the pipeline works, not what a "
-                      "real model draws. " + status)
+            status = test_model_line(result) + status
         yield RunEvent(done=True, gallery=gallery, info=json.dumps(result.metadata, indent=1, default=str),
                        status=status, seed=seeds[0])
 
+    def keep(self, session: str | None, result: Any) -> list[Path]:
+        """Save a result's images: in the outputs folder, else (``--no-save``) for the browser session only."""
+        if self.outputs is not None:
+            return self.outputs.save(result)
+        return result.save(self.sessions.output(session))
+
+    def worker(self, session: str | None, job: Callable[[threading.Event, Callable], Any]) -> Iterator[RunEvent]:
+        """``job(cancel, preview)`` in a worker thread, Stop setting ``cancel``: yields its steps (a preview image at
+        most four times a second); returns what the job returns, or None when it was stopped (after yielding the
+        "Stopped" event). Errors are raised again here."""
+        with self.sessions.cancel_flag(session) as cancel:
+            steps: queue.Queue = queue.Queue()
+            outcome: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    outcome["result"] = job(cancel, lambda step, total, image: steps.put((step, total, image)))
+                except BaseException as exc:  # re-raised below, in the event's own thread
+                    outcome["error"] = exc
+                finally:
+                    steps.put(None)
+
+            thread = threading.Thread(target=work, name="sdcompose-generate", daemon=True)
+            thread.start()
+            shown, first = 0.0, None
+            try:
+                while (item := steps.get()) is not None:
+                    step, total, image = item
+                    first = first or (time.monotonic(), step)
+                    due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
+                    shown = time.monotonic() if due else shown
+                    yield RunEvent(step=step, total=total, image=image if due else None,
+                                   status=f"Step {step} of {total}", eta=_eta(first, step, total))
+            finally:  # the page went away mid-run: stop the worker at its next step
+                if thread.is_alive():
+                    cancel.set()
+            if isinstance(outcome.get("error"), Cancelled):
+                yield RunEvent(done=True, status=f"Stopped: {outcome['error']}.", gallery=gr.skip(), info=gr.skip(),
+                               seed=gr.skip())
+                return None
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["result"]
+
+    def preparing(self, model: str | None) -> str:
+        """The status line until the first step: the base model loading (or downloading, on first use)."""
+        entry = self.pipeline.catalog.entries.get(model or self.pipeline.settings.default_model)
+        if entry is None or entry.id in self.pipeline.loaded():
+            return "Starting\u2026"
+        if not self.pipeline.loader.is_local(entry):
+            return f"Downloading {escape(entry.id)} (first use: several GB, it can take minutes)\u2026"
+        return f"Loading {escape(entry.id)}\u2026"
+
     def stop(self, request: gr.Request) -> str:
-        """Stop: a queued request is withdrawn (it never runs), a running one stops at the end of its step."""
         stopped = self.sessions.stop(session_of(request))
-        if not stopped:
-            return "Nothing is running."
-        return "Stopping at the end of this step." if "stopping" in stopped else "Withdrawn from the queue."
-
-    def _withdraw(self, job: Any) -> str:
-        queued = job.state == "queued"
-        self.jobs.cancel(job.id)
-        return "withdrawn" if queued else "stopping"
-
-    @property
-    def jobs(self) -> JobQueue:
-        """The queue generations go through: the server's, shared with the HTTP APIs (or this page's own)."""
-        if self._jobs is None:
-            self._jobs = JobQueue()
-        return self._jobs
+        return "Stopping at the end of this step." if stopped else "Nothing is running."
 
     def forget(self, request: gr.Request) -> None:
         self.sessions.forget(session_of(request))

@@ -1,4 +1,4 @@
-"""Per-browser-session state the page needs beside Gradio's: output folders and what Stop stops."""
+"""Per-browser-session state the page needs beside Gradio's: output folders and Stop flags."""
 from __future__ import annotations
 
 import re
@@ -8,16 +8,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 
 class Sessions:
-    """Output folders under ``root/<session>`` and how to stop each session's queued or running generations."""
+    """Output folders under ``root/<session>`` and the cancel events of each session's running generations."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
-        self._running: dict[str, set[Callable[[], str]]] = {}
+        self._running: dict[str, set[threading.Event]] = {}
 
     def folder(self, session: str | None, *parts: str) -> Path:
         name = re.sub(r"[^A-Za-z0-9_-]", "", session or "") or "anonymous"
@@ -30,22 +29,24 @@ class Sessions:
         return self.folder(session) / f"{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**9:09d}.png"
 
     @contextmanager
-    def running(self, session: str | None, stop: Callable[[], str]) -> Iterator[None]:
-        """While the block runs, ``stop(session)`` calls ``stop()`` (it withdraws or stops one generation and says
-        which: "withdrawn" or "stopping")."""
+    def cancel_flag(self, session: str | None) -> Iterator[threading.Event]:
+        """An event that ``stop(session)`` sets while the block runs."""
+        event = threading.Event()
         with self._lock:
-            self._running.setdefault(session or "", set()).add(stop)
+            self._running.setdefault(session or "", set()).add(event)
         try:
-            yield
+            yield event
         finally:
             with self._lock:
-                self._running.get(session or "", set()).discard(stop)
+                self._running.get(session or "", set()).discard(event)
 
-    def stop(self, session: str | None) -> list[str]:
-        """Stop every generation this session has queued or running; what each stop said."""
+    def stop(self, session: str | None) -> int:
+        """Set the cancel flag of every generation this session is running; return how many."""
         with self._lock:
-            stops = list(self._running.get(session or "", ()))
-        return [stop() for stop in stops]
+            events = list(self._running.get(session or "", ()))
+        for event in events:
+            event.set()
+        return len(events)
 
     def forget(self, session: str | None) -> None:
         """The tab closed: stop its work and delete its files."""
