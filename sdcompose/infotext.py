@@ -279,7 +279,7 @@ def foreign(source: Any) -> Found:
 def read_text(source: Any) -> dict[str, str]:
     """Text chunks of a PNG, or the EXIF UserComment of a JPEG/WebP (as ``parameters``); pixels are not decoded."""
     from sdcompose.images import _read_bytes
-    from sdcompose.metadata import PNG_SIGNATURE, _png_text
+    from sdcompose.metadata import PNG_SIGNATURE, png_text
     if hasattr(source, "info") and hasattr(source, "getexif"):  # a PIL image
         info = getattr(source, "text", None) or source.info
         text = {k: v for k, v in info.items() if isinstance(v, str)}
@@ -287,7 +287,7 @@ def read_text(source: Any) -> dict[str, str]:
         return text | ({"parameters": comment} if comment and "parameters" not in text else {})
     data = _read_bytes(source, "image")
     if data.startswith(PNG_SIGNATURE):
-        return _png_text(data)
+        return png_text(data)
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as image:

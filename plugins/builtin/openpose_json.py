@@ -100,6 +100,21 @@ def draw(people: list[dict[str, Any]], width: int, height: int, body: bool = Tru
     return canvas
 
 
+# ---- writing JSON -----------------------------------------------------------------------------
+def to_json(people: list[dict[str, Any]], width: int, height: int) -> dict[str, Any]:
+    """``people`` (normalised points, as ``parse`` and the detector give them) as OpenPose JSON in pixels of a
+    ``width`` x ``height`` canvas: the format pose editors and sd-webui-controlnet's ``/controlnet/detect`` use.
+    A missing point is (0, 0, 0); ``parse`` reads the result back."""
+    def flat(points: list[Point] | None) -> list[float] | None:
+        if not points:
+            return None
+        return [v for p in points for v in ((p[0] * width, p[1] * height, 1.0) if p is not None else (0.0, 0.0, 0.0))]
+    keys = (("pose_keypoints_2d", "body"), ("hand_left_keypoints_2d", "left_hand"),
+            ("hand_right_keypoints_2d", "right_hand"), ("face_keypoints_2d", "face"))
+    return {"people": [{key: flat(person.get(name)) for key, name in keys} for person in people],
+            "canvas_width": width, "canvas_height": height}
+
+
 # ---- reading JSON -----------------------------------------------------------------------------
 def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0,
           output: tuple[int, int] | None = None) -> tuple[list[dict[str, Any]], int, int]:

@@ -14,6 +14,7 @@ from sdcompose.plugins.api import Conditioner, ParamSpec, PluginError
 from . import openpose_json
 from .annotators import NetCache, detect_size, fill, import_quietly, load_state
 
+POSE_INFO = "openpose"  # the map's ``info`` key holding its people as OpenPose JSON (for /controlnet/detect)
 BODY, HAND, FACE = "annotator-openpose-body", "annotator-openpose-hand", "annotator-openpose-face"
 
 
@@ -54,7 +55,9 @@ class Pose(Conditioner):
         canvas = openpose_json.draw(people, width, height, body=params["include_body"],
                                     hands=params["include_hand"], face=params["include_face"],
                                     stick_width=params["stick_width"])
-        return Image.fromarray(canvas)
+        picture = Image.fromarray(canvas)
+        picture.info[POSE_INFO] = openpose_json.to_json(people, width, height)  # what was found, as OpenPose JSON
+        return picture
 
     def _detect(self, image: Image.Image, ctx: Any, params: dict[str, Any]):
         aux = import_quietly("controlnet_aux.open_pose")
