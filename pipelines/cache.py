@@ -18,6 +18,8 @@ from sdcompose.pipelines.catalog import Entry
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Plan
 
+from sdcompose.errors import ValidationError
+
 CONTROLNETS_KEPT = 4  # ControlNets cached between requests (more while one request needs more)
 
 
@@ -109,6 +111,15 @@ def free() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def dtype_for(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+    """The dtype asked for (a torch dtype or its name), else fp16 on CUDA and fp32 elsewhere."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValidationError("dtype must be float16, bfloat16 or float32")
+    return dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
 
 
 def best_device() -> str:

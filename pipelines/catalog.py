@@ -7,9 +7,12 @@ root and may not escape it (``..``, absolute paths, symlinks out).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import warnings
 from importlib import resources
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +27,28 @@ from sdcompose.settings import Settings
 
 SHIPPED = Path(str(resources.files("sdcompose") / "models.yaml"))  # the repo's models.yaml, packaged with sdcompose
 CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+MODELS_GROUP = "sdcompose.models"  # entry points naming a plugin package whose folder holds a models.yaml
+
+
+def plugin_catalogs() -> list[tuple[Path, Path]]:
+    """(models.yaml, package folder) of every installed package that ships catalogue entries, found through
+    entry points in MODELS_GROUP without importing the package; sorted by entry-point name."""
+    found = []
+    for ep in sorted(entry_points(group=MODELS_GROUP), key=lambda e: (e.name, e.value)):
+        try:
+            spec = importlib.util.find_spec(ep.module)
+        except (ImportError, ValueError):
+            spec = None
+        folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+        if not folders or not (Path(folders[0]) / "models.yaml").is_file():
+            warnings.warn(f"entry point {ep.name} = {ep.value!r} in {MODELS_GROUP} names no package folder holding "
+                          "a models.yaml; skipped", UserWarning, stacklevel=3)
+            continue
+        root = Path(folders[0]).resolve()
+        found.append((root / "models.yaml", root))
+    return found
 
 
 def home() -> Path:
@@ -65,6 +90,7 @@ class Entry(BaseModel):
     config: str | None = None  # single-file models: a family's shipped config name (sd15, sdxl) or a diffusers folder
     tiny: bool = False
     stands_in_for: str | None = None
+    conditioner: str | None = Field(default=None, pattern=r"^[\w.-]{1,100}$")  # a ControlNet: the plugin it serves
     trigger_words: tuple[str, ...] = ()
     allow_pickle: bool = False
     recommended: Recommended | None = None  # steps, guidance, sampler hints (few-step models)
@@ -83,8 +109,15 @@ class Entry(BaseModel):
         if self.file and self.kind in ("base", "controlnet") and not self.config:
             raise ValueError(f"a single-file {self.kind} needs an explicit `config` "
                              f"({', '.join(families.shipped_configs())} or a folder)")
+        named = self.filename or self.file or self.path or self.found or ""
+        if self.kind == "embedding" and not self.tiny and not named.lower().endswith(".safetensors"):
+            raise ValueError("a textual-inversion embedding is one .safetensors file (name it in `file`, `path` or "
+                             "`filename`); .pt and .bin embeddings are pickles, which can run code when loaded: "
+                             "convert them")
         if self.kind not in ("annotator", "upscaler") and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` ({' or '.join(families.names())})")
+        if self.conditioner is not None and self.kind != "controlnet":
+            raise ValueError("`conditioner` names the plugin a ControlNet serves; only a controlnet has one")
         return self
 
     @field_validator("family")
@@ -104,6 +137,15 @@ class Entry(BaseModel):
 
     def describe(self) -> dict[str, Any]:
         return self.model_dump(exclude_defaults=True)
+
+    def stems(self) -> set[str]:
+        """The names of the entry's file (with and without its extension), as A1111 prompts and infotexts use them."""
+        names = set()
+        for value in (self.file, self.filename, self.path, self.found):
+            stem = (value or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+            if stem:
+                names.update((stem, stem.rsplit(".", 1)[0]))
+        return names
 
 
 class CatalogFile(BaseModel):
@@ -233,25 +275,70 @@ class Catalog:
     folders those files list under ``folders:`` (or given as ``folders``), indexed in place."""
 
     def __init__(self, extra: str | os.PathLike | list | None = None, root: Path | None = None,
-                 folders: str | os.PathLike | list | None = None) -> None:
-        self.root = (root or home() / "models").resolve()
+                 folders: str | os.PathLike | list | None = None, settings: Settings | None = None) -> None:
+        settings = settings or Settings.from_env()
+        self.root = (root or settings.home / "models").resolve()
+        self.user_file = settings.user_models
         files = [SHIPPED]
-        if user_catalog().is_file():
-            files.append(user_catalog())
+        if self.user_file.is_file():
+            files.append(self.user_file)
         if extra is not None:
             files.extend(Path(p) for p in (extra if isinstance(extra, list) else [extra]))
-        self.files = files
         self.declared: dict[str, Entry] = {}
+        self.origins: dict[str, Path] = {}  # id -> the models.yaml that declared it last
+        self.roots: dict[str, Path] = {}  # id -> where its local paths resolve, when not the models root
         self.folders: list[Path] = []
-        for path in files:
-            entries, listed = read_catalog_file(path, self.root)
-            self.declared.update(entries)
-            self.folders.extend(listed)
+        self.files = [SHIPPED]
+        self._add(SHIPPED, *read_catalog_file(SHIPPED, self.root))
+        for path, package_root in plugin_catalogs():
+            self._add_plugin_file(path, package_root)
+        for path in files[1:]:
+            self._add(path, *read_catalog_file(path, self.root))
         if folders is not None:
             self.folders.extend(Path(p) for p in (folders if isinstance(folders, list) else [folders]))
         self.index = FolderIndex(self.folders)
         self.entries: dict[str, Entry] = {}
         self.refresh()
+
+    def _add(self, path: Path, entries: dict[str, Entry], listed: list[Path]) -> None:
+        if path not in self.files:
+            self.files.append(path)
+        self.declared.update(entries)
+        self.origins.update(dict.fromkeys(entries, path))
+        for model_id in entries:
+            self.roots.pop(model_id, None)
+        self.folders.extend(listed)
+
+    def _add_plugin_file(self, path: Path, package_root: Path) -> None:
+        """A plugin package's models.yaml: its new ids join the catalogue, its local files resolve inside the
+        package. A file that cannot be read, or an id already declared, is skipped with a warning naming both
+        files, so one plugin's mistake never hides the catalogue."""
+        try:
+            entries, _ = read_catalog_file(path, package_root)
+        except CatalogError as exc:
+            warnings.warn(f"skipped a plugin's models.yaml: {exc}", UserWarning, stacklevel=3)
+            return
+        for model_id in [i for i in entries if i in self.declared]:
+            warnings.warn(f"{path}: model {model_id!r} is already declared in {self.origins[model_id]}; the plugin's "
+                          "entry was skipped (give it an id of its own)", UserWarning, stacklevel=3)
+            del entries[model_id]
+        self._add(path, entries, [])
+        self.roots.update(dict.fromkeys(entries, package_root))
+
+    def serving(self, conditioner: str, family: str, tiny: bool) -> Entry | None:
+        """The default ControlNet for a conditioner and family: the entry that says ``conditioner: <id>``, from the
+        latest file (the user's over a plugin's over the shipped one), tiny or real as asked. A real base falls
+        back to the model a serving tiny entry stands in for, when the user added it without ``conditioner:``."""
+        files = {path: rank for rank, path in enumerate(self.files)}
+        pool = [e for e in self.entries.values() if e.kind == "controlnet" and e.family == family]
+        serving = [e for e in pool if e.conditioner == conditioner]
+        matches = [e for e in serving if e.tiny == tiny]
+        if not matches and not tiny:
+            matches = [self.entries[e.stands_in_for] for e in serving
+                       if e.stands_in_for in self.entries and self.entries[e.stands_in_for].kind == "controlnet"]
+        if not matches:
+            return None
+        return max(matches, key=lambda e: files.get(self.origins.get(e.id), -1))
 
     def refresh(self) -> dict[str, list[str]]:
         """Scan the model folders again (only new or changed files' headers are read); return the ids
@@ -328,22 +415,25 @@ class Catalog:
     def ids(self, kind: str) -> list[str]:
         return [model_id for model_id, entry in self.entries.items() if entry.kind == kind]
 
-    def local(self, relative: str) -> Path:
-        """Resolve a path from models.yaml under the models root; refuse anything that escapes it."""
-        target = _resolve(self.root / relative)
-        if target is None or not target.is_relative_to(self.root):
+    def local(self, relative: str, model_id: str | None = None) -> Path:
+        """Resolve a path from models.yaml under the models root (a plugin's own entries: under its package);
+        refuse anything that escapes it."""
+        root = self.roots.get(model_id, self.root)
+        target = _resolve(root / relative)
+        if target is None or not target.is_relative_to(root):
             raise ModelError(f"path {relative!r} resolves to {target or 'nowhere (a symlink loop?)'}, outside the "
-                             f"models root {self.root}; move the files under the models root "
+                             f"models root {root}; move the files under the models root "
                              "(symlinks out of it are refused)")
         return target
 
-    def inside(self, folder: Path) -> None:
+    def inside(self, folder: Path, model_id: str | None = None) -> None:
         """Refuse a local model folder holding a file or symlink that resolves outside the models root."""
+        root = self.roots.get(model_id, self.root)
         for file in folder.rglob("*"):
             target = _resolve(file)
-            if target is None or not target.is_relative_to(self.root):
+            if target is None or not target.is_relative_to(root):
                 raise ModelError(f"{file} resolves to {target or 'nowhere (a symlink loop?)'}, outside the "
-                                 f"models root {self.root}; move the files under the models root "
+                                 f"models root {root}; move the files under the models root "
                              "(symlinks out of it are refused)")
 
     def stand_in(self, model_id: str, tiny: bool) -> str:

@@ -42,15 +42,18 @@ def build(family: str, task: str, components: dict[str, Any], controlnets: list[
 
 def call_arguments(pipe: Any, req: Any, control_maps: list[Any], init: Any, mask: Any,
                    generators: list[Any], controls: list[Any], prompt: str | None = None, *,
-                   family: str) -> dict[str, Any]:
+                   family: str, negative: str | None = None, embeddings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Keyword arguments for ``pipe(...)``, with diffusers' own names (the control image's: ``family``'s).
 
-    ``prompt``: the text to encode (default ``req.prompt``), LoRA tags already taken out. Emphasis, BREAK and
-    long prompts become ``prompt_embeds`` (prompt_encode.py), so call this with the text encoders placed.
+    ``prompt``/``negative``: the texts to encode (default ``req.prompt``/``req.negative_prompt``), LoRA tags already
+    taken out; ``embeddings``: the textual inversions they name (``embeddings.load``). Emphasis, BREAK, embeddings
+    and long prompts become ``prompt_embeds`` (prompt_encode.py), so call this with the text encoders placed.
     """
     from sdcompose.pipelines import prompt_encode
     text = req.prompt if prompt is None else prompt
-    kw: dict[str, Any] = prompt_encode.arguments(pipe, text, req.negative_prompt, req.prompt_syntax, req.clip_skip)
+    negative = req.negative_prompt if negative is None else negative
+    kw: dict[str, Any] = prompt_encode.arguments(pipe, text, negative, req.prompt_syntax, req.clip_skip,
+                                                 embeddings=embeddings)
     kw.update(num_inference_steps=req.steps, guidance_scale=req.guidance,
                               num_images_per_prompt=req.batch, generator=generators, output_type="np",
                               height=req.height, width=req.width)

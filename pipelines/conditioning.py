@@ -37,10 +37,11 @@ class Conditioning:
             image = load_rgb(control.image, f"control map for {control.id!r}")
         else:
             source = self.source(control, plugin)
-            key = map_key(control.id, params, source)
+            size = (width, height) if width and height else None
+            key = map_key(control.id, params, source) + (f"@{width}x{height}" if source.data is not None else "")
             image = self._maps.get(key)
             if image is None:
-                image = self._preprocess(control, plugin, source, params)
+                image = self._preprocess(unit, source, params, size)
                 self._maps[key] = image
                 while len(self._maps) > MAPS_KEPT:
                     self._maps.popitem(last=False)
@@ -48,8 +49,11 @@ class Conditioning:
             image = fit(image, width, height, control.resize_mode)
         return image
 
-    def _preprocess(self, control: Control, plugin: Any, source: ControlSource, params: dict[str, Any]) -> Image.Image:
-        ctx = PluginContext(device=self.device, dtype=self.dtype, weights=LazyWeights(plugin.annotators, self.annotator))
+    def _preprocess(self, unit: Unit, source: ControlSource, params: dict[str, Any],
+                    size: tuple[int, int] | None) -> Image.Image:
+        control, plugin = unit.control, unit.plugin
+        ctx = PluginContext(device=self.device, dtype=self.dtype, size=size,
+                            weights=LazyWeights(plugin.annotators, lambda i: self.annotator(unit.annotators.get(i, i))))
         with plugin_code(f"conditioner {control.id!r} failed on its input"):  # fails this request only
             image = plugin.preprocess(source, ctx, params)
         if not isinstance(image, Image.Image):

@@ -124,8 +124,10 @@ def classify(header: dict[str, Any]) -> Verdict:
     if any(k.startswith(("lora_", "lycoris_")) or ".lora_" in k or ".hada_" in k or ".lokr_" in k
            or "lora.down." in k for k in keys):
         return _lora(header, keys, meta_family)
-    if "emb_params" in header or ("clip_l" in header and "clip_g" in header):
-        return _embedding(header, meta_family)
+    if "emb_params" in header or ("clip_l" in header and "clip_g" in header) or \
+            [k for k in keys if k.startswith("string_to_param.")] == keys[:1] == keys or \
+            (len(keys) == 1 and "." not in keys[0] and len(_shape(header, keys[0]) or ()) in (1, 2)):
+        return _embedding(header, keys, meta_family)
     if has("control_model.") or (has("input_hint_block.") and has("zero_convs.")) \
             or (has("controlnet_cond_embedding.") and has("controlnet_down_blocks.")):
         return _controlnet(header, keys)
@@ -193,11 +195,13 @@ def _lora(header: dict[str, Any], keys: list[str], meta_family: str | None) -> V
     return Verdict("lora", None, "no metadata names its base and its layer widths are not SD1.5's or SDXL's")
 
 
-def _embedding(header: dict[str, Any], meta_family: str | None) -> Verdict:
+def _embedding(header: dict[str, Any], keys: list[str], meta_family: str | None) -> Verdict:
+    """A textual inversion: A1111/kohya ``emb_params``, a flattened ``string_to_param.*``, a diffusers concept's one
+    tensor, or SDXL's ``clip_l`` + ``clip_g``."""
     if "clip_l" in header and "clip_g" in header:
         return Verdict("embedding", "sdxl", "clip_l and clip_g vectors")
     if meta_family is not None:
         return Verdict("embedding", meta_family, "the file's metadata")
-    shape = _shape(header, "emb_params")
+    shape = _shape(header, "emb_params" if "emb_params" in header else keys[0])
     family = EMBEDDING_DIM.get(shape[-1]) if shape else None
     return Verdict("embedding", family, f"vectors of width {shape[-1] if shape else '?'}")

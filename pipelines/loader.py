@@ -61,7 +61,7 @@ class Loader:
         if entry.found:
             return self.catalog.found_file(entry)
         relative = entry.path or entry.file
-        local = self.catalog.local(f"{relative}/{entry.filename}" if entry.filename else relative)
+        local = self.catalog.local(f"{relative}/{entry.filename}" if entry.filename else relative, entry.id)
         if not local.exists():
             raise ModelError(f"model {entry.id!r}: {local} does not exist; put the files there or fix models.yaml")
         return local
@@ -104,7 +104,7 @@ class Loader:
         if entry.found:
             return Path(entry.found).is_file()
         try:
-            return self.catalog.local(entry.path or entry.file).exists()
+            return self.catalog.local(entry.path or entry.file, entry.id).exists()
         except ModelError:
             return False
 
@@ -112,7 +112,7 @@ class Loader:
         """The entry's weight files, each checked by content; pickles refused unless opted in."""
         root = self.path(entry)
         if not entry.repo and not entry.tiny and root.is_dir():
-            self.catalog.inside(root)
+            self.catalog.inside(root, entry.id)
         found = [root] if root.is_file() else weights.weight_files(root)
         if not found:
             raise ModelError(f"model {entry.id!r}: no weight files in {root}")
@@ -153,7 +153,7 @@ class Loader:
             raise ModelError(f"model {entry.id!r} is a single file and needs `config:` in models.yaml "
                              f"({', '.join(families.shipped_configs())}, or a diffusers config folder under the models root)")
         shipped = families.shipped_configs()
-        folder = CONFIGS / entry.config if entry.config in shipped else self.catalog.local(entry.config)
+        folder = CONFIGS / entry.config if entry.config in shipped else self.catalog.local(entry.config, entry.id)
         if not folder.is_dir():
             raise ModelError(f"model {entry.id!r}: its `config:` folder {folder} does not exist; use "
                              f"{', '.join(families.shipped_configs())} "

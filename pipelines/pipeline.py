@@ -12,9 +12,10 @@ from sdcompose import infotext
 from sdcompose.errors import ValidationError
 from sdcompose.images import fit, load_mask, load_rgb, pixel_budget
 from sdcompose.metadata import read_png
-from sdcompose.pipelines import hires, memory, prompt_encode, record, reproduce as reproduction, upscale
-from sdcompose.pipelines.cache import ModelCache, best_device
-from sdcompose.pipelines.catalog import Catalog, home
+from sdcompose.pipelines import (embeddings, hires, memory, plugin_models, preflight, prompt_encode, record,
+                                 reproduce as reproduction, upscale)
+from sdcompose.pipelines.cache import ModelCache, best_device, dtype_for
+from sdcompose.pipelines.catalog import Catalog
 from sdcompose.pipelines.conditioning import Conditioning, target_size
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -42,18 +43,15 @@ class Pipeline:
                  plugins_allow: str | None = None, plugins_deny: str | None = None, keep_models: int = 1,
                  folders: Any = None) -> None:
         self.settings = Settings.from_env()
-        self.catalog = Catalog(models, folders=folders)
+        self.catalog = Catalog(models, folders=folders, settings=self.settings)
         self.loader = Loader(self.catalog)
-        self.registry = Registry(plugins_allow, plugins_deny)
+        self.registry = Registry(plugins_allow, plugins_deny, check=plugin_models.checker(self.catalog),
+                                 settings=self.settings)
         self.device = str(device or best_device())
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype, None)
-            if not isinstance(dtype, torch.dtype):
-                raise ValidationError("dtype must be float16, bfloat16 or float32")
-        self.dtype = dtype or (torch.float16 if self.device.startswith("cuda") else torch.float32)
+        self.dtype = dtype_for(dtype, self.device)
         self.cache = ModelCache(self.loader, self.dtype, keep_models)
         self.conditioning = Conditioning(self.catalog, self.loader, self.device, self.dtype)
-        self.fast_mode = FastMode(home() / "compile")  # compiled, graph-replayed denoisers for ``fast=True``
+        self.fast_mode = FastMode(self.settings.home / "compile")  # compiled, graph-replayed denoisers for ``fast=True``
         self._lock = threading.Lock()
 
     # ---- public API ------------------------------------------------------------------------
@@ -71,6 +69,7 @@ class Pipeline:
             cancel: threading.Event | None = None,
             preview: Callable[[int, int, Image.Image], None] | None = None) -> Result:
         req = validate(request)
+        preflight.check(req, self.device)  # what cannot run on this device is refused before any preprocessing
         if req.model is None:
             req = req.with_(model=self.settings.default_model)
         if req.seed is None:
@@ -86,9 +85,8 @@ class Pipeline:
         with self._lock:
             run = Run(plan, self.cache, self.registry, self.fast_mode, self.device, self.dtype, progress, cancel, preview)
             arrays, report, runtime = run.denoise(maps, init, mask)
-        inputs = {f"control-{i}": m for i, m in enumerate(maps)}
-        inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
-        return record.result(plan, arrays, report, inputs, runtime, self.loader, self.registry, self.device, self.dtype)
+        return record.result(plan, arrays, report, (maps, init, mask), runtime, self.loader, self.registry, self.device,
+                             self.dtype)
 
     def reproduce(self, png: Any, strict: bool = True, model: str | None = None) -> Result:
         """Make an sdcompose PNG again from its own metadata and embedded inputs.
@@ -127,14 +125,13 @@ class Pipeline:
                                   "(in its text chunks or EXIF): was it saved without them?")
         return infotext.to_request(
             infotext.parse(found.text["parameters"]), lambda name, digest: base_by_name(self.catalog, name, digest),
-            lambda name: record.resolves(self.catalog, name), model)
+            lambda name: record.resolves(self.catalog, name), model, record.embedding_names(self.catalog))
 
     def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:
         """The control map a conditioner makes from ``image`` (cached by content and params)."""
         plugin = self.registry.get(plugin_id, "conditioner")
-        control = GenerationRequest(controls=[Control(plugin_id, image, params=params,
-                                                      resize_mode=resize_mode)]).controls[0]
+        control = GenerationRequest(controls=[Control(plugin_id, image, params=params, resize_mode=resize_mode)]).controls[0]
         unit = Unit(control, plugin, None)  # type: ignore[arg-type]
         image = self.conditioning.control_map(unit, None, None)
         if width is None and height is None:
@@ -169,9 +166,8 @@ class Pipeline:
         with self._lock:
             net = upscale.load(self.registry, self.loader, entry, self.device, self.dtype)
             out, report = upscale.upscale(net, source, net.scale if scale is None else scale, self.device, tile, cancel)
-        plugin = self.registry.get(upscale.PLUGIN)
-        return record.upscaled(out, entry, net.architecture, source.size, report, plugin,
-                               self.registry.entries[upscale.PLUGIN].package, self.loader, self.device, self.dtype)
+        return record.upscaled(out, entry, net.architecture, source.size, report, self.registry, self.loader,
+                               self.device, self.dtype)
 
     def token_counts(self, prompt: str, model: str | None = None, prompt_syntax: str = "a1111") -> dict[str, Any]:
         """What A1111 shows under a prompt: ``{"tokens": 83, "limit": 150, "chunks": [75, 8], "label": "83/150"}``.
@@ -183,7 +179,10 @@ class Pipeline:
         if components is None:
             with self._lock:
                 components = self.cache.base(entry)
-        return prompt_encode.token_counts(components["tokenizer"], prompt, check_syntax("prompt_syntax", prompt_syntax))
+        syntax = check_syntax("prompt_syntax", prompt_syntax)
+        (prompt,), wanted = embeddings.used(self.catalog, entry, [prompt]) if syntax != "literal" else ((prompt,), {})
+        vectors = embeddings.load(components, wanted, self.loader.verified_path)
+        return prompt_encode.token_counts(components["tokenizer"], prompt, syntax, vectors)
 
     def loaded(self) -> list[str]:
         """The base models held in memory (ready to run without loading), least recently used first."""
@@ -191,6 +190,7 @@ class Pipeline:
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()
+
     def refresh(self) -> dict[str, list[str]]:
         """Rescan the model folders: new files become usable, removed ones go (``added``/``removed`` ids)."""
         return self.catalog.refresh()

@@ -11,6 +11,7 @@ from PIL import Image
 
 from sdcompose.errors import ModelError
 from sdcompose.metadata import FORMAT, library_versions
+from sdcompose.pipelines import embeddings, upscale
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Plan, lora_by_name
@@ -20,15 +21,19 @@ from sdcompose.result import Result
 TEST_MODEL_NOTE = "noise from a random-weight test model"
 
 
-def result(plan: Plan, arrays: list[np.ndarray], report: dict[str, Any], inputs: dict[str, Image.Image],
+def result(plan: Plan, arrays: list[np.ndarray], report: dict[str, Any], given: tuple[list[Image.Image], Any, Any],
            runtime: dict[str, Any], loader: Loader, registry: Registry, device: str, dtype: Any) -> Result:
-    """The images of one run with their metadata (shared, and per image with its seed)."""
+    """The images of one run with their metadata (shared, and per image with its seed); ``given``: the control
+    maps, init image and mask it ran on, embedded as its inputs."""
     req = plan.request
-    entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras)]
+    maps, init, mask = given
+    inputs = {f"control-{i}": m for i, m in enumerate(maps)}
+    inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
+    entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras),
+               *{e.id: e for e in plan.embeddings.values()}.values()]
     models = {e.id: {"kind": e.kind, "family": e.family, "source": source_of(e),
                      "sha256": loader.hashes(e)} for e in entries}
-    plugins = {u.control.id: {"version": u.plugin.version, "package": registry.entries[u.control.id].package}
-               for u in plan.units}
+    plugins = {u.control.id: registry.record(u.control.id) for u in plan.units}
     shared = {
         "format": FORMAT, "task": req.task, "request": req.summary(), "seeds": [req.seed + i for i in range(req.batch)],
         "models": models, "plugins": plugins, **environment(device, dtype), "lora_report": report,
@@ -44,12 +49,12 @@ def result(plan: Plan, arrays: list[np.ndarray], report: dict[str, Any], inputs:
 
 
 def upscaled(image: Image.Image, entry: Entry, architecture: str, source_size: tuple[int, int],
-             report: dict[str, Any], plugin: Any, package: str, loader: Loader, device: str, dtype: Any) -> Result:
+             report: dict[str, Any], registry: Registry, loader: Loader, device: str, dtype: Any) -> Result:
     """An upscaled image with its metadata."""
     meta = {"format": FORMAT, "task": "upscale", "upscale": {"model": entry.id, "architecture": architecture,
                                                               "source_size": list(source_size), **report},
             "models": {entry.id: {"kind": entry.kind, "source": source_of(entry), "sha256": loader.hashes(entry)}},
-            "plugins": {plugin.id: {"version": plugin.version, "package": package}}, **environment(device, dtype)}
+            "plugins": {upscale.PLUGIN: registry.record(upscale.PLUGIN)}, **environment(device, dtype)}
     if entry.tiny:
         meta["note"] = TEST_MODEL_NOTE
     return Result(images=[image], metadata=meta, per_image=[meta], arrays=[np.asarray(image, dtype=np.float32) / 255])
@@ -66,6 +71,11 @@ def resolves(catalog: Catalog, lora_name: str) -> bool:
         return True
     except ModelError:
         return False
+
+
+def embedding_names(catalog: Catalog) -> set[str]:
+    """The words that name one of the catalogue's textual-inversion embeddings (any family)."""
+    return {n for e in catalog.entries.values() if e.kind == "embedding" for n in embeddings.names(e)}
 
 
 def source_of(entry: Entry) -> str:

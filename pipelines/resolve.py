@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdcompose.errors import ModelError, ValidationError, suggest
-from sdcompose.pipelines import families
+from sdcompose.pipelines import embeddings, families
 from sdcompose.prompt_syntax import lora_tags
 from sdcompose.pipelines.catalog import Catalog, Entry
+from sdcompose.pipelines.plugin_models import annotator_ids, default_controlnet
 from sdcompose.plugins.api import PluginError
 from sdcompose.plugins.registry import Registry
 from sdcompose.request import Control, GenerationRequest
@@ -21,6 +22,7 @@ class Unit:
     control: Control
     plugin: Any
     controlnet: Entry
+    annotators: dict[str, str] = field(default_factory=dict)  # declared id -> the entry used (a tiny stand-in)
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Plan:
     units: list[Unit] = field(default_factory=list)
     loras: list[tuple[Entry, float]] = field(default_factory=list)
     prompt: str = ""  # the prompt to encode: the request's, its <lora:...> tags taken out
+    negative: str = ""  # the negative prompt to encode
+    embeddings: dict[str, Entry] = field(default_factory=dict)  # textual inversions the prompts name, by name
 
     @property
     def family(self) -> str:
@@ -73,11 +77,13 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
         if plugin.families and base.family not in plugin.families:
             raise PluginError(f"conditioner {control.id!r} supports {', '.join(sorted(plugin.families))}; "
                               f"base {base.id!r} is {base.family}: pick a base of a supported family")
-        model_id = control.model or catalog.stand_in(plugin.controlnets[base.family], base.tiny)
-        entry = catalog.get(model_id, "controlnet")
+        entry = catalog.get(control.model or default_controlnet(catalog, plugin, base), "controlnet")
         _same_family("ControlNet", entry, base, f"pick an {base.family} ControlNet or an {entry.family} base")
-        plan.units.append(Unit(control, plugin, entry))
+        plan.units.append(Unit(control, plugin, entry, annotator_ids(catalog, plugin, base.tiny)))
     plan.prompt, tags = lora_tags(req.prompt, req.prompt_syntax)
+    plan.negative = req.negative_prompt
+    if req.prompt_syntax != "literal":
+        (plan.prompt, plan.negative), plan.embeddings = embeddings.used(catalog, base, [plan.prompt, plan.negative])
     wanted = [(catalog.get(lora.id, "lora"), lora.weight) for lora in req.loras]
     wanted += [(lora_by_name(catalog, name), weight) for name, weight in tags]
     for entry, weight in wanted:
@@ -87,15 +93,6 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
                              "tags); give it once")
         plan.loras.append((entry, weight))
     return plan
-
-
-def _stems(entry: Entry) -> set[str]:
-    names = set()
-    for value in (entry.file, entry.filename, entry.path):
-        stem = (value or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-        if stem:
-            names.update((stem, stem.rsplit(".", 1)[0]))
-    return names
 
 
 def base_by_name(catalog: Catalog, name: str | None, short_hash: str | None) -> str | None:
@@ -111,7 +108,7 @@ def _named(catalog: Catalog, name: str | None, kind: str) -> Entry | None:
     found = catalog.find(name, kind)
     if found is not None:
         return found
-    return next((e for e in catalog.entries.values() if e.kind == kind and name in _stems(e)), None)
+    return next((e for e in catalog.entries.values() if e.kind == kind and name in e.stems()), None)
 
 
 def lora_by_name(catalog: Catalog, name: str) -> Entry:
@@ -120,5 +117,5 @@ def lora_by_name(catalog: Catalog, name: str) -> Entry:
     if found is not None:
         return found
     loras = catalog.ids("lora")
-    raise ModelError(f"the prompt's <lora:{name}> names no LoRA in models.yaml (by id or file name)"
-                     f"{suggest(name, loras)}")
+    raise ModelError(f"the prompt's <lora:{name[:80]}> names no LoRA in models.yaml (by id or file name)"
+                     f"{suggest(name[:200], loras)}")

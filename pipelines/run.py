@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from sdcompose.errors import Cancelled, OutOfMemory, SdcomposeError, is_out_of_memory
-from sdcompose.pipelines import attention, compose, families, memory, schedulers, vae_guard
+from sdcompose.pipelines import attention, compose, embeddings, families, memory, schedulers, vae_guard
 from sdcompose.pipelines.cache import ModelCache, free
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -158,6 +158,8 @@ class Run:
         plan = self.plan
         req = plan.request
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
+        vectors = embeddings.load(pipe, plan.embeddings, self.cache.loader.verified_path)
         return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units],
-                                      plan.final_prompt(), family=plan.family)
+                                      plan.final_prompt(), family=plan.family, negative=plan.negative,
+                                      embeddings=vectors)
 

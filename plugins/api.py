@@ -4,21 +4,24 @@ A plugin is a class named by an entry point in the group ``sdcompose.plugins``.
 The registry reads its class attributes (id, kind, families, ...) and checks them
 before the plugin is ever used; built-in plugins follow exactly the same path.
 
-API_VERSION follows semantic versioning: a plugin declares the major version it
-was written for in ``api_version``; a different major version is refused with a
-message naming both.
+API_VERSION follows semantic versioning (docs/plugins.md, "Versions"): within one major version
+nothing in ``__all__`` is removed or changes meaning, a minor version only adds. Every plugin
+declares the version it was written for in ``api_version`` ("MAJOR.MINOR"); a newer minor than
+the host's, or an unknown major, is refused with a message naming both. 1.x plugins load through
+the compatibility layer (plugins/compat.py) until 3.0.
 """
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sdcompose.errors import PluginError, first_line, quote  # re-exported: a plugin imports them from here
 
-API_VERSION = "1.2"  # 1.1: first_line; 1.2: Upscaler
-API_MAJOR = 1
+API_VERSION = "2.0"  # 1.1: first_line; 1.2: Upscaler; 2.0: api_version required, ControlNets found by models.yaml
+API_MAJOR = 2
 
 KINDS = frozenset({"conditioner", "adapter", "upscaler"})
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
@@ -38,7 +41,14 @@ class ParamSpec:
     step: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.name.isidentifier():
+        try:
+            self._check_declaration()
+        except PluginError as exc:
+            where = _defining_class()
+            raise PluginError(f"{where}: {exc}" if where else str(exc)) from None
+
+    def _check_declaration(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
             raise PluginError(f"param name {self.name!r} is not an identifier")
         if self.type not in PARAM_TYPES:
             raise PluginError(f"param {self.name!r}: type {self.type!r} is not one of {', '.join(PARAM_TYPES)}")
@@ -82,6 +92,19 @@ class ParamSpec:
         return number
 
 
+def _defining_class() -> str:
+    """``module.Class`` of the class body a ParamSpec is being declared in (a few frames up), or ''."""
+    frame = sys._getframe(1)
+    for _ in range(8):
+        if frame is None:
+            break
+        names = frame.f_locals
+        if "__qualname__" in names and "__module__" in names:
+            return f"class {names['__module__']}.{names['__qualname__']}"
+        frame = frame.f_back
+    return ""
+
+
 def check_params(specs: tuple[ParamSpec, ...], given: dict[str, Any], owner: str) -> dict[str, Any]:
     """Fill defaults and validate ``given`` against ``specs``; unknown names are refused."""
     by_name = {spec.name: spec for spec in specs}
@@ -121,6 +144,7 @@ class PluginContext:
     device: str = "cpu"
     dtype: Any = None
     weights: dict[str, Path] = field(default_factory=dict)  # models.yaml id -> local path, verified
+    size: tuple[int, int] | None = None  # (width, height) the map will be fitted to, when the request gives it
 
     def weight(self, model_id: str) -> Path:
         if model_id not in self.weights:
@@ -133,7 +157,7 @@ class Plugin:
 
     id: ClassVar[str] = ""
     kind: ClassVar[str] = ""
-    api_version: ClassVar[str] = API_VERSION
+    api_version: ClassVar[str]  # required: the plugin API this class was written for, e.g. "2.0"
     version: ClassVar[str] = "0"
     families: ClassVar[frozenset[str]] = frozenset()  # the model families it serves; empty: every installed one
     params: ClassVar[tuple[ParamSpec, ...]] = ()
@@ -143,10 +167,11 @@ class Plugin:
 class Conditioner(Plugin):
     """Turns a user input into a control map for a ControlNet.
 
-    ``controlnets`` maps each family to its default ControlNet id in models.yaml;
-    ``annotators`` lists the models.yaml ids of detector weights it needs (their
-    local paths arrive in ``ctx.weights``); ``inputs`` lists what it accepts
-    besides images (``"json"``).
+    The default ControlNet of each family is the models.yaml ControlNet entry that says
+    ``conditioner: <this id>`` (since 2.0; ``controlnets`` may still map a family to an id, which
+    then wins). ``annotators`` lists the models.yaml ids of detector weights it needs (their local
+    paths arrive in ``ctx.weights``); ``inputs`` lists what it accepts besides images (``"json"``).
+    Every id either names is checked against the catalogue when the plugin loads.
     """
 
     kind: ClassVar[str] = "conditioner"
@@ -196,3 +221,15 @@ def __getattr__(name: str) -> Any:
         from sdcompose.pipelines import families
         return frozenset(families.names())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def validate_plugin_class(cls: Any, entry_id: str) -> None:
+    """Check a plugin class's declarations as the registry does when it loads it; raise PluginError naming
+    the first problem. For a plugin's own tests (docs/plugins.md, "Test it")."""
+    from .registry import validate_plugin_class as validate
+    validate(cls, entry_id)
+
+
+__all__ = ["API_VERSION", "API_MAJOR", "FAMILIES", "KINDS", "PARAM_TYPES", "Plugin", "Conditioner", "Adapter",
+           "Upscaler", "ParamSpec", "check_params", "ControlSource", "PluginContext", "PluginError", "first_line",
+           "validate_plugin_class"]

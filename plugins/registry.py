@@ -12,17 +12,20 @@ A package whose metadata cannot be read is listed as broken.
 """
 from __future__ import annotations
 
+import importlib
 import re
 import threading
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import distributions
 from typing import Any
 
-from sdcompose.errors import SdcomposeError
+from sdcompose.errors import SdcomposeError, suggest
 from sdcompose.pipelines import families as model_families
 from sdcompose.settings import Settings
 
-from . import api
+from . import api, compat
 from .contain import plugin_code
 
 GROUP = "sdcompose.plugins"
@@ -45,6 +48,7 @@ class PluginEntry:
             "kind": getattr(cls, "kind", ""),
             "families": sorted(getattr(cls, "families", ()) or (model_families.names() if cls else ())),
             "version": getattr(cls, "version", ""),
+            "api_version": getattr(cls, "api_version", ""),
             "package": self.package,
             "target": self.target,
             "status": self.status,
@@ -97,6 +101,27 @@ def _discover(group: str = GROUP) -> tuple[list[PluginEntry], list[PluginEntry]]
     return sorted(found, key=lambda e: (e.id, e.package, e.target)), broken
 
 
+def _warn_about_lists(found: list[PluginEntry], allow: set[str] | None, deny: set[str]) -> None:
+    """Warn about allow/deny names no installed plugin has, and about an allow list switching off built-ins."""
+    known = {e.id for e in found} | {f"{_package(e.package)}:{e.id}" for e in found}
+    for variable, names in (("SDCOMPOSE_PLUGINS_ALLOW", allow or set()), ("SDCOMPOSE_PLUGINS_DENY", deny)):
+        for name in sorted(names):
+            if name not in known and not any(_listed(e, {name}) for e in found):
+                warnings.warn(f"{variable} names {name!r}, which no installed plugin has{suggest(name, known)}; "
+                              "it has no effect", UserWarning, stacklevel=3)
+    if allow is None:
+        return
+    if not allow:
+        warnings.warn("SDCOMPOSE_PLUGINS_ALLOW is set but empty: every plugin is switched off, sdcompose's own "
+                      "included; unset it to load them all", UserWarning, stacklevel=3)
+        return
+    off = sorted({e.id for e in found if _package(e.package) == OWN_PACKAGE and not _listed(e, allow)})
+    if off:
+        warnings.warn(f"SDCOMPOSE_PLUGINS_ALLOW switches off every plugin it does not name, sdcompose's own "
+                      f"included: {', '.join(off)} are off; name them too, or use SDCOMPOSE_PLUGINS_DENY to switch "
+                      "off only what you name", UserWarning, stacklevel=3)
+
+
 def validate_plugin_class(cls: Any, entry_id: str) -> None:
     """Check a plugin class's declarations; raise PluginError naming the first problem."""
     if not isinstance(cls, type) or not issubclass(cls, api.Plugin):
@@ -105,10 +130,7 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
         raise api.PluginError(f"declares id {cls.id!r} but its entry point is named {entry_id!r}")
     if cls.kind not in api.KINDS:
         raise api.PluginError(f"kind {cls.kind!r} is not one of {', '.join(sorted(api.KINDS))}")
-    major = str(cls.api_version).split(".")[0]
-    if major != str(api.API_MAJOR):
-        raise api.PluginError(
-            f"was written for plugin API {cls.api_version}; this sdcompose provides {api.API_VERSION}")
+    major = compat.major(cls)
     known = set(model_families.names())
     families = frozenset(cls.families) or frozenset(known)  # none declared: every installed family
     if not families <= known:
@@ -123,18 +145,21 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
         if not isinstance(cls.controlnets, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in cls.controlnets.items()):
             raise api.PluginError("controlnets must map each family to a models.yaml ControlNet id")
-        missing = families - set(cls.controlnets)
-        if missing:
-            raise api.PluginError(f"declares families {sorted(missing)} without a ControlNet id for them")
+        if major == 1:
+            compat.check_v1(cls, frozenset(cls.families))
         if not all(isinstance(a, str) for a in cls.annotators) or not set(cls.inputs) <= {"image", "json"}:
             raise api.PluginError("annotators must be models.yaml ids and inputs a subset of ('image', 'json')")
 
 
 class Registry:
-    def __init__(self, allow: str | None = None, deny: str | None = None) -> None:
-        settings = Settings.from_env() if allow is None or deny is None else None
+    def __init__(self, allow: str | None = None, deny: str | None = None,
+                 check: Callable[[Any], None] | None = None, settings: Settings | None = None) -> None:
+        """``allow`` / ``deny`` default to the settings' (SDCOMPOSE_PLUGINS_ALLOW / _DENY); ``check(plugin)`` runs
+        on each plugin as it loads (the catalogue check of the ids it declares) and raises PluginError to refuse it."""
+        settings = settings or (Settings.from_env() if allow is None or deny is None else None)
         self.allow = _id_list(allow if allow is not None else settings.plugins_allow)
         self.deny = _id_list(deny if deny is not None else settings.plugins_deny) or set()
+        self.check = check
         self._lock = threading.Lock()
         self.entries: dict[str, PluginEntry] = {}
         self.rejected: list[PluginEntry] = []
@@ -166,23 +191,43 @@ class Registry:
                                f"SDCOMPOSE_PLUGINS_DENY={_package(entry.package)}:{plugin_id}")
             self.entries[plugin_id] = keeper or enabled[0]
             self.rejected += [e for e in claimants if e is not self.entries[plugin_id]]
+        _warn_about_lists(found, self.allow, self.deny)
 
     def _load(self, entry: PluginEntry) -> None:
         try:
             with plugin_code(""):  # a broken plugin never takes the app down, even with sys.exit() at import
-                cls = entry._ep.load()
+                cls = self._class(entry)
                 validate_plugin_class(cls, entry.id)
                 entry.plugin = cls()
+            if self.check is not None:
+                self.check(entry.plugin)
             entry.status = "loaded"
         except SdcomposeError as exc:
             entry.status = "broken"
+            entry.plugin = None
             entry.error = str(exc)
+
+    def _class(self, entry: PluginEntry) -> Any:
+        """The class an entry point names; a module that fails to import is named with every class it held."""
+        module_name, attr = entry._ep.module, entry._ep.attr or ""
+        try:
+            target = importlib.import_module(module_name)
+        except (Exception, SystemExit) as exc:
+            held = ", ".join(sorted(f"{e._ep.attr} (plugin {e.id!r})" for e in [*self.entries.values(), *self.rejected]
+                                    if e._ep is not None and e._ep.module == module_name))
+            raise api.PluginError(f"{type(exc).__name__}: {exc}; module {module_name!r} failed to import, so "
+                                  f"every class it held is unavailable: {held}") from None
+        for part in attr.split(".") if attr else ():
+            if not hasattr(target, part):
+                raise api.PluginError(f"module {module_name!r} has no {part!r}: fix the entry point "
+                                      f"{entry.id} = {entry.target!r} in {entry.package!r}'s package metadata")
+            target = getattr(target, part)
+        return target
 
     def get(self, plugin_id: str, kind: str | None = None) -> Any:
         """Return the plugin instance, importing it on first use; raise PluginError if unusable."""
         entry = self.entries.get(plugin_id)
         if entry is None:
-            from sdcompose.errors import suggest
             raise api.PluginError(f"no plugin {plugin_id!r}{suggest(plugin_id, self.entries)}")
         with self._lock:
             if entry.status == "available":
@@ -192,6 +237,12 @@ class Registry:
         if kind is not None and entry.plugin.kind != kind:
             raise api.PluginError(f"plugin {plugin_id!r} is a {entry.plugin.kind}, not a {kind}")
         return entry.plugin
+
+    def record(self, plugin_id: str) -> dict[str, str]:
+        """What an image's metadata says about a plugin it used: its version, package and plugin API version."""
+        plugin = self.get(plugin_id)
+        return {"version": plugin.version, "package": self.entries[plugin_id].package,
+                "api_version": plugin.api_version}
 
     def describe_all(self) -> list[dict[str, Any]]:
         """Every discovered plugin (importing each enabled one to learn its kind), broken ones included,

@@ -192,10 +192,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash(args: argparse.Namespace) -> int:
+    """sha256 and size of each file named: what a models.yaml `file:` entry (or a plugin's) needs."""
+    from sdcompose.pipelines.weights import sha256
+    if not args.ids:
+        raise ValidationError("models hash needs one or more files: sdcompose models hash FILE...")
+    for name in args.ids:
+        path = Path(name)
+        if not path.is_file():
+            raise ValidationError(f"{path} is not a file; models hash reads weight files (for a folder, hash "
+                                  "each file in it)")
+        print(f"{sha256(path)}  {path.stat().st_size:>14,} bytes  {path}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from sdcompose.pipelines.catalog import Catalog
     if args.action == "scan":
         return cmd_scan(args)
+    if args.action == "hash":
+        return cmd_hash(args)
     catalog = Catalog(args.models, folders=args.folder or None)
     ids = [i for i in catalog.entries if args.kind in (None, catalog.entries[i].kind)]
     if args.action == "list":
@@ -222,8 +238,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from sdcompose.pipelines.catalog import Catalog
+    from sdcompose.pipelines.plugin_models import checker
     from sdcompose.plugins.registry import Registry
-    rows = Registry().describe_all()
+    rows = Registry(check=checker(Catalog())).describe_all()
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
@@ -381,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_upscale)
 
     m = sub.add_parser("models", help="the models.yaml catalogue")
-    m.add_argument("action", choices=("list", "check", "scan"))
-    m.add_argument("ids", nargs="*", help="check only these; scan: the folders to preview")
+    m.add_argument("action", choices=("list", "check", "scan", "hash"))
+    m.add_argument("ids", nargs="*", help="check only these; scan: the folders to preview; hash: the files")
     m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator", "embedding", "upscaler"))
     m.add_argument("--models", help="extra models.yaml")
     m.add_argument("--folder", action="append", metavar="DIR", help="a model folder indexed in place; repeatable")

@@ -18,6 +18,14 @@ class ValidationError(SdcomposeError, ValueError):
     """A request, file or setting is out of bounds; nothing was run."""
 
 
+class FieldError(ValidationError):
+    """A ValidationError about one field of a request or payload, named as its JSON path (``controls[0].image``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class ModelError(SdcomposeError):
     """A model is missing, corrupt, unsafe or does not fit the composition."""
 
@@ -77,5 +85,6 @@ def suggest(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-__all__ = ["SdcomposeError", "ValidationError", "ModelError", "CatalogError", "Cancelled",
-           "OutOfMemory", "Unavailable", "PluginError", "describe", "first_line", "is_out_of_memory", "quote", "suggest"]
+__all__ = ["SdcomposeError", "ValidationError", "FieldError", "ModelError", "CatalogError", "Cancelled",
+           "OutOfMemory", "Unavailable", "PluginError", "describe", "first_line", "is_out_of_memory", "quote",
+           "suggest"]

@@ -15,10 +15,10 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from sdcompose import samplers
-from sdcompose.errors import ValidationError
+from sdcompose.errors import ValidationError, suggest
 from sdcompose.prompt_syntax import TAG
 from sdcompose.request import LIMITS
 
@@ -83,6 +83,10 @@ def write(meta: dict[str, Any]) -> str:
                    if info.get("kind") == "lora" and _single_hash(info)]
     if lora_hashes:
         fields["Lora hashes"] = ", ".join(lora_hashes)
+    ti_hashes = [f"{model_id}: {short_hash(_single_hash(info), 12)}" for model_id, info in models.items()
+                 if info.get("kind") == "embedding" and _single_hash(info)]
+    if ti_hashes:
+        fields["TI hashes"] = ", ".join(ti_hashes)
     fields["Version"] = f"sdcompose {meta.get('versions', {}).get('sdcompose', '')}".strip()
     lines.append(", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value is not None))
     return "\n".join(lines)
@@ -155,11 +159,13 @@ class Restored:
 
 
 def to_request(params: dict[str, str], find_model: Callable[[str | None, str | None], str | None],
-               find_lora: Callable[[str], bool], model: str | None = None) -> Restored:
+               find_lora: Callable[[str], bool], model: str | None = None,
+               embeddings: Collection[str] = ()) -> Restored:
     """Request fields from parsed A1111 parameters (``parse``).
 
     ``find_model(name, short_hash)``: a base model id here, or None; ``find_lora(name)``: whether a
-    ``<lora:name>`` tag resolves; ``model``: use this base whatever the text says.
+    ``<lora:name>`` tag resolves; ``model``: use this base whatever the text says; ``embeddings``: the
+    textual-inversion names known here (``TI hashes`` naming others are listed as dropped).
     """
     if not any(key in params for key in ("Steps", "Sampler", "Seed")):
         raise ValidationError("the image's parameters text is not A1111 settings (no 'Steps: ..., Sampler: ...' line)")
@@ -202,14 +208,28 @@ def to_request(params: dict[str, str], find_model: Callable[[str | None, str | N
     else:
         dropped.append(f"Model: {params.get('Model', '?')[:80]} (hash {params.get('Model hash', '?')[:12]}): no base "
                        "model here matches its hash or name")
+    dropped += _missing_embeddings(params.get("TI hashes", ""), embeddings)
     for key, value in params.items():
-        if key in ("Prompt", "Negative prompt") or key in USED or key in NOT_SETTINGS or re.fullmatch(r".+-[12]", key):
+        if key in ("Prompt", "Negative prompt", "TI hashes") or key in USED or key in NOT_SETTINGS or re.fullmatch(r".+-[12]", key):
             continue
         if key.startswith("ControlNet"):
             dropped.append(f"{key} ({value[:80]}): the unit's input image is not in the file")
         else:
             dropped.append(f"{key}: {value[:80]}")
     return Restored(out, dropped)
+
+
+def _missing_embeddings(ti_hashes: str, known: Collection[str]) -> list[str]:
+    """One dropped line per embedding a ``TI hashes`` field names that is not here (its name is in the prompt,
+    where it stays as text)."""
+    lowered = {name.lower() for name in known}
+    out = []
+    for item in ti_hashes.split(",")[:100]:
+        name = item.rsplit(":", 1)[0].strip()[:80]
+        if name and name.lower() not in lowered:
+            hint = suggest(name, known).strip()[1:-1]
+            out.append(f"TI hashes: {name} (no such embedding here{'; ' + hint if hint else ''})")
+    return out
 
 
 def _numbers(params: dict[str, str], out: dict[str, Any], dropped: list[str]) -> Callable[..., None]:
@@ -259,7 +279,7 @@ def foreign(source: Any) -> Found:
 def read_text(source: Any) -> dict[str, str]:
     """Text chunks of a PNG, or the EXIF UserComment of a JPEG/WebP (as ``parameters``); pixels are not decoded."""
     from sdcompose.images import _read_bytes
-    from sdcompose.metadata import PNG_SIGNATURE, _png_text
+    from sdcompose.metadata import PNG_SIGNATURE, png_text
     if hasattr(source, "info") and hasattr(source, "getexif"):  # a PIL image
         info = getattr(source, "text", None) or source.info
         text = {k: v for k, v in info.items() if isinstance(v, str)}
@@ -267,7 +287,7 @@ def read_text(source: Any) -> dict[str, str]:
         return text | ({"parameters": comment} if comment and "parameters" not in text else {})
     data = _read_bytes(source, "image")
     if data.startswith(PNG_SIGNATURE):
-        return _png_text(data)
+        return png_text(data)
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as image:

@@ -120,7 +120,7 @@ def read_png(source: Any) -> tuple[dict[str, Any], "EmbeddedInputs"]:
     if isinstance(source, Image.Image):
         text = getattr(source, "text", None) or source.info
     else:
-        text = _png_text(_read_bytes(source, "PNG"))
+        text = png_text(_read_bytes(source, "PNG"))
     raw = text.get(KEY)
     if not isinstance(raw, str):
         raise ValidationError("this image carries no sdcompose metadata (was it made by sdcompose, "
@@ -208,8 +208,10 @@ def _check_meta(meta: Any) -> None:
         raise ValidationError("the image's metadata has a malformed `models` record")
 
 
-def _png_text(data: bytes) -> dict[str, str]:
-    """sdcompose's text chunks (tEXt, zTXt, iTXt) of a PNG, first of each key, without decoding pixels."""
+def png_text(data: bytes) -> dict[str, str]:
+    """The text chunks of PNG bytes that sdcompose reads (``TEXT_KEYS``: its own, A1111's ``parameters``,
+    ComfyUI's), from tEXt, zTXt and iTXt, first of each key, without decoding pixels, each inflated to at most
+    MAX_TEXT; ValidationError if the bytes are not a PNG."""
     if not data.startswith(PNG_SIGNATURE):
         raise ValidationError("this file is not a PNG")
     out: dict[str, str] = {}

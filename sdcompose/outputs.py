@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdcompose.metadata import KEY, PNG_SIGNATURE, _png_text, save_png
+from sdcompose.metadata import KEY, PNG_SIGNATURE, png_text, save_png
 
 NAME = re.compile(r"(\d{5,})-(\d+)\.png")
 GRID = re.compile(r"(\d{5,})-grid\.png")
@@ -172,7 +172,7 @@ def _head_metadata(path: Path) -> dict[str, Any] | None:
                     body = f.read(length)
                     if body.partition(b"\0")[0] == KEY.encode():
                         chunk = header + body + b"\0\0\0\0"  # the CRC is not checked
-                        text = _png_text(PNG_SIGNATURE + chunk).get(KEY)
+                        text = png_text(PNG_SIGNATURE + chunk).get(KEY)
                         return json.loads(text) if text else None
                     f.seek(4, os.SEEK_CUR)
                 else:

@@ -118,6 +118,15 @@ def lora_tags(text: str, syntax: str = "a1111") -> tuple[str, list[tuple[str, fl
     return TAG.sub(take, text), found
 
 
+def word_pattern(names) -> re.Pattern | None:
+    """Where any of ``names`` (textual-inversion embeddings) stands as a whole word, case ignored (CLIP's tokenizer
+    lowercases): not inside a longer run of letters and digits; the longest name wins."""
+    names = sorted({n for n in names if n}, key=len, reverse=True)
+    if not names:
+        return None
+    return re.compile(r"(?<![^\W_])(?:%s)(?![^\W_])" % "|".join(map(re.escape, names)), re.I)
+
+
 def check_syntax(name: str, value: object) -> str:
     if value not in SYNTAXES:
         raise ValidationError(f"{name} must be one of {', '.join(SYNTAXES)}, got {value!r:.60}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from typing import Any
 
@@ -12,12 +13,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from sdcompose import __version__
+from sdcompose import samplers as sampler_table
 from sdcompose.errors import Cancelled
-from sdcompose.metadata import _png_text, a1111_parameters
+from sdcompose.metadata import png_text, a1111_parameters
 
 from . import a1111_names as names
-from .a1111_request import checkpoint, plan
-from .answers import b64, error_body, preview_png, result_pngs, status_of
+from .a1111_request import checkpoint, plan, whole
+from .answers import b64, error_body, preview_png, result_pngs, status_of, timing
 from .inputs import FieldError, image_bytes
 from .native import json_body
 from .service import Service, finished
@@ -30,11 +32,19 @@ FIELD_NAMES = (("guidance", "cfg_scale"), ("batch", "batch_size"), ("strength", 
 def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["AUTOMATIC1111-compatible"])
 
+    calls: dict[str, Iterations] = {}  # job id -> its n_iter runs, for /skip and /progress
+
     async def run(request: Request, task: str) -> JSONResponse:
         try:
             payload = await json_body(request)
             todo = plan(payload, task, service.model, service.pipeline.catalog)
-            job = await finished(service.submit_call(lambda **hooks: _run_all(service, todo, hooks), task), request)
+            runs = Iterations(service, todo)
+            job = service.submit_call(runs, task)
+            calls[job.id] = runs
+            try:
+                job = await finished(job, request)
+            finally:
+                calls.pop(job.id, None)
         except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
             return a1111_error(exc)
         if job.state == "failed":
@@ -42,7 +52,7 @@ def router(service: Service) -> APIRouter:
         results = job.result if job.state == "done" else []  # interrupted: what was finished, as A1111 does
         images = [b64(png) for result in results for png in result_pngs(result)]
         return JSONResponse({"images": images if todo.send_images else [], "parameters": payload,
-                             "info": json.dumps(info(todo, results, job.cancel.is_set()))})
+                             "info": json.dumps(info(todo, results, job.cancel.is_set()))}, headers=timing(job))
 
     @api.post("/sdapi/v1/txt2img")
     async def txt2img(request: Request) -> JSONResponse:
@@ -59,11 +69,13 @@ def router(service: Service) -> APIRouter:
         fraction = step / total if total else 0.0
         elapsed = time.time() - job.started if job and job.started else 0.0
         image = None if skip_current_image or job is None else preview_png(job.preview)
+        runs = calls.get(job.id) if job else None
         return {"progress": fraction, "eta_relative": elapsed / fraction - elapsed if fraction else 0.0,
-                "state": {"skipped": False, "interrupted": bool(job and job.cancel.is_set()),
+                "state": {"skipped": bool(runs and runs.skipping.is_set()),
+                          "interrupted": bool(job and job.cancel.is_set()),
                           "stopping_generation": False, "job": job.label if job else "",
                           "job_count": service.jobs.waiting() + (job is not None), "job_timestamp": "0",
-                          "job_no": 0, "sampling_step": step, "sampling_steps": total},
+                          "job_no": runs.index if runs else 0, "sampling_step": step, "sampling_steps": total},
                 "current_image": image.split(",", 1)[1] if image else None, "textinfo": None,
                 "current_task": job.id if job else None}
 
@@ -75,8 +87,15 @@ def router(service: Service) -> APIRouter:
         return {}
 
     @api.post("/sdapi/v1/skip")
-    async def skip() -> dict:  # one run per call here: skipping it is interrupting it
-        return await interrupt()
+    async def skip() -> dict:
+        """End the running call's current image (one of its n_iter) and go on with the next, as A1111 does."""
+        job = service.jobs.running
+        runs = calls.get(job.id) if job else None
+        if runs is not None:
+            runs.skipping.set()
+        elif job is not None:  # a native job or a UI run has one image run: skipping it is stopping it
+            job.cancel.set()
+        return {}
 
     @api.get("/sdapi/v1/sd-models")
     async def sd_models() -> list[dict[str, Any]]:
@@ -89,12 +108,13 @@ def router(service: Service) -> APIRouter:
 
     @api.get("/sdapi/v1/samplers")
     async def samplers() -> list[dict[str, Any]]:
-        return [{"name": name, "aliases": [sdc], "options": {}} for name, sdc in names.SAMPLERS.items()]
+        return [{"name": name, "aliases": [sampler_id], "options": {}}
+                for sampler_id, (name, *_) in sampler_table.SAMPLERS.items()]
 
     @api.get("/sdapi/v1/schedulers")
     async def schedulers() -> list[dict[str, Any]]:
-        return [{"name": name, "label": name.title(), "aliases": None, "default_rho": -1, "need_inner_model": False}
-                for name in names.SCHEDULERS]
+        return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for name, label in names.schedule_types()]
 
     @api.get("/sdapi/v1/loras")
     async def loras() -> list[dict[str, Any]]:
@@ -130,7 +150,7 @@ def router(service: Service) -> APIRouter:
     @api.post("/sdapi/v1/png-info")
     async def png_info(request: Request) -> JSONResponse:
         try:
-            text = _png_text(image_bytes((await json_body(request)).get("image"), "image"))
+            text = png_text(image_bytes((await json_body(request)).get("image"), "image"))
         except Exception as exc:  # noqa: BLE001
             return a1111_error(exc)
         parameters = text.get("parameters", "")
@@ -159,8 +179,8 @@ def router(service: Service) -> APIRouter:
                                                       "has (GET /controlnet/module_list lists them)")
             plugin, params = names.MODULES[module]
             if plugin == "canny":
-                params = {"low_threshold": int(data.get("controlnet_threshold_a", 100)),
-                          "high_threshold": int(data.get("controlnet_threshold_b", 200))}
+                params = {"low_threshold": whole(data.get("controlnet_threshold_a", 100), "controlnet_threshold_a"),
+                          "high_threshold": whole(data.get("controlnet_threshold_b", 200), "controlnet_threshold_b")}
             pictures = data.get("controlnet_input_images", data.get("controlnet_images")) or []  # new name, old
             if not isinstance(pictures, list) or not pictures:
                 raise FieldError("controlnet_input_images", "controlnet_input_images must list base64 images")
@@ -171,22 +191,47 @@ def router(service: Service) -> APIRouter:
                 raise job.error
         except Exception as exc:  # noqa: BLE001
             return a1111_error(exc)
-        return JSONResponse({"images": [preview_png(x).split(",", 1)[1] for x in job.result], "info": "Success"})
+        answer = {"images": [preview_png(x).split(",", 1)[1] for x in job.result], "info": "Success"}
+        if plugin == "pose":  # as sd-webui-controlnet: each image's people as OpenPose JSON (pose editors read it)
+            answer["poses"] = [x.info.get("openpose") for x in job.result]
+        return JSONResponse(answer)
 
     return api
 
 
-def _run_all(service: Service, todo: Any, hooks: dict[str, Any]) -> list[Any]:
-    """The ``n_iter`` runs of one call, in order; interrupted after the first, what was finished."""
-    results: list[Any] = []
-    for request in todo.requests:
-        try:
-            results.append(service.pipeline.run(request, **hooks))
-        except Cancelled:
-            if results:
-                return results
-            raise
-    return results
+class Iterations:
+    """The ``n_iter`` runs of one call, in order, as one job. Interrupted (the job's cancel flag): what was finished
+    (or Cancelled when nothing was). Skipped (``skipping``): the current run ends without its images and the next
+    one starts."""
+
+    def __init__(self, service: Service, todo: Any) -> None:
+        self.service, self.todo = service, todo
+        self.index, self.skipping = 0, threading.Event()
+
+    def __call__(self, progress: Any, cancel: threading.Event, preview: Any) -> list[Any]:
+        results: list[Any] = []
+        for self.index, request in enumerate(self.todo.requests):
+            self.skipping = threading.Event()
+            try:
+                results.append(self.service.pipeline.run(request, progress=progress, preview=preview,
+                                                         cancel=EitherSet(cancel, self.skipping)))
+            except Cancelled:
+                if self.skipping.is_set() and not cancel.is_set():
+                    continue  # skipped: on with the next
+                if results:
+                    return results
+                raise
+        return results
+
+
+class EitherSet:
+    """A cancel flag set when either of two events is (the pipeline asks only ``is_set()``)."""
+
+    def __init__(self, first: threading.Event, second: threading.Event) -> None:
+        self.first, self.second = first, second
+
+    def is_set(self) -> bool:
+        return self.first.is_set() or self.second.is_set()
 
 
 def _entries(service: Service, kind: str) -> list[dict[str, Any]]:

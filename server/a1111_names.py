@@ -7,15 +7,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sdcompose.errors import suggest
+from sdcompose import samplers
+from sdcompose.errors import ValidationError, quote, suggest
 
 from .inputs import FieldError
-
-# (sampler_name, scheduler) -> sdcompose scheduler id; scheduler "automatic" is the sampler's own default.
-SAMPLERS = {"Euler": "euler", "Euler a": "euler_a", "DDIM": "ddim", "DPM++ 2M": "dpmpp_2m", "UniPC": "unipc"}
-SCHEDULERS = {"automatic": None, "karras": "karras"}
-KARRAS = {"dpmpp_2m": "dpmpp_2m_karras"}
-OLD_KARRAS_NAMES = {"DPM++ 2M Karras": "dpmpp_2m_karras"}  # before A1111 1.9 the schedule was in the sampler name
 
 # sd-webui-controlnet preprocessor (module) names -> (sdcompose conditioner, its params)
 MODULES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -44,22 +39,28 @@ CONTROL_MODES = {"Balanced": "balanced", "My prompt is more important": "prompt_
                  2: "control_first"}
 
 
-def scheduler_id(sampler: Any, schedule: Any, field: str = "sampler_name") -> str:
-    """sdcompose's scheduler for an A1111 sampler name and schedule type ("DPM++ 2M" + "Karras")."""
-    if sampler in OLD_KARRAS_NAMES:
-        return OLD_KARRAS_NAMES[sampler]
-    if sampler not in SAMPLERS:
-        known = [*SAMPLERS, *OLD_KARRAS_NAMES]
-        raise FieldError(field, f"{field} {str(sampler)[:80]!r} is not a sampler sdcompose has; it has "
-                                f"{', '.join(known)}{suggest(str(sampler), known)}")
-    name = SAMPLERS[sampler]
-    kind = SCHEDULERS.get(str(schedule or "automatic").lower(), "unknown")
-    if kind is None:
-        return name
-    if kind == "karras" and name in KARRAS:
-        return KARRAS[name]
-    raise FieldError("scheduler", f"scheduler {str(schedule)[:80]!r} with sampler {sampler!r} is not available; "
-                                  f"use Automatic{' or Karras' if name in KARRAS else ''}")
+def scheduler_id(sampler: Any, schedule: Any) -> str:
+    """sdcompose's sampler id for A1111's sampler name and schedule type ("DPM++ 2M" + "Karras"), through the one
+    sampler table (``sdcompose.samplers``); "automatic" (or none) is what A1111 itself picks for that sampler."""
+    try:
+        samplers.canonical(sampler)
+    except ValidationError:
+        known = [name for name, *_ in samplers.SAMPLERS.values()]
+        raise FieldError("sampler_name", f"sampler_name {quote(sampler)} is not a sampler sdcompose has; it has "
+                                         f"{', '.join(known)}{suggest(str(sampler), known)}") from None
+    if schedule is not None and not isinstance(schedule, str):
+        raise FieldError("scheduler", f"scheduler must be a schedule type such as Automatic or Karras, "
+                                      f"got {quote(schedule)}")
+    try:
+        return samplers.canonical(sampler, schedule or "automatic")
+    except ValidationError as exc:
+        raise FieldError("scheduler", f"scheduler: {exc}") from None
+
+
+def schedule_types() -> list[tuple[str, str]]:
+    """A1111's schedule types sdcompose has, as (name, label): Automatic first, then the sampler table's."""
+    table = samplers.SCHEDULES.items()
+    return [("automatic", "Automatic")] + [(sched or "uniform", label) for sched, (label, _) in table]
 
 
 def model_name(value: str) -> str:

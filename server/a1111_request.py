@@ -13,7 +13,10 @@ from typing import Any
 
 from PIL import ImageFilter, ImageOps
 
+from sdcompose.errors import SdcomposeError
 from sdcompose.images import load_mask
+from sdcompose.pipelines.resolve import lora_by_name
+from sdcompose.prompt_syntax import lora_tags
 from sdcompose.request import LIMITS, Control, GenerationRequest, Lora
 
 from . import a1111_names as names
@@ -49,7 +52,6 @@ UNIT_NO_EFFECT = {"low_vram", "lowvram", "processor_res", "pixel_perfect", "hr_o
                   "pulid_mode", "animatediff_batch", "batch_mask_dir", "batch_modifiers", "batch_image_dir"}
 UNIT_FIELDS = {"enabled", "image", "input_image", "mask", "mask_image", "module", "model", "weight", "guidance_start",
                "guidance_end", "control_mode", "resize_mode", "threshold_a", "threshold_b"} | UNIT_NO_EFFECT
-LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
 MAX_IMAGES = 64
 
 
@@ -83,19 +85,19 @@ def plan(payload: Any, task: str, default_model: str, catalog: Any) -> Plan:
     sampler = p("sampler_name") or p("sampler_index") or "Euler"
     schedule = p("scheduler") or "automatic"
     base = dict(prompt=prompt, negative_prompt=_text(p("negative_prompt", ""), "negative_prompt"), model=model,
-                loras=loras, steps=_int(p("steps", 20), "steps"), guidance=p("cfg_scale", 7.0),
-                width=_int(p("width", 512), "width"), height=_int(p("height", 512), "height"),
-                scheduler=names.scheduler_id(sampler, schedule), batch=_int(p("batch_size", 1), "batch_size"))
+                loras=loras, steps=whole(p("steps", 20), "steps"), guidance=p("cfg_scale", 7.0),
+                width=whole(p("width", 512), "width"), height=whole(p("height", 512), "height"),
+                scheduler=names.scheduler_id(sampler, schedule), batch=whole(p("batch_size", 1), "batch_size"))
     if task == "img2img":
         base |= _img2img(payload)
     base["controls"] = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog)
-    n_iter = _int(p("n_iter", 1), "n_iter")
+    n_iter = whole(p("n_iter", 1), "n_iter")
     if not 1 <= n_iter or n_iter * base["batch"] > MAX_IMAGES:
         raise FieldError("n_iter", f"n_iter x batch_size must be between 1 and {MAX_IMAGES}")
     seed = p("seed", -1)
     if seed is None or (isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed == -1):
         seed = secrets.randbelow(2**32)
-    seed = _int(seed, "seed")
+    seed = whole(seed, "seed")
     if not 0 <= seed <= LIMITS["seed"][1] - MAX_IMAGES:
         raise FieldError("seed", f"seed must be -1 (random) or between 0 and {LIMITS['seed'][1] - MAX_IMAGES}")
     requests = [GenerationRequest(**base, seed=seed + i * base["batch"]) for i in range(n_iter)]
@@ -114,7 +116,7 @@ def _text(value: Any, field: str) -> str:
     return value
 
 
-def _int(value: Any, field: str) -> int:
+def whole(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
             float("inf"), float("-inf")) or int(value) != value:
         raise FieldError(field, f"{field} must be a whole number, got {str(value)[:60]!r}")
@@ -144,23 +146,15 @@ def checkpoint(value: Any, catalog: Any, field: str) -> str:
     return entry.id
 
 
-def _loras(prompt: str, catalog: Any, parse: bool) -> tuple[str, list[Lora]]:
-    """``<lora:name:weight>`` tags taken out of the prompt as LoRAs (name: a models.yaml LoRA id)."""
-    if not parse:
-        return prompt, []
-    loras = []
-    for match in LORA_TAG.finditer(prompt):
-        name, weight = match[1].strip(), match[2]
-        entry = catalog.find(name, "lora")
-        if entry is None:
-            raise FieldError("prompt", f"prompt: <lora:{name[:60]}> is not a LoRA in models.yaml "
-                                       "(GET /sdapi/v1/loras lists them)")
-        try:
-            loras.append(Lora(entry.id, float(weight) if weight not in (None, "") else 1.0))
-        except ValueError:
-            raise FieldError("prompt", f"prompt: <lora:{name[:60]}:{weight[:20]}> has a weight that is not a "
-                                       "number") from None
-    return re.sub(r"\s{2,}", " ", LORA_TAG.sub("", prompt)).strip(), loras
+def _loras(prompt: str, catalog: Any, apply: bool) -> tuple[str, list[Lora]]:
+    """``<lora:name:weight>`` tags taken out of the prompt as LoRAs (a models.yaml id or a LoRA's file name), read
+    by the one prompt parser (``sdcompose.prompt_syntax``); ``apply`` false (``disable_extra_networks``): dropped."""
+    try:
+        text, tags = lora_tags(prompt)
+        loras = [Lora(lora_by_name(catalog, name).id, weight) for name, weight in tags] if apply else []
+    except SdcomposeError as exc:
+        raise FieldError("prompt", f"prompt: {exc} (GET /sdapi/v1/loras lists the LoRAs)") from None
+    return re.sub(r"[ \t]{2,}", " ", text).strip(), loras
 
 
 def _img2img(payload: dict) -> dict[str, Any]:
@@ -252,7 +246,7 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Cont
     if plugin == "canny":
         for key, param, default in (("threshold_a", "low_threshold", 100), ("threshold_b", "high_threshold", 200)):
             value = unit.get(key, default)
-            params[param] = _int(value if value not in (None, -1) else default, f"{where}.{key}")
+            params[param] = whole(value if value not in (None, -1) else default, f"{where}.{key}")
     image = unit.get("image", unit.get("input_image"))
     if isinstance(image, dict):  # newer clients: {"image": ..., "mask": ...}
         if image.get("mask"):

@@ -47,6 +47,14 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=status_of(exc), headers=headers)
 
 
+def timing(job: Any) -> dict[str, str]:
+    """A ``Server-Timing`` header with the job's run on the device (``run;dur=`` ms), so a client can tell it from
+    what the HTTP API adds (benchmarks/http_overhead.py)."""
+    if job.started is None or job.finished is None:
+        return {}
+    return {"Server-Timing": f"run;dur={(job.finished - job.started) * 1000:.2f}"}
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

@@ -9,21 +9,14 @@ import binascii
 import re
 from typing import Any
 
-from sdcompose.errors import ValidationError
+from sdcompose.errors import FieldError
 from sdcompose.images import MAX_BYTES
-from sdcompose.request import Control, GenerationRequest, Lora
+from sdcompose.request import Control, GenerationRequest
+from sdcompose.request_json import IMAGE_FIELDS, request_from_json as from_json
 
 DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;base64,", re.ASCII)
 JSON_DEPTH = 32  # deeper JSON is refused before it is looked at (pose JSON is about five levels deep)
-IMAGE_FIELDS = ("init_image", "mask")
-
-
-class FieldError(ValidationError):
-    """A ValidationError that names its field (``controls[0].image``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+PART = re.compile(r"controls\[(\d{1,2})\]\.image")
 
 
 def image_bytes(value: Any, field: str) -> bytes:
@@ -56,60 +49,23 @@ def check_depth(value: Any, field: str = "body", depth: int = 0) -> None:
             check_depth(item, field, depth + 1)
 
 
-def _fields(cls: type, data: Any, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise FieldError(where or "body", f"{where or 'the body'} must be a JSON object, got {type(data).__name__}")
-    names = set(cls.model_fields)
-    for key in data:
-        if key not in names:
-            from sdcompose.errors import suggest
-            path = f"{where}.{key}" if where else str(key)
-            raise FieldError(path, f"unknown field {path!r}{suggest(str(key), names)}")
-    return dict(data)
-
-
 def request_from_json(data: Any, files: dict[str, bytes] | None = None) -> GenerationRequest:
-    """A ``GenerationRequest`` from the native API's JSON body; images come as base64 or as ``files``
-    (multipart parts named ``init_image``, ``mask``, ``controls[N].image``)."""
+    """A ``GenerationRequest`` from the native API's JSON body (``sdcompose.request_json``); images come as base64
+    or as ``files`` (multipart parts named ``init_image``, ``mask``, ``controls[N].image``)."""
     check_depth(data)
-    files = files or {}
-    values = _fields(GenerationRequest, data, "")
-    for name in IMAGE_FIELDS:
-        if name in files:
-            values[name] = files[name]
-        elif values.get(name) is not None:
-            values[name] = image_bytes(values[name], name)
-    controls = values.get("controls", [])
-    if not isinstance(controls, list):
-        raise FieldError("controls", f"controls must be a list, got {type(controls).__name__}")
-    values["controls"] = [_control(i, c, files) for i, c in enumerate(controls)]
-    loras = values.get("loras", [])
-    if not isinstance(loras, list):
-        raise FieldError("loras", f"loras must be a list, got {type(loras).__name__}")
-    values["loras"] = [_lora(i, x) for i, x in enumerate(loras)]
-    return GenerationRequest(**values)
-
-
-def _control(i: int, data: Any, files: dict[str, bytes]) -> Control:
-    where = f"controls[{i}]"
-    values = _fields(Control, data, where)
-    if "id" not in values:
-        raise FieldError(f"{where}.id", f"{where}.id is missing (a conditioner plugin id such as canny)")
-    image = files.get(f"{where}.image", values.get("image"))
-    if image is None:
-        raise FieldError(f"{where}.image", f"{where}.image is missing (a base64 image, or a pose as JSON)")
-    if isinstance(image, (dict, list)):  # parsed JSON for plugins that read it (an OpenPose pose)
-        values["image"] = image
-    else:
-        values["image"] = image_bytes(image, f"{where}.image")
-    return Control(**values)
-
-
-def _lora(i: int, data: Any) -> Lora:
-    values = _fields(Lora, data, f"loras[{i}]")
-    if "id" not in values:
-        raise FieldError(f"loras[{i}].id", f"loras[{i}].id is missing (a models.yaml LoRA id)")
-    return Lora(**values)
+    if files and isinstance(data, dict):
+        data = dict(data)
+        for name, content in files.items():
+            part = PART.fullmatch(name)
+            if name in IMAGE_FIELDS:
+                data[name] = content
+            elif part and isinstance(data.get("controls"), list) and int(part[1]) < len(data["controls"]) \
+                    and isinstance(data["controls"][int(part[1])], dict):
+                data["controls"][int(part[1])] = dict(data["controls"][int(part[1])], image=content)
+            else:
+                raise FieldError(name, f"multipart part {name[:60]!r} is not an image field of the request "
+                                       "(init_image, mask, or controls[N].image of a listed control)")
+    return from_json(data, image_bytes)
 
 
 FIELD_AT_START = re.compile(r"(?:unknown field ')?(?P<name>[a-z_]+(?:\[\d+\])?)(?: \([^)]*\))?(?: (?P<sub>[a-z_]+))?")

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sdcompose import __version__
 
-from .answers import b64, error_body, error_response, preview_png, result_pngs
+from .answers import b64, error_body, error_response, preview_png, result_pngs, timing
 from .inputs import FieldError, check_depth, image_bytes, request_from_json, request_schema
 from .jobs import FINISHED, Job
 from .service import Service, finished, outcome
@@ -44,8 +44,8 @@ def router(service: Service) -> APIRouter:
         except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
             return error_response(exc)
         if as_png:
-            return Response(result_pngs(result)[0], media_type="image/png")
-        return JSONResponse(answer(job))
+            return Response(result_pngs(result)[0], media_type="image/png", headers=timing(job))
+        return JSONResponse(answer(job), headers=timing(job))
 
     @api.post("/jobs", openapi_extra=body, status_code=202, summary="Queue a request; answers its id at once")
     async def submit(request: Request) -> JSONResponse:
@@ -146,7 +146,7 @@ async def parse_request(request: Request):
         form = await request.form(max_files=MAX_PARTS, max_fields=MAX_PARTS)
         files, text = {}, form.get("request", "{}")
         for name, value in form.multi_items():
-            if hasattr(value, "read"):
+            if hasattr(value, "read") and name != "request":  # the request part may come as a file (curl -F request=@f)
                 files[name] = await value.read()
         if not isinstance(text, str):
             text = (await text.read()).decode("utf-8", "replace")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import textwrap
+import warnings
 import uuid
 
 import numpy as np
@@ -23,7 +24,7 @@ PLUGINS = '''
 import sys
 import numpy as np
 from PIL import Image
-from sdcompose.plugins.api import Adapter, Conditioner, ParamSpec
+from sdcompose.plugins.api import API_VERSION, Adapter, Conditioner, ParamSpec
 
 EDGES = {"sd15": "controlnet-canny-sd15", "sdxl": "controlnet-canny-sdxl"}
 
@@ -31,6 +32,7 @@ EDGES = {"sd15": "controlnet-canny-sd15", "sdxl": "controlnet-canny-sdxl"}
 class Sobel(Conditioner):
     id = "sobel"
     version = "0.1"
+    api_version = API_VERSION
     controlnets = EDGES
     params = (ParamSpec("gain", "float", 1.0, min=0.0, max=4.0),)
 
@@ -100,6 +102,7 @@ class HookyLora(Adapter):
     """An adapter whose forward hook raises ``error`` at the second UNet call: a failure mid-denoise."""
     id = "lora"
     version = "0.1"
+    api_version = API_VERSION
     fail_remove = False
     error = RuntimeError("hooky adapter exploded mid-denoise")
 
@@ -137,6 +140,16 @@ class StuckLora(HookyLora):
         raise RuntimeError("cannot remove")
 '''
 
+BADSPEC = '''
+from sdcompose.plugins.api import API_VERSION, Conditioner, ParamSpec
+
+
+class BadSpec(Conditioner):
+    id = "badspec"
+    api_version = API_VERSION
+    params = (ParamSpec("radius", "int", 99, min=0, max=8),)
+'''
+
 ENTRY_POINTS = {
     "sdc-faulty-plugins": f"""
         [sdcompose.plugins]
@@ -151,6 +164,8 @@ ENTRY_POINTS = {
         raiser = {PKG}.plugins:Raiser
         hugemap = {PKG}.plugins:HugeMap
         explodes = {PKG}.explodes:Thing
+        explodes2 = {PKG}.explodes:OtherThing
+        badspec = {PKG}.badspec:BadSpec
         exits = {PKG}.exits:Thing
         missing = {PKG}.plugins:NoSuchClass
         """,
@@ -178,6 +193,7 @@ def site(tmp_path_factory):
     (package / "__init__.py").write_text("")
     (package / "plugins.py").write_text(PLUGINS)
     (package / "explodes.py").write_text("raise ImportError('explodes needs libfoo, which is not installed')\n")
+    (package / "badspec.py").write_text(BADSPEC)
     (package / "exits.py").write_text("import sys\nsys.exit('a plugin calling sys.exit at import')\n")
     for name, entry_points in ENTRY_POINTS.items():
         info = root / f"{name.replace('-', '_')}-1.0.dist-info"
@@ -213,6 +229,10 @@ def test_plugin_raising_at_import_is_listed_broken_and_the_rest_keep_working(sit
     registry = Registry(deny="sdc-hooky-lora:lora,sdc-stuck-lora:lora")
     explodes = status(registry, "explodes", "sdc-faulty-plugins")
     assert explodes["status"] == "broken" and "explodes needs libfoo" in explodes["error"]
+    for plugin_id in ("explodes", "explodes2"):  # each names the module and every class it held
+        assert f"module '{PKG}.explodes' failed to import, so every class it held is unavailable: " \
+               "OtherThing (plugin 'explodes2'), Thing (plugin 'explodes')" in \
+               status(registry, plugin_id, "sdc-faulty-plugins")["error"]
     exits = status(registry, "exits", "sdc-faulty-plugins")
     assert exits["status"] == "broken" and "SystemExit" in exits["error"]
     missing = status(registry, "missing", "sdc-faulty-plugins")
@@ -237,6 +257,36 @@ def test_plugin_with_bad_metadata_refused_at_registration(site, photo, plugin_id
     assert item["status"] == "broken"
     with pytest.raises(sdcompose.PluginError, match=match):
         registry.get(plugin_id)
+
+
+def test_a_bad_param_default_names_its_class(site):
+    registry = Registry(deny="sdc-hooky-lora:lora,sdc-stuck-lora:lora")
+    with pytest.raises(sdcompose.PluginError, match=f"class {PKG}.badspec.BadSpec: param 'radius' must be <= 8, "
+                                                    "got 99"):
+        registry.get("badspec")
+
+
+def test_unknown_ids_and_allow_lists_that_switch_off_built_ins_are_warned_about(site):
+    with pytest.warns(UserWarning, match="SDCOMPOSE_PLUGINS_DENY names 'sobl', which no installed plugin has "
+                                         r"\(did you mean 'sobel'\?\); it has no effect"):
+        Registry(deny="sobl,sdc-hooky-lora:lora,sdc-stuck-lora:lora")
+    with pytest.warns(UserWarning, match="SDCOMPOSE_PLUGINS_DENY names 'nosuch-package:sobel'"):
+        Registry(deny="nosuch-package:sobel,sdc-hooky-lora:lora,sdc-stuck-lora:lora")
+    with pytest.warns(UserWarning, match="SDCOMPOSE_PLUGINS_ALLOW switches off every plugin it does not name, "
+                                         "sdcompose's own included: canny, depth, .* are off"):
+        assert Registry(allow="sobel").entries["canny"].status == "disabled"
+    with pytest.warns(UserWarning, match="SDCOMPOSE_PLUGINS_ALLOW is set but empty: every plugin is switched off"):
+        assert all(e.status == "disabled" for e in Registry(allow="").entries.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # known names, no allow list: nothing to say
+        Registry(deny="sobel,sdc-other-plugins:dupe,sdc-hooky-lora:lora,sdc-stuck-lora:lora")
+
+
+def test_what_cannot_run_on_this_device_is_refused_before_preprocessing(site, photo):
+    p = sdcompose.Pipeline(device="cpu", plugins_deny="sdc-hooky-lora:lora,sdc-stuck-lora:lora")
+    with pytest.raises(sdcompose.ValidationError, match="attention 'xformers' (needs the xformers package|runs on "
+                                                        "CUDA only)"):  # not crashpre's ZeroDivisionError
+        p.generate(controls=[sdcompose.Control("crashpre", photo)], attention="xformers", **SMALL)
 
 
 def test_plugin_raising_at_preprocessing_fails_the_request_cleanly(site, photo, pipe):
@@ -376,7 +426,7 @@ def test_plugin_systemexit_in_the_web_ui_fails_that_run_and_the_page_keeps_servi
     for error in (SystemExit(3), KeyboardInterrupt()):
         p.registry.get("raiser", "conditioner").error = error
         values = handlers.form.defaults() | {**SMALL, "cn0_enable": True, "cn0_plugin": "raiser", "cn0_image": str(photo)}
-        (*_, status, _, _, _), = list(handlers.generate_in_page(None, **values))
+        *_, (_, _, status, _, _, _) = handlers.generate_in_page(None, **values)  # the last event is the outcome
         detail = "SystemExit: 3" if isinstance(error, SystemExit) else "KeyboardInterrupt: "
         assert status == ('<span class="sdc-error">Plugin problem: conditioner \'raiser\' failed on its input: '
                           f'{detail}</span>'), status

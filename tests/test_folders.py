@@ -8,6 +8,7 @@ folder must equal the ones made from the tiny models' own folders.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -106,17 +107,28 @@ def test_models_scan_previews_the_folder(tree, home):
     assert listed.returncode == 0 and "tinyemb" in listed.stdout and "tiny-sd15" not in listed.stdout
 
 
-def test_cli_generates_from_the_folder_with_no_models_yaml(tree, home, pipe, photo, tmp_path):
-    """The must-show: checkpoint, LoRA and ControlNet straight from the A1111 tree, through the CLI."""
-    out = tmp_path / "folder.png"
-    run = cli("generate", "-p", KW["prompt"], "-n", KW["negative_prompt"], "--folder", str(tree), "-m", "tinymix_v1",
+def test_cli_generates_from_the_folder_with_no_models_yaml(tree, home, pipe, scanned, photo, tmp_path):
+    """The must-show: checkpoint, LoRA, ControlNet and embedding straight from the A1111 tree, through the CLI;
+    the embedding changes the pixels, is recorded (metadata, TI hashes) and reproduced."""
+    out, prompt = tmp_path / "folder.png", KW["prompt"] + ", tinyemb"
+    run = cli("generate", "-p", prompt, "-n", KW["negative_prompt"], "--folder", str(tree), "-m", "tinymix_v1",
               "--lora", "tinystyle:0.8", "--control", f"canny={photo}:model=tinycanny", "-W", "64", "-H", "64",
               "--steps", "2", "--cfg", "6", "--seed", "5", "-o", str(out), "-q", "--device", "cpu", home=home)
     assert run.returncode == 0, run.stderr
-    reference = pipe.generate(model="tiny-sd15", loras=[sdcompose.Lora("tiny-lora-sd15", 0.8)],
-                              controls=[sdcompose.Control("canny", photo)], **KW)
-    assert max_diff(np.asarray(Image.open(out)), np.asarray(reference.images[0])) <= 1
-    assert max_diff(np.asarray(Image.open(out)), np.asarray(pipe.generate(model="tiny-sd15", **KW).images[0])) > 5
+    kw = dict(KW, prompt=prompt, loras=[sdcompose.Lora("tiny-lora-sd15", 0.8)],
+              controls=[sdcompose.Control("canny", photo)])
+    reference = scanned.generate(model="tiny-sd15", **kw)  # the same parts from their own folders, and the embedding
+    made = np.asarray(Image.open(out))
+    assert max_diff(made, np.asarray(reference.images[0])) <= 1
+    assert max_diff(made, np.asarray(pipe.generate(model="tiny-sd15", **kw).images[0])) > 1  # no embedding: text
+    assert max_diff(made, np.asarray(pipe.generate(model="tiny-sd15", **KW).images[0])) > 5
+    with Image.open(out) as image:
+        meta, text = json.loads(image.text["sdcompose"]), image.text["parameters"]
+    assert meta["models"]["tinyemb"]["kind"] == "embedding" and 'TI hashes: "tinyemb: ' in text
+    again = tmp_path / "again.png"
+    run = cli("reproduce", str(out), "--folder", str(tree), "-o", str(again), "--device", "cpu", home=home)
+    assert run.returncode == 0, run.stderr
+    assert max_diff(np.asarray(Image.open(again)), made) == 0
 
 
 def test_lookups_by_name_and_a1111_hash(scanned, tree):
@@ -292,6 +304,8 @@ TO_K = "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
     ({"emb_params": [4, 768]}, None, ("embedding", "sd15", True)),
     ({"emb_params": [4, 1024]}, None, ("embedding", "SD2", True)),
     ({"clip_l": [2, 768], "clip_g": [2, 1280]}, None, ("embedding", "sdxl", True)),
+    ({"string_to_param.*": [3, 768]}, None, ("embedding", "sd15", True)),
+    ({"<cat-toy>": [768]}, None, ("embedding", "sd15", True)),
     ({"encoder.down.0.block.0.conv1.weight": [1]}, None, (None, None, True)),
 ])
 def test_header_rules(shapes, meta, expected):

@@ -115,3 +115,54 @@ def test_estimator_folder_without_weights_is_a_clear_error(home, tmp_path, photo
         "kind": "annotator", "path": "test-annotators/empty-depth"}}}))
     with pytest.raises(sdcompose.ModelError, match="no weight files"):
         sdcompose.Pipeline(models=overlay, device="cpu").preprocess("depth", photo)
+
+
+# ---- depth files from other tools: colour maps, invalid zeros, metric depth, far backgrounds ---------------
+def test_colour_mapped_depth_pictures_are_refused(pipe, photo):
+    import cv2
+    from sdcompose.plugins.builtin.depth_maps import colormap
+    ramp = np.tile(np.linspace(0, 255, 96).astype(np.uint8), (64, 1))
+    for name in ("INFERNO", "TURBO"):
+        coloured = cv2.applyColorMap(ramp, getattr(cv2, f"COLORMAP_{name}"))[..., ::-1].copy()
+        with pytest.raises(sdcompose.PluginError, match=rf"colour-mapped picture of depth \({name.lower()} colours\).*"
+                                                        "input=photo"):
+            pipe.preprocess("depth", coloured)
+        with pytest.raises(sdcompose.PluginError, match="colour-mapped"):
+            pipe.preprocess("depth", coloured, input="depth_map")
+    with Image.open(photo) as picture:
+        assert colormap(np.asarray(picture.convert("RGB"))) is None
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert colormap(noise) is None and colormap(np.stack([ramp] * 3, axis=-1)) is None
+
+
+def test_invalid_zeros_and_nan_are_left_out_of_the_range(pipe):
+    clean = gradient16()
+    array = np.asarray(clean).copy()
+    array[10:20, 20:40] = 0
+    holes = grey(pipe.preprocess("depth", Image.fromarray(array)))
+    expected = grey(pipe.preprocess("depth", clean))
+    mask = np.zeros_like(holes, dtype=bool)
+    mask[10:20, 20:40] = True
+    assert np.array_equal(holes[~mask], expected[~mask]) and holes[mask].max() == 0
+    assert grey(pipe.preprocess("depth", Image.fromarray(array), zeros="depth"))[0, 0] > 0  # zeros as depth: stretched
+    floats = np.asarray(clean, dtype=np.float32)
+    floats[10:20, 20:40] = np.nan
+    assert np.array_equal(grey(pipe.preprocess("depth", Image.fromarray(floats, mode="F")))[~mask], expected[~mask])
+
+
+def test_metric_depth_inverse_with_a_far_background(pipe, tmp_path):
+    """A float TIFF in metres (1 to 10) with a 1e10 background over 40% of it, as renderers write the sky."""
+    z = np.tile(np.linspace(1.0, 10.0, 64, dtype=np.float32), (48, 1))
+    z[:20] = 1e10
+    path = tmp_path / "metric.tiff"
+    Image.fromarray(z, mode="F").save(path)
+    inverse = grey(pipe.preprocess("depth", path, inverse=True))
+    expected = np.round((1 / z[30] - 0.1) / 0.9 * 255)
+    assert np.abs(inverse[30] - expected).max() <= 1 and inverse[:20].max() == 0  # near bright; the sky the far end
+    linear = grey(pipe.preprocess("depth", path, invert=True))
+    assert np.abs(linear[30] - np.round((10 - z[30]) / 9 * 255)).max() <= 1 and linear[:20].max() == 0
+    z[:20] = np.inf
+    Image.fromarray(z, mode="F").save(path)
+    assert np.array_equal(grey(pipe.preprocess("depth", path, inverse=True)), inverse)
+    with pytest.raises(sdcompose.PluginError, match=r"inverse \(1/depth, for metric depth\) needs positive values"):
+        pipe.preprocess("depth", np.full((8, 8), 0, np.uint8) + np.eye(8, dtype=np.uint8), inverse=True)

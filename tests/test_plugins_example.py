@@ -61,7 +61,8 @@ def test_installed_package_is_discovered_listed_and_used(installed, home):
     assert edges[32, 15:17].max() > 100 and edges[32, 32] == 0 and edges[2, 2] == 0
     kw = dict(prompt="a box", model="tiny-sd15", width=64, height=64, steps=2, seed=8)
     result = pipe.generate(controls=[sdcompose.Control("sobel", square(), params={"ksize": 5})], **kw)
-    assert result.metadata["plugins"]["sobel"] == {"version": "0.1.0", "package": "sdcompose-sobel"}
+    assert result.metadata["plugins"]["sobel"] == {"version": "0.1.0", "package": "sdcompose-sobel",
+                                                        "api_version": "1.0"}
     assert "tiny-controlnet-softedge-sd15" in result.metadata["models"]
     assert max_diff(result.arrays[0], pipe.generate(**kw).arrays[0]) > 1e-3
     with pytest.raises(sdcompose.PluginError, match="sobel: ksize must be odd"):

@@ -124,5 +124,6 @@ def test_each_drives_its_tiny_controlnet(aux_pipe, photo, plugin_id, controlnet)
 def test_sd15_only_conditioners_refuse_sdxl_and_unpinned_controlnets_say_what_to_add(pipe, photo):
     with pytest.raises(sdcompose.PluginError, match="conditioner 'tile' supports sd15; base 'tiny-sdxl' is sdxl"):
         pipe.generate(model="tiny-sdxl", controls=[sdcompose.Control("tile", photo)], width=64, height=64, steps=1)
-    with pytest.raises(sdcompose.ModelError, match="no model 'controlnet-mlsd-sd15' in models.yaml"):
+    with pytest.raises(sdcompose.ModelError, match="no ControlNet in models.yaml serves conditioner 'mlsd' for sd15: "
+                                                   "add one with `conditioner: mlsd` to .*models.yaml"):
         pipe.generate(model="sd15", controls=[sdcompose.Control("mlsd", photo)], width=64, height=64, steps=1)

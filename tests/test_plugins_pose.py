@@ -1,6 +1,7 @@
 """The pose conditioner: OpenPose JSON drawn as the standard skeleton, the detector's real loading code, errors."""
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 import pickle
@@ -8,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import sdcompose
 from conftest import max_diff
@@ -230,3 +232,56 @@ def test_body25_with_face_matches_controlnet_aux_drawing(pipe):
     canvas = util.draw_bodypose(canvas, keypoints)
     canvas = util.draw_facepose(canvas, [Keypoint(x / 128, y / 128) for x, y in face])
     assert (ours != canvas).any(axis=2).mean() < 0.01
+
+
+def test_normalised_coordinates_are_drawn_at_the_requests_aspect(pipe, tmp_path):
+    """Normalised points with no canvas: drawn at the output's size (96x64 here), as controlnet-aux draws the same
+    keypoints on a canvas of that size, not drawn square and stretched."""
+    from controlnet_aux.open_pose import util
+    from controlnet_aux.open_pose.body import Keypoint
+    data = pose_json([(x / 128, y / 128) for x, y in BODY])
+    del data["canvas_width"], data["canvas_height"]
+    path = tmp_path / "pose.json"
+    path.write_text(json.dumps(data))
+    result = pipe.generate("a dancer", model="tiny-sd15", width=96, height=64, steps=1, seed=1,
+                           controls=[sdcompose.Control("pose", path)])
+    drawn = np.asarray(result.inputs["control-0"])
+    reference = util.draw_bodypose(np.zeros((64, 96, 3), dtype=np.uint8), [Keypoint(x / 128, y / 128) for x, y in BODY])
+    assert drawn.shape == (64, 96, 3) and (drawn != reference).any(axis=2).mean() < 0.01
+    assert render(pipe, data).shape == (512, 512, 3)  # no output size: 512x512, as before
+
+
+def test_a_map_carries_its_people_as_openpose_json_that_draws_it_again(pipe):
+    drawn = pipe.preprocess("pose", pose_json(), include_hand=True)
+    found = drawn.info["openpose"]
+    assert (found["canvas_width"], found["canvas_height"]) == (128, 128)
+    assert found["people"][0]["pose_keypoints_2d"] == pose_json()["people"][0]["pose_keypoints_2d"]
+    assert max_diff(render(pipe, found), np.asarray(drawn)) == 0
+
+
+def test_controlnet_detect_answers_the_pose_json_beside_the_map(openpose_models, photo):
+    import base64
+
+    from starlette.testclient import TestClient
+
+    from sdcompose.server.app import build_app
+    from sdcompose.server.jobs import JobQueue
+    from sdcompose.server.service import Service
+    overlay, _ = openpose_models
+    jobs = JobQueue()
+    try:
+        app = build_app(Service(sdcompose.Pipeline(models=overlay, device="cpu"), jobs))
+        image = base64.b64encode(photo.read_bytes()).decode()
+        with TestClient(app) as client:
+            answer = client.post("/controlnet/detect", json={"controlnet_module": "openpose_full",
+                                                             "controlnet_input_images": [image]})
+            assert answer.status_code == 200, answer.text[:300]
+            data = answer.json()
+            [drawn] = [Image.open(io.BytesIO(base64.b64decode(x))) for x in data["images"]]
+            [pose] = data["poses"]  # random weights find nobody: an empty pose of the map's size
+            assert pose == {"people": [], "canvas_width": drawn.width, "canvas_height": drawn.height}
+            canny = client.post("/controlnet/detect", json={"controlnet_module": "canny",
+                                                            "controlnet_input_images": [image]}).json()
+            assert "poses" not in canny and len(canny["images"]) == 1
+    finally:
+        jobs.close()

@@ -118,3 +118,37 @@ def test_unknown_lora_tag_suggests(pipe):
         image(pipe, "a cat <lora:tiny-lora-sd51:0.8>")
     with pytest.raises(ModelError, match="asked for twice"):
         pipe.generate("a <lora:tiny-lora-sd15>", loras=[sdcompose.Lora("tiny-lora-sd15")], model="tiny-sd15", **RUN)
+
+
+HOSTILE = r"""
+import sdcompose
+from sdcompose.errors import SdcomposeError
+from sdcompose.pipelines.resolve import resolve
+from sdcompose.request import GenerationRequest
+pipe = sdcompose.Pipeline(device="cpu")
+out = []
+for prompt in ["(" * 20000, "a]" * 10000, "(a:" * 6000, "((a:1.1)" * 2500, "\\" * 19998 + "(", "[" * 9999 + "]" * 10001,
+               "<lora:" + "x" * 19990 + ">", "<lora:tiny-lora-sd51:1>" * 800, "embedding:" + "q" * 19990, "(a)" * 6000]:
+    try:
+        resolve(GenerationRequest(prompt=prompt, model="tiny-sd15"), pipe.catalog, pipe.registry)
+        out.append("ok")
+    except SdcomposeError as exc:
+        out.append(str(exc))
+emit(out)
+"""
+
+
+def test_hostile_prompts_under_a_memory_limit():
+    """Deep, unbalanced and huge bracket runs, long tags and names: one sentence each (or fine), bounded."""
+    from bounded import run_bounded
+    out = run_bounded(HOSTILE, memory_mb=1500, cpu_s=120)
+    assert out[0].startswith("the prompt has a '(' at character 20000 that is never closed")
+    assert out[1].startswith("the prompt has a ']' at character 2 with no '['")
+    assert "never closed" in out[2] and "never closed" in out[3]
+    assert out[4].startswith("the prompt has a '(' at character 19999")  # the escapes pair up; the last bracket is open
+    assert out[5].startswith("the prompt has a ']' at character 19999 with no '['")
+    assert "names no LoRA" in out[6] and len(out[6]) < 400
+    assert "<lora:tiny-lora-sd51> names no LoRA" in out[7] and "did you mean 'tiny-lora-sd15'" in out[7]
+    assert "names no textual-inversion embedding" in out[8] and len(out[8]) < 400
+    assert out[9] == "ok"
+    assert all("\n" not in line for line in out)

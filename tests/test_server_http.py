@@ -170,7 +170,8 @@ NESTED = {"prompt": "x", "controls": [{"id": "pose", "image": json.loads("[" * 1
     ("/sdapi/v1/txt2img", {"enable_hr": True}, 422, "enable_hr"),
     ("/sdapi/v1/txt2img", {"restore_faces": True}, 422, "restore_faces"),
     ("/sdapi/v1/txt2img", {"styles": ["cinematic"]}, 422, "styles"),
-    ("/sdapi/v1/txt2img", {"sampler_name": "Heun"}, 422, "sampler_name"),
+    ("/sdapi/v1/txt2img", {"sampler_name": "Restart"}, 422, "sampler_name"),
+    ("/sdapi/v1/txt2img", {"sampler_name": "Euler", "scheduler": "Polyexponential"}, 422, "scheduler"),
     ("/sdapi/v1/txt2img", {"cfg_scale": "high"}, 422, "cfg_scale"),
     ("/sdapi/v1/txt2img", {"prompt": "<lora:nowhere:1>"}, 422, "prompt"),
     ("/sdapi/v1/txt2img", {"promt": "x"}, 422, "promt"),
@@ -278,6 +279,29 @@ def test_webuiapi_interrupts_a_long_run_and_reports_its_progress(live):
     result = outcome["result"]
     assert result.images == [] and result.info["interrupted"] is True
     assert api.txt2img(prompt="after", seed=1, **A1111_SMALL).image.size == (64, 64)
+
+
+def test_skip_ends_the_current_image_and_the_call_goes_on_with_the_next(live):
+    api = live.webui()
+    outcome = {}
+    call = dict(prompt="skipped", seed=20, n_iter=2, width=64, height=64, steps=80,
+                override_settings={"sd_model_checkpoint": "tiny-sd15"})
+    worker = threading.Thread(target=lambda: outcome.update(answer=live.http.post("/sdapi/v1/txt2img", json=call,
+                                                                                  timeout=900)))
+    worker.start()
+    try:
+        wait_for(lambda: (state := api.get_progress()["state"])["sampling_step"] > 0 and state["job_no"] == 0,
+                 "the first image to be under way", timeout=300)
+        api.skip()
+    finally:
+        worker.join(900)
+    assert not worker.is_alive()
+    answer = outcome["answer"]
+    assert answer.status_code == 200, answer.text[:300]
+    info = json.loads(answer.json()["info"])
+    # the first image was skipped mid-run (or, had it just finished, the second): the other one was made
+    assert len(answer.json()["images"]) == 1 and info["interrupted"] is False
+    assert len(info["all_seeds"]) == 1 and info["all_seeds"][0] in (20, 21)
 
 
 def test_detect_returns_the_control_map(live, pipe, photo):

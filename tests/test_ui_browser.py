@@ -199,6 +199,25 @@ def test_image_info_shows_metadata_as_text_and_restores_it(page, tmp_path):
     assert page.evaluate("window.__xss") is None and page.dialogs == []
 
 
+def test_image_info_reads_and_restores_an_a1111_png(page, tmp_path):
+    """An AUTOMATIC1111 PNG: its raw parameters shown, what cannot be used listed, its settings restored."""
+    from test_infotext import A1111_TEXT, png_with
+    png = png_with(tmp_path / "a1111.png", parameters=A1111_TEXT)
+    page.get_by_role("tab", name="Image info").click()
+    page.set_input_files("#sdc-info-image input[type=file]", str(png))
+    page.wait_for_function("document.querySelector('#sdc-info-parameters textarea').value.includes('Hires upscaler')")
+    assert A1111_TEXT in page.input_value("#sdc-info-parameters textarea")
+    shown = page.inner_text("#sdc-info-metadata")
+    for dropped in ("AUTOMATIC1111", "Hires upscale: 2", "ControlNet 0", "TI hashes: easynegative"):
+        assert dropped in shown, dropped
+    page.click("#sdc-restore")
+    prompt = A1111_TEXT.split("\n")[0]
+    page.wait_for_function(f"document.querySelector('#sdc-prompt textarea').value === {json.dumps(prompt)}")
+    assert page.input_value("#sdc-seed input") == "1234"
+    assert page.input_value("#sdc-steps input[type=number]") == "3"
+    assert page.dialogs == []
+
+
 def test_lora_and_controlnet_choices_follow_the_model(page):
     page.click("#sdc-lora button.label-wrap")
     page.click("#sdc-controlnet button.label-wrap")

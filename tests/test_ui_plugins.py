@@ -22,6 +22,7 @@ from sdcompose.plugins.api import Conditioner, ParamSpec
 class Gradient(Conditioner):
     id = "grad-edges"
     version = "2.0"
+    api_version = "2.0"
     families = frozenset({"sd15"})
     controlnets = {"sd15": "controlnet-canny-sd15"}
     params = (
@@ -84,7 +85,8 @@ def test_third_party_params_become_widgets_and_reach_the_plugin(third_party, pho
     *previews, (gallery, info, status, seed) = handlers.generate(None, progress=lambda *a, **k: None, **values)
     assert [gallery_items[0][1] for gallery_items, *_ in previews][-1] == "preview at step 2"
     meta = json.loads(info)
-    assert meta["plugins"]["grad-edges"] == {"version": "2.0", "package": "sdc-ui-plugins"} and seed == 4
+    assert meta["plugins"]["grad-edges"] == {"version": "2.0", "package": "sdc-ui-plugins",
+                                             "api_version": "2.0"} and seed == 4
     assert meta["request"]["controls"][0]["params"] == {"ksize": 3, "gain": 1.0, "invert": True, "axis": "x",
                                                         "label": ""}
     with Image.open(gallery[0][0]) as png:

@@ -10,10 +10,10 @@ from sdcompose.plugins.api import Conditioner, ParamSpec
 
 class Canny(Conditioner):
     id = "canny"
+    api_version = "2.0"
     version = "1.0"
     help = "Edges from OpenCV's Canny detector; white lines on black, as ControlNet canny models expect."
     families = frozenset({"sd15", "sdxl"})
-    controlnets = {"sd15": "controlnet-canny-sd15", "sdxl": "controlnet-canny-sdxl"}
     params = (
         ParamSpec("low_threshold", "int", 100, min=1, max=255, help="Edges weaker than this are dropped."),
         ParamSpec("high_threshold", "int", 200, min=1, max=255, help="Edges stronger than this are kept."),

@@ -1,8 +1,9 @@
 """Depth: a depth map estimated from a photo (Depth Anything V2 Small via transformers), or read from a depth-map file.
 
 Output convention, as the depth ControlNets were trained on: near = bright, far = dark, 8-bit.
-A depth-map input (8- or 16-bit greyscale, e.g. a render's depth pass) is stretched to the full
-range, and inverted when its convention is far = bright (``invert``).
+A depth-map input (8- or 16-bit greyscale or a float TIFF, e.g. a render's depth pass) is stretched to the
+full range (robustly: ``depth_maps.to_unit``), and inverted when its convention is far = bright (``invert``)
+or taken as 1/depth when it is metric (``inverse``). A colour-mapped picture of depth is refused.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from sdcompose.plugins.api import Conditioner, ParamSpec, PluginError, first_line
 
 from .annotators import NetCache, detect_size
+from .depth_maps import colormap, to_unit
 
 ESTIMATOR = "annotator-depth-anything-v2-small"
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit, 32-bit and float images
@@ -21,16 +23,22 @@ DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit, 32-bit and float im
 
 class Depth(Conditioner):
     id = "depth"
+    api_version = "2.0"
     version = "1.0"
     help = ("Depth map, near = bright: estimated from a photo with Depth Anything V2 Small, or read from an "
             "8/16-bit depth-map image (greyscale inputs are taken as depth maps unless input=photo).")
     families = frozenset({"sd15", "sdxl"})
-    controlnets = {"sd15": "controlnet-depth-sd15", "sdxl": "controlnet-depth-sdxl"}
     annotators = (ESTIMATOR,)
     params = (
         ParamSpec("input", "choice", "auto", choices=("auto", "photo", "depth_map"),
                   help="auto: greyscale or 16-bit images are depth maps, colour images are photos."),
         ParamSpec("invert", "bool", False, help="Flip near and far (for depth maps where far is bright)."),
+        ParamSpec("inverse", "bool", False,
+                  help="Metric depth (bigger = farther, e.g. metres): use 1/depth, the relative inverse depth the "
+                       "ControlNets were trained on."),
+        ParamSpec("zeros", "choice", "auto", choices=("auto", "invalid", "depth"),
+                  help="auto: zeros in 16-bit and float maps mark pixels with no reading (left out of the range, "
+                       "drawn black); in 8-bit maps they are depth."),
         ParamSpec("normalize", "bool", True,
                   help="Stretch a depth map's values to the full 0-255 range (else keep them, scaled by bit depth)."),
         ParamSpec("detect_resolution", "int", 518, min=56, max=2044, step=14,
@@ -42,17 +50,20 @@ class Depth(Conditioner):
 
     def preprocess(self, source, ctx, params):
         mode = params["input"]
+        if mode != "photo":
+            _refuse_colour_maps(source, mode)
         if mode == "auto":
             mode = "depth_map" if _is_greyscale(source) else "photo"
         if mode == "photo":
-            depth, normalize = self._estimate(source.image, ctx, params["detect_resolution"]), True
-        else:
-            depth, normalize = _read_depth(source.raw, source.image), params["normalize"]
-        if normalize:
+            depth = self._estimate(source.image, ctx, params["detect_resolution"])
             low, high = float(depth.min()), float(depth.max())
             depth = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
-        if params["invert"]:
-            depth = 1.0 - depth
+            depth = 1.0 - depth if params["invert"] else depth
+        else:
+            deep = source.raw.mode in DEEP_MODES
+            zero_invalid = params["zeros"] == "invalid" or (params["zeros"] == "auto" and deep)
+            depth = to_unit(_read_depth(source.raw, source.image), zero_invalid, params["inverse"], params["invert"],
+                            params["normalize"])
         return Image.fromarray((np.clip(depth, 0.0, 1.0) * 255.0).round().astype(np.uint8)).convert("RGB")
 
     def _estimate(self, image: Image.Image, ctx: Any, resolution: int) -> np.ndarray:
@@ -92,12 +103,20 @@ def _is_greyscale(source) -> bool:
     return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 
 
+def _refuse_colour_maps(source, mode: str) -> None:
+    if source.raw.mode in DEEP_MODES or _is_greyscale(source):
+        return
+    name = colormap(np.asarray(source.image))
+    if name is not None:
+        raise PluginError(f"this looks like a colour-mapped picture of depth ({name} colours), not a depth map: save the "
+                          "depth as a greyscale or 16-bit image (Depth Anything: --grayscale), or pass input=photo to "
+                          "estimate depth from it as a photo")
+
+
 def _read_depth(raw: Image.Image, rgb: Image.Image) -> np.ndarray:
-    """Depth values in [0, 1] at full precision: 16-bit kept, float taken as is, 8-bit over 255."""
+    """Depth values at full precision: 16-bit over 65535, float taken as is (NaN and inf kept), 8-bit over 255."""
     if raw.mode in DEEP_MODES:
         array = np.asarray(raw, dtype=np.float64)
-        if not np.isfinite(array).all():
-            raise PluginError("the depth map holds NaN or infinite values")
         if raw.mode == "F":
             return array
         return array / (65535.0 if raw.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0)

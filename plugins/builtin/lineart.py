@@ -14,10 +14,10 @@ FINE, COARSE = "annotator-lineart", "annotator-lineart-coarse"
 
 class Lineart(Conditioner):
     id = "lineart"
+    api_version = "2.0"
     version = "1.0"
     help = "Line drawing (white lines on black) from a photo, realistic or coarse style."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-lineart-sd15"}
     annotators = (FINE, COARSE)
     params = (
         ParamSpec("coarse", "bool", False, help="Use the coarse-style generator (bolder, fewer lines)."),

@@ -96,6 +96,7 @@ class _BaseState:
 
 class LoraAdapter(Adapter):
     id = "lora"
+    api_version = "2.0"
     version = "2.0"
     help = ("LoRA weights (.safetensors, diffusers or kohya format), several at once with a weight each; "
             "fused into the model while the same set is reused.")

@@ -10,10 +10,10 @@ WEIGHTS = "annotator-mlsd"
 
 class Mlsd(Conditioner):
     id = "mlsd"
+    api_version = "2.0"
     version = "1.0"
     help = "Straight line segments (white on black) from M-LSD: rooms, buildings, furniture."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-mlsd-sd15"}
     annotators = (WEIGHTS,)
     params = (
         ParamSpec("score_threshold", "float", 0.1, min=0.0, max=1.0, step=0.01,

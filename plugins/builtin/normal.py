@@ -17,10 +17,10 @@ WEIGHTS = "annotator-normalbae"
 
 class Normal(Conditioner):
     id = "normal"
+    api_version = "2.0"
     version = "1.0"
     help = "Surface normal map (colour-coded directions) from a photo, estimated by NormalBae."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-normalbae-sd15"}
     annotators = (WEIGHTS,)
     params = (
         ParamSpec("detect_resolution", "int", 512, min=64, max=2048, step=64,

@@ -100,13 +100,30 @@ def draw(people: list[dict[str, Any]], width: int, height: int, body: bool = Tru
     return canvas
 
 
+# ---- writing JSON -----------------------------------------------------------------------------
+def to_json(people: list[dict[str, Any]], width: int, height: int) -> dict[str, Any]:
+    """``people`` (normalised points, as ``parse`` and the detector give them) as OpenPose JSON in pixels of a
+    ``width`` x ``height`` canvas: the format pose editors and sd-webui-controlnet's ``/controlnet/detect`` use.
+    A missing point is (0, 0, 0); ``parse`` reads the result back."""
+    def flat(points: list[Point] | None) -> list[float] | None:
+        if not points:
+            return None
+        return [v for p in points for v in ((p[0] * width, p[1] * height, 1.0) if p is not None else (0.0, 0.0, 0.0))]
+    keys = (("pose_keypoints_2d", "body"), ("hand_left_keypoints_2d", "left_hand"),
+            ("hand_right_keypoints_2d", "right_hand"), ("face_keypoints_2d", "face"))
+    return {"people": [{key: flat(person.get(name)) for key, name in keys} for person in people],
+            "canvas_width": width, "canvas_height": height}
+
+
 # ---- reading JSON -----------------------------------------------------------------------------
-def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0) -> tuple[list[dict[str, Any]], int, int]:
+def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0,
+          output: tuple[int, int] | None = None) -> tuple[list[dict[str, Any]], int, int]:
     """People with normalised points, and the size to draw them at, from OpenPose JSON.
 
     Pixel coordinates are read against the JSON's ``canvas_width``/``canvas_height`` (or, when it
-    has none, the params); the map is drawn at the params' size if given, else the JSON's, else
-    512x512 for normalised coordinates. Malformed JSON raises PluginError naming the key.
+    has none, the params); the map is drawn at the params' size if given, else the JSON's, else, for
+    normalised coordinates, at ``output`` (the request's size, so the pose keeps the output's aspect
+    instead of being drawn square and stretched), else 512x512. Malformed JSON raises PluginError naming the key.
     """
     if isinstance(data, list):
         if len(data) != 1:
@@ -131,7 +148,7 @@ def parse(data: Any, canvas_width: int = 0, canvas_height: int = 0) -> tuple[lis
                 for key, points in person.items()} for person in raw]
     if symmetric or all(0.0 <= v <= 1.0 for v in coords):
         scale = (1.0, 1.0)
-        width, height = width or 512, height or 512
+        width, height = (width, height) if width and height else output or (512, 512)
     else:
         raw = [{key: None if points is None else [None if p is None or p[0] < 0 or p[1] < 0 else p for p in points]
                 for key, points in person.items()} for person in raw]

@@ -14,17 +14,18 @@ from sdcompose.plugins.api import Conditioner, ParamSpec, PluginError
 from . import openpose_json
 from .annotators import NetCache, detect_size, fill, import_quietly, load_state
 
+POSE_INFO = "openpose"  # the map's ``info`` key holding its people as OpenPose JSON (for /controlnet/detect)
 BODY, HAND, FACE = "annotator-openpose-body", "annotator-openpose-hand", "annotator-openpose-face"
 
 
 class Pose(Conditioner):
     id = "pose"
+    api_version = "2.0"
     version = "1.0"
     help = ("OpenPose skeleton from a photo (OpenPose body detector, optional hands and face), or drawn from "
             "OpenPose JSON (`people[].pose_keypoints_2d`, hands, face; COCO-18 or BODY_25). A pose map you "
             "already have goes in with preprocessed=true.")
     families = frozenset({"sd15", "sdxl"})
-    controlnets = {"sd15": "controlnet-openpose-sd15", "sdxl": "controlnet-openpose-sdxl"}
     annotators = (BODY, HAND, FACE)
     inputs = ("image", "json")
     params = (
@@ -47,13 +48,16 @@ class Pose(Conditioner):
 
     def preprocess(self, source, ctx, params):
         if source.data is not None:
-            people, width, height = openpose_json.parse(source.data, params["canvas_width"], params["canvas_height"])
+            people, width, height = openpose_json.parse(source.data, params["canvas_width"], params["canvas_height"],
+                                                        getattr(ctx, "size", None))
         else:
             people, (width, height) = self._detect(source.image, ctx, params)
         canvas = openpose_json.draw(people, width, height, body=params["include_body"],
                                     hands=params["include_hand"], face=params["include_face"],
                                     stick_width=params["stick_width"])
-        return Image.fromarray(canvas)
+        picture = Image.fromarray(canvas)
+        picture.info[POSE_INFO] = openpose_json.to_json(people, width, height)  # what was found, as OpenPose JSON
+        return picture
 
     def _detect(self, image: Image.Image, ctx: Any, params: dict[str, Any]):
         aux = import_quietly("controlnet_aux.open_pose")

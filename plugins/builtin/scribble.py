@@ -16,10 +16,10 @@ from .softedge import WEIGHTS, edge_network
 
 class Scribble(Conditioner):
     id = "scribble"
+    api_version = "2.0"
     version = "1.0"
     help = "Scribble strokes (white on black) from a photo through HED or PiDiNet, or from your own drawing."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-scribble-sd15"}
     annotators = tuple(WEIGHTS.values())
     params = (
         ParamSpec("detector", "choice", "hed", choices=(*WEIGHTS, "drawing"),

@@ -14,10 +14,10 @@ from .annotators import detect_size, import_quietly, to_map
 
 class Shuffle(Conditioner):
     id = "shuffle"
+    api_version = "2.0"
     version = "1.0"
     help = "The image's content shuffled by a smooth random flow: the shuffle ControlNet takes its style, not its layout."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-shuffle-sd15"}
     params = (
         ParamSpec("seed", "int", 0, min=0, max=2**32 - 1, help="Seed of the random flow."),
         ParamSpec("flow_size", "int", 256, min=8, max=2048, step=8,

@@ -12,10 +12,10 @@ WEIGHTS = {"pidinet": "annotator-pidinet", "hed": "annotator-hed"}
 
 class SoftEdge(Conditioner):
     id = "softedge"
+    api_version = "2.0"
     version = "1.0"
     help = "Soft edge map (white on black, grey for weak edges) from PiDiNet or HED."
     families = frozenset({"sd15", "sdxl"})
-    controlnets = {"sd15": "controlnet-softedge-sd15", "sdxl": "controlnet-softedge-sdxl"}
     annotators = tuple(WEIGHTS.values())
     params = (
         ParamSpec("detector", "choice", "pidinet", choices=tuple(WEIGHTS),

@@ -13,10 +13,10 @@ from sdcompose.plugins.api import Conditioner, ParamSpec
 
 class Tile(Conditioner):
     id = "tile"
+    api_version = "2.0"
     version = "1.0"
     help = "The image itself (optionally downsampled and blurred) for the tile ControlNet: keeps content, adds detail."
     families = frozenset({"sd15"})
-    controlnets = {"sd15": "controlnet-tile-sd15"}
     params = (
         ParamSpec("downsample", "float", 1.0, min=1.0, max=8.0, step=0.5,
                   help="Shrink the image by this factor (and back): higher lets the model invent more detail."),

@@ -18,6 +18,7 @@ SUFFIXES = (".safetensors", ".pth", ".ckpt")
 
 class SpandrelUpscaler(Upscaler):
     id = "spandrel"
+    api_version = "2.0"
     version = "1.0"
     help = "Upscaler networks (ESRGAN, Real-ESRGAN, SwinIR, ...) recognised by spandrel from their weights."
 

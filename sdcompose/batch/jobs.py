@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdcompose.errors import SdcomposeError, ValidationError, suggest
-from sdcompose.request import Control, GenerationRequest, Lora, validate
+from sdcompose.errors import SdcomposeError, ValidationError
+from sdcompose.request import GenerationRequest, validate
+from sdcompose.request_json import request_from_json as from_json
 
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_LINE = 1 << 20  # a request line; images are given as paths, never inline
-IMAGE_FIELDS = ("init_image", "mask")
 
 
 @dataclass(frozen=True)
@@ -82,35 +82,8 @@ def default_id(data: dict[str, Any]) -> str:
 
 
 def request_from_json(data: dict[str, Any], folder: Path) -> GenerationRequest:
-    """A GenerationRequest from its JSON form; unknown keys are refused with the nearest known name."""
-    data = dict(data)
-    _known(data, GenerationRequest, "request")
-    for name in IMAGE_FIELDS:
-        data[name] = _path(data.get(name), folder, name)
-    for name, kind in (("controls", Control), ("loras", Lora)):
-        items = data.get(name, [])
-        if not isinstance(items, list):
-            raise ValidationError(f"{name} must be a list, got {type(items).__name__}")
-        data[name] = [_item(kind, item, f"{name}[{i}]", folder) for i, item in enumerate(items)]
-    return GenerationRequest(**data)
-
-
-def _item(kind: type, item: Any, where: str, folder: Path) -> Any:
-    if not isinstance(item, dict):
-        raise ValidationError(f"{where} must be an object, got {type(item).__name__}")
-    _known(item, kind, where)
-    if "id" not in item:
-        raise ValidationError(f"{where} needs an id")
-    if kind is Control:
-        item = dict(item, image=_path(item.get("image"), folder, f"{where} image"))
-    return kind(**item)
-
-
-def _known(data: dict[str, Any], kind: type, where: str) -> None:
-    names = list(kind.model_fields)
-    for key in data:
-        if key not in names:
-            raise ValidationError(f"{where} has an unknown field {str(key)[:60]!r}{suggest(str(key), names)}")
+    """A GenerationRequest from a line's JSON (``sdcompose.request_json``); image paths relative to ``folder``."""
+    return from_json(data, lambda value, name: _path(value, folder, name))
 
 
 def _path(value: Any, folder: Path, name: str) -> Any:
