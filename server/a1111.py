@@ -122,7 +122,13 @@ def router(service: Service) -> APIRouter:
 
     @api.get("/sdapi/v1/embeddings")
     async def embeddings() -> dict[str, Any]:
-        return {"loaded": {}, "skipped": {}}
+        """A1111's answer: the current checkpoint's family's embeddings as loaded, the other families' as skipped."""
+        family = next((m.get("family") for m in service.pipeline.models() if m["id"] == service.model), None)
+        found: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
+        for m in _entries(service, "embedding"):
+            found["loaded" if m.get("family") == family else "skipped"][m["id"]] = {
+                "step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None, "vectors": None}
+        return found
 
     @api.get("/sdapi/v1/scripts")
     async def scripts() -> dict[str, list[str]]:

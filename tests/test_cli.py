@@ -29,6 +29,16 @@ def test_generate_then_reproduce_gives_identical_pixels(tmp_path, photo, home):
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "again.png")))
 
 
+def test_a_lora_tag_in_the_prompt_equals_the_lora_flag(tmp_path, home):
+    run = ["generate", "--model", "tiny-sd15", "--seed", "2", "-W", "64", "-H", "64", "--steps", "2"]
+    tagged = cli(*run, "-o", tmp_path / "tag.png", "a castle <lora:tiny-lora-sd15:0.8>")
+    flagged = cli(*run, "--lora", "tiny-lora-sd15:0.8", "-o", tmp_path / "flag.png", "a castle")
+    plain = cli(*run, "-o", tmp_path / "plain.png", "a castle")
+    assert tagged.returncode == flagged.returncode == plain.returncode == 0, tagged.stderr + flagged.stderr
+    pixels = {name: np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("tag", "flag", "plain")}
+    assert np.array_equal(pixels["tag"], pixels["flag"]) and not np.array_equal(pixels["tag"], pixels["plain"])
+
+
 @pytest.mark.parametrize("args,message", [
     (["generate", "--model", "tiny-sd15", "-W", "100"], "width must be a multiple of 8, got 100"),
     (["generate", "--model", "tiny-sd16"], "no model 'tiny-sd16' in models.yaml (did you mean 'tiny-sd15'?)"),

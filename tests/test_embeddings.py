@@ -172,3 +172,18 @@ def test_pickled_embeddings_are_refused_unread(ti, tmp_path):
     with pytest.raises(CatalogError, match=r"models.yaml:3: models.evil: a textual-inversion embedding is one "
                                            r"\.safetensors file .*\.pt and \.bin embeddings are pickles"):
         sdcompose.Pipeline(models=yaml, device="cpu")
+
+
+def test_the_a1111_api_lists_the_embeddings_of_the_current_checkpoints_family(ti):
+    from starlette.testclient import TestClient
+
+    from sdcompose.server.app import build_app
+    from sdcompose.server.jobs import JobQueue
+    from sdcompose.server.service import Service
+    jobs = JobQueue()
+    try:
+        with TestClient(build_app(Service(ti, jobs, model="tiny-sd15"))) as client:
+            found = client.get("/sdapi/v1/embeddings").json()
+    finally:
+        jobs.close()
+    assert set(found["loaded"]) == {"tinyemb", "old-style"} and set(found["skipped"]) == {"tinyxl"}
