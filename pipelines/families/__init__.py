@@ -67,9 +67,15 @@ class Family:
         return _diffusers(self.multi_controlnet_class)
 
 
+_importing = threading.Lock()
+
+
 def _diffusers(name: str) -> Any:
+    """A diffusers class by name, imported one thread at a time: diffusers' lazy modules are not safe to import from
+    two threads at once (two batch workers asking for the SDXL pipeline both failed inside its import)."""
     import diffusers
-    return getattr(diffusers, name, None) or getattr(diffusers.models.controlnets, name)
+    with _importing:
+        return getattr(diffusers, name, None) or getattr(diffusers.models.controlnets, name)
 
 
 @dataclass
