@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdcompose.images import fit
+from sdcompose.images import fit, open_image
 from sdcompose.metadata import read_png
 
 PKG = f"sdc_edgenet_{uuid.uuid4().hex[:6]}"
@@ -148,7 +148,7 @@ def test_models_hash_prints_what_the_entry_needs_and_the_package_works_offline_f
     assert set(meta["models"]) == {"tiny-sd15", "tiny-controlnet-edgenet-sd15"}
     assert meta["plugins"]["edgenet"] == {"version": "0.1", "package": "sdc-edgenet", "api_version": "2.0"}
     grey = fit(Image.open(photo).convert("L").convert("RGB"), 64, 64, "crop_and_resize")
-    assert np.array_equal(np.asarray(inputs["control-0"].convert("RGB")), np.asarray(grey))  # the stand-in's kernel
+    assert np.array_equal(np.asarray(open_image(inputs["control-0"]).convert("RGB")), np.asarray(grey))  # the stand-in's kernel
 
 
 
