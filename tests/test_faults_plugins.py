@@ -86,8 +86,10 @@ class Raiser(Sobel):
 
     def preprocess(self, source, ctx, params):
         if self.signal:
-            import os, signal
-            os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next instruction, in this frame
+            import signal
+            # raise_signal runs the handler before it returns; os.kill could land on another of torch's threads and
+            # reach the main thread only after the plugin's own error (seen once in a loaded CI run)
+            signal.raise_signal(signal.SIGINT)
         raise self.error
 
 

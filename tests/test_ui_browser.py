@@ -67,6 +67,19 @@ def url(tmp_path_factory, home, outputs):
 
 
 @pytest.fixture(scope="module")
+def served(tmp_path_factory, home):
+    """The page as `sdcompose serve` mounts it, beside the HTTP APIs, its runs in their one job queue (with the
+    gate above); yields (address, its outputs folder)."""
+    folder = tmp_path_factory.mktemp("ui-served")
+    (folder / "gate").mkdir()
+    (folder / "gate" / "sitecustomize.py").write_text(GATE)
+    path = os.pathsep.join(filter(None, [str(folder / "gate"), os.environ.get("PYTHONPATH")]))
+    with running_ui(folder / "server.log", "--outputs", str(folder / "outputs"), env={"PYTHONPATH": path},
+                    command="serve") as (address, _):
+        yield address, folder / "outputs"
+
+
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
@@ -182,6 +195,35 @@ def test_stop_interrupts_a_long_run_and_errors_leave_the_session_working(page):
     page.click("#sdc-generate")
     page.get_by_text("1 image(s), seed").first.wait_for(timeout=60_000)  # the stopped run holds nothing
     assert served_png(page).size == (64, 64)
+
+
+def test_a_queued_run_shows_its_place_and_stop_withdraws_it_from_the_shared_queue(browser, served):
+    address, outputs = served
+    first, second = (browser.new_page(viewport={"width": 1400, "height": 1150}) for _ in range(2))
+    try:
+        for page in (first, second):
+            page.goto(address)
+            ready(page)
+        first.fill("#sdc-prompt textarea", GATED)
+        set_numbers(first, width=512, height=512, steps=150)
+        first.click("#sdc-generate")
+        first.get_by_text("of 150").first.wait_for(timeout=120_000)  # held at step 2 until its Stop
+        second.fill("#sdc-prompt textarea", "waits its turn")
+        set_numbers(second, width=64, height=64, steps=2)
+        second.click("#sdc-generate")
+        second.locator("#sdc-status").get_by_text("Queued: 1 request ahead of this one.").wait_for(timeout=120_000)
+        second.click("#sdc-stop")
+        second.locator("#sdc-status").get_by_text("Stopped: cancelled before it started.").wait_for(timeout=120_000)
+        assert "of 150" in first.inner_text("#sdc-progress"), "the first run goes on"
+        first.click("#sdc-stop")
+        first.get_by_text("Stopped: cancelled at step").wait_for(timeout=120_000)
+        assert not outputs.exists() or not any(outputs.rglob("*.png")), "the withdrawn run never ran"
+        second.click("#sdc-generate")  # the queue serves the page on
+        second.get_by_text("1 image(s), seed").first.wait_for(timeout=120_000)
+        assert served_png(second).size == (64, 64)
+    finally:
+        first.close()
+        second.close()
 
 
 def test_image_info_shows_metadata_as_text_and_restores_it(page, tmp_path):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 
 from sdcompose.images import fit
 from sdcompose.outputs import Outputs
+from sdcompose.server.jobs import JobQueue
 from sdcompose.ui.assist import Assist, fitted_size
 from sdcompose.ui.form import Form, Rejected
 from sdcompose.ui.handlers import Handlers, RunEvent, page_names, progress_bar
@@ -78,6 +81,61 @@ def test_a_run_in_page_saves_its_image_and_ends_with_the_success_line(handlers):
     assert json.loads(info)["seeds"] == [11]
     page = History(handlers.outputs).browse("KEPT", 1)
     assert page[1] == paths and page[2] == 1 and "1 image(s)" in page[3]
+
+
+def _drain(events):
+    """A run's events and what its generator returned."""
+    seen = []
+    try:
+        while True:
+            seen.append(next(events))
+    except StopIteration as end:
+        return seen, end.value
+
+
+def test_a_run_waiting_in_the_shared_queue_shows_its_place_and_stop_withdraws_it(pipe, tmp_path):
+    jobs = JobQueue()  # the one queue (``sdcompose serve`` shares it with the HTTP APIs)
+    started, release = threading.Event(), threading.Event()
+    try:
+        handlers = Handlers(pipe, Form({}, [], 1), Sessions(tmp_path / "session"), ["tiny-sd15"],
+                            Outputs(tmp_path / "out"), jobs)
+        a, b = SimpleNamespace(session_hash="a"), SimpleNamespace(session_hash="b")
+
+        def held(cancel, preview):  # the first run: holds the device until released
+            started.set()
+            preview(1, 2, None)
+            assert release.wait(120)
+            preview(2, 2, None)
+            return "first"
+
+        first: dict = {}
+        thread = threading.Thread(
+            target=lambda: first.update(zip(("events", "value"), _drain(handlers.worker("a", held)))))
+        thread.start()
+        assert started.wait(120)
+        second = handlers.generate_in_page(b, **(handlers.form.defaults() | dict(prompt="waits", **SMALL)))
+        statuses = []
+        for out in second:  # up to its place in the queue
+            statuses.append(out[2])
+            if out[2].startswith("Queued"):
+                break
+        assert statuses[-1] == "Queued: 1 request ahead of this one.", statuses
+        assert handlers.stop(b) == "Withdrawn from the queue."
+        *_, (gallery, info, status, seed, bar, paths) = list(second)
+        assert status == "Stopped: cancelled before it started." and bar == ""
+        assert handlers.stop(b) == "Nothing is running."
+        assert thread.is_alive(), "the first run goes on"
+        release.set()
+        thread.join(120)
+        assert first["value"] == "first" and [e.step for e in first["events"]] == [1, 2]
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png")), "the second never ran"
+        # the queue serves the page's next run as before
+        *_, (gallery, info, status, seed, bar, paths) = list(handlers.generate_in_page(
+            b, **(handlers.form.defaults() | dict(prompt="runs", seed=5, **SMALL))))
+        assert "1 image(s), seed 5" in status and len(paths) == 1
+    finally:
+        release.set()
+        jobs.close()
 
 
 def test_the_progress_bar_counts_steps_and_time_left():

@@ -36,19 +36,22 @@ INTRO = ("**sdcompose**: Stable Diffusion with ControlNet conditioners and LoRA 
 TAB_NAMES = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint"}
 # A1111's img2img resize modes, by their names there
 INPUT_RESIZE_MODES = [(mode.replace("_", " ").capitalize(), mode) for mode in RESIZE_MODES]
+WAITING = 16  # page runs in flight at once with a job queue (each waits there; more wait in Gradio's queue)
 IMAGE_FIELDS = ("init_image", "inpaint", "mask")  # not kept in the browser's storage, as the units' images
 Add = Callable[[str, Any], Any]
 
 
 def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, save: bool = True,
-              outputs: str | Path | None = None, model: str | None = None) -> gr.Blocks:
+              outputs: str | Path | None = None, model: str | None = None, jobs: Any = None) -> gr.Blocks:
     """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units, ``model`` picked.
 
     Every image is kept in ``outputs`` (default ``$SDCOMPOSE_HOME/outputs``, see ``sdcompose.outputs``) and
     listed in the History tab; Gradio serves that folder's PNGs as they are. ``save=False`` keeps images only
     for the browser session, under ``workdir`` (default: a temporary folder removed at exit), deleted when its
     tab closes; Gradio serves them from its own cache, so a ``workdir`` outside the system temp folder must be
-    in ``launch(allowed_paths=...)``.
+    in ``launch(allowed_paths=...)``. ``jobs``: the ``sdcompose.server.jobs.JobQueue`` runs wait in (``sdcompose
+    serve`` passes the one its HTTP APIs use): the page shows a run's place in it, and Stop withdraws a waiting
+    run. Without one (``sdcompose ui``) runs wait in Gradio's queue, one at a time.
     """
     units = max(1, min(units, LIMITS["controls"]))
     if workdir is None:
@@ -63,7 +66,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, 
     form = Form(conditioners, [e.id for e in loras], units)
     model_choices, default_model = widgets.base_models(pipeline, model)
     handlers = Handlers(pipeline, form, Sessions(Path(workdir) / "outputs"), [value for _, value in model_choices],
-                        kept)
+                        kept, jobs)
     history = History(kept)
     defaults = form.defaults() | {"model": default_model}
     fields: dict[str, Any] = {}
@@ -220,7 +223,10 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
           queue=False)
     ui.forget_form.click(None, None, None, js=browser.forget_form())
     outputs = [ui.gallery, ui.info, ui.status, ui.last_seed]
-    run = dict(inputs_kwargs=fields, concurrency_limit=1, concurrency_id="device")
+    # With the shared job queue, runs wait there (their place shows, Stop withdraws them), not in Gradio's.
+    device = dict(concurrency_limit=1, concurrency_id="device") if handlers.jobs is None else \
+        dict(concurrency_limit=WAITING, concurrency_id="generate")
+    run = dict(inputs_kwargs=fields, **device)
     ui.api_generate.click(with_fields(handlers.generate, list(fields)), outputs=outputs, api_name="generate",
                           show_progress_on=ui.gallery, **run)
     # The page's run: the status line is cleared as it starts; progress has its own bar, the previews show in
@@ -228,7 +234,7 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
     started = gr.on([ui.generate.click], lambda: ("Waiting for the device\u2026", ""), None, [ui.status, ui.progress],
                     api_name="clear_status", api_visibility="undocumented", queue=False)
     in_page = dict(outputs=[*outputs, ui.progress, ui.gallery_paths], show_progress="minimal",
-                   show_progress_on=ui.progress, concurrency_limit=1, concurrency_id="device")
+                   show_progress_on=ui.progress, **device)
     started.then(with_fields(handlers.generate_in_page, list(fields)), inputs_kwargs=fields,
                  api_name="generate_in_page", api_visibility="undocumented", **in_page)
     # The X/Y/Z plot: the form's request over its axes, one job on the same queue, shown and kept as a run is.

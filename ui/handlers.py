@@ -100,6 +100,31 @@ def progress_bar(event: RunEvent) -> str:
             f'<div class="sdc-bar-text">Step {event.step} of {event.total}{left}</div>')
 
 
+def waiting_line(ahead: int) -> str:
+    """The status while a run waits in the job queue: how many run before it."""
+    return f"Queued: {ahead} request{'s' if ahead > 1 else ''} ahead of this one."
+
+
+def _steps(items: Iterator[Any]) -> Iterator[RunEvent]:
+    """A run's ``(step, total, image)`` items (or status lines) as events: a preview image at most four times a
+    second, and the time left."""
+    shown, first = 0.0, None
+    for item in items:
+        if isinstance(item, str):
+            yield RunEvent(status=item)
+            continue
+        step, total, image = item
+        first = first or (time.monotonic(), step)
+        due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
+        shown = time.monotonic() if due else shown
+        yield RunEvent(step=step, total=total, image=image if due else None, status=f"Step {step} of {total}",
+                       eta=_eta(first, step, total))
+
+
+def _stopped(error: BaseException | None) -> RunEvent:
+    return RunEvent(done=True, status=f"Stopped: {error}.", gallery=gr.skip(), info=gr.skip(), seed=gr.skip())
+
+
 def _eta(first: tuple[float, int], step: int, total: int) -> float | None:
     """Seconds left, from the pace since the first step reported (None until there is a pace)."""
     since, first_step = first
@@ -145,10 +170,12 @@ def session_of(request: gr.Request | None) -> str | None:
 
 class Handlers:
     def __init__(self, pipeline: Any, form: Form, sessions: Sessions, base_ids: list[str],
-                 outputs: Outputs | None = None) -> None:
-        """``outputs``: where every image is kept (None: only for the session, in ``sessions``' folders)."""
+                 outputs: Outputs | None = None, jobs: Any = None) -> None:
+        """``outputs``: where every image is kept (None: only for the session, in ``sessions``' folders); ``jobs``:
+        the ``sdcompose.server.jobs.JobQueue`` runs wait in (``sdcompose serve`` passes the one its HTTP APIs use;
+        None: each run in its own thread, one at a time by Gradio's queue)."""
         self.pipeline, self.form, self.sessions, self.base_ids = pipeline, form, sessions, base_ids
-        self.outputs = outputs
+        self.outputs, self.jobs = outputs, jobs
         self.names = list(form.defaults())
 
     # ---- generate and stop -------------------------------------------------------------------
@@ -158,6 +185,8 @@ class Handlers:
         for event in self._run(session_of(request), values):
             if event.done:
                 yield event.gallery, event.info, event.status, event.seed
+            elif event.status.startswith("Queued:"):  # waiting in the job queue, its place in the status
+                yield gr.skip(), gr.skip(), event.status, gr.skip()
             elif event.total:
                 progress((event.step, event.total), desc=f"step {event.step} of {event.total}", unit="steps")
                 if event.image is not None:
@@ -214,7 +243,10 @@ class Handlers:
     def worker(self, session: str | None, job: Callable[[threading.Event, Callable], Any]) -> Iterator[RunEvent]:
         """``job(cancel, preview)`` in a worker thread, Stop setting ``cancel``: yields its steps (a preview image at
         most four times a second); returns what the job returns, or None when it was stopped (after yielding the
-        "Stopped" event). Errors are raised again here."""
+        "Stopped" event). Errors are raised again here. With a job queue (``jobs``) the job waits there, behind
+        the HTTP APIs' requests too: its place shows while it waits, and Stop withdraws it (it never runs)."""
+        if self.jobs is not None:
+            return (yield from self._queued(session, job))
         with self.sessions.cancel_flag(session) as cancel:
             steps: queue.Queue = queue.Queue()
             outcome: dict[str, Any] = {}
@@ -229,25 +261,69 @@ class Handlers:
 
             thread = threading.Thread(target=work, name="sdcompose-generate", daemon=True)
             thread.start()
-            shown, first = 0.0, None
             try:
-                while (item := steps.get()) is not None:
-                    step, total, image = item
-                    first = first or (time.monotonic(), step)
-                    due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
-                    shown = time.monotonic() if due else shown
-                    yield RunEvent(step=step, total=total, image=image if due else None,
-                                   status=f"Step {step} of {total}", eta=_eta(first, step, total))
+                yield from _steps(iter(steps.get, None))
             finally:  # the page went away mid-run: stop the worker at its next step
                 if thread.is_alive():
                     cancel.set()
             if isinstance(outcome.get("error"), Cancelled):
-                yield RunEvent(done=True, status=f"Stopped: {outcome['error']}.", gallery=gr.skip(), info=gr.skip(),
-                               seed=gr.skip())
+                yield _stopped(outcome["error"])
                 return None
             if "error" in outcome:
                 raise outcome["error"]
             return outcome["result"]
+
+    def _queued(self, session: str | None, job: Callable[[threading.Event, Callable], Any]) -> Iterator[RunEvent]:
+        """``worker`` through the job queue: the queue's worker thread runs ``job``; its steps and every change of
+        the queued job (its place, its end) reach this generator through one queue."""
+        items: queue.Queue = queue.Queue()
+        changed = object()
+        queued = self.jobs.submit(lambda progress, cancel, preview: job(
+            cancel, lambda step, total, image: items.put((step, total, image))), label="ui")
+
+        def withdraw() -> str:
+            waiting = queued.state == "queued"
+            self.jobs.cancel(queued.id)
+            return "withdrawn" if waiting else "stopping"
+
+        def listen() -> None:
+            items.put(changed)
+
+        def events() -> Iterator[tuple]:
+            last = None
+            while True:
+                if queued.state == "queued":
+                    ahead = self.jobs.position(queued)
+                    if ahead and ahead != last:  # 0: nothing runs before it, it starts now
+                        last = ahead
+                        yield waiting_line(ahead)
+                item = items.get()
+                if item is not changed:
+                    yield item
+                elif queued.wait(0):  # finished: every step it made is in ``items`` by now
+                    while True:
+                        try:
+                            item = items.get_nowait()
+                        except queue.Empty:
+                            return
+                        if item is not changed:
+                            yield item
+
+        queued.subscribe(listen)
+        items.put(changed)  # in case it changed before the subscription
+        with self.sessions.running(session, withdraw):
+            try:
+                yield from _steps(events())
+            finally:  # the page went away: withdraw the request, or stop it at its next step
+                queued.unsubscribe(listen)
+                if not queued.wait(0):
+                    self.jobs.cancel(queued.id)
+        if queued.state == "cancelled":
+            yield _stopped(queued.error)
+            return None
+        if queued.state == "failed":
+            raise queued.error
+        return queued.result
 
     def preparing(self, model: str | None) -> str:
         """The status line until the first step: the base model loading (or downloading, on first use)."""
@@ -259,8 +335,11 @@ class Handlers:
         return f"Loading {escape(entry.id)}\u2026"
 
     def stop(self, request: gr.Request) -> str:
+        """Stop: a queued run is withdrawn (it never runs), a running one stops at the end of its step."""
         stopped = self.sessions.stop(session_of(request))
-        return "Stopping at the end of this step." if stopped else "Nothing is running."
+        if not stopped:
+            return "Nothing is running."
+        return "Stopping at the end of this step." if "stopping" in stopped else "Withdrawn from the queue."
 
     def forget(self, request: gr.Request) -> None:
         self.sessions.forget(session_of(request))

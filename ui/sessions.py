@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 
 class Sessions:
@@ -16,7 +17,7 @@ class Sessions:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
-        self._running: dict[str, set[threading.Event]] = {}
+        self._running: dict[str, set[Callable[[], str]]] = {}
 
     def folder(self, session: str | None, *parts: str) -> Path:
         name = re.sub(r"[^A-Za-z0-9_-]", "", session or "") or "anonymous"
@@ -32,21 +33,26 @@ class Sessions:
     def cancel_flag(self, session: str | None) -> Iterator[threading.Event]:
         """An event that ``stop(session)`` sets while the block runs."""
         event = threading.Event()
-        with self._lock:
-            self._running.setdefault(session or "", set()).add(event)
-        try:
+        with self.running(session, lambda: event.set() or "stopping"):
             yield event
+
+    @contextmanager
+    def running(self, session: str | None, stop: Callable[[], str]) -> Iterator[None]:
+        """While the block runs, ``stop(session)`` calls ``stop()``: it withdraws a queued generation or stops a
+        running one, and says which ("withdrawn" or "stopping")."""
+        with self._lock:
+            self._running.setdefault(session or "", set()).add(stop)
+        try:
+            yield
         finally:
             with self._lock:
-                self._running.get(session or "", set()).discard(event)
+                self._running.get(session or "", set()).discard(stop)
 
-    def stop(self, session: str | None) -> int:
-        """Set the cancel flag of every generation this session is running; return how many."""
+    def stop(self, session: str | None) -> list[str]:
+        """Stop every generation this session has queued or running; what each stop said."""
         with self._lock:
-            events = list(self._running.get(session or "", ()))
-        for event in events:
-            event.set()
-        return len(events)
+            stops = list(self._running.get(session or "", ()))
+        return [stop() for stop in stops]
 
     def forget(self, session: str | None) -> None:
         """The tab closed: stop its work and delete its files."""
