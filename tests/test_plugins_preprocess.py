@@ -19,11 +19,12 @@ def cli(*args):
 
 
 def halves(width=128, height=64):
-    """Left half red, right half blue, with a 1-px green frame: resize modes are visible in it."""
+    """A grey depth map: left half at pure red's luma, right half at pure blue's, with a 1-px frame at green's
+    (a grey picture: a coloured one would be refused as a colour-mapped depth picture): resize modes show in it."""
     array = np.zeros((height, width, 3), np.uint8)
-    array[:, : width // 2] = (255, 0, 0)
-    array[:, width // 2:] = (0, 0, 255)
-    array[[0, -1], :] = array[:, [0, -1]] = (0, 255, 0)
+    array[:, : width // 2] = round(0.299 * 255)
+    array[:, width // 2:] = round(0.114 * 255)
+    array[[0, -1], :] = array[:, [0, -1]] = round(0.587 * 255)
     return array
 
 
@@ -34,7 +35,7 @@ def test_resize_modes_size_the_map_as_named(pipe):
 
     stretched, cropped, filled = make("just_resize"), make("crop_and_resize"), make("resize_and_fill")
     assert stretched.shape == cropped.shape == filled.shape == (64, 64, 3)
-    red, blue = round(0.299 * 255), round(0.114 * 255)  # the halves as grey depth values (ITU-R 601 luma)
+    red, blue = round(0.299 * 255), round(0.114 * 255)  # the halves' grey values
     # just_resize: the whole picture squeezed in, both halves side by side, the frame on all four sides
     assert abs(stretched[32, 16, 0] - red) <= 2 and abs(stretched[32, 48, 0] - blue) <= 2
     assert stretched[0, 32, 0] > blue and stretched[32, 0, 0] > red
