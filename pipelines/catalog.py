@@ -50,7 +50,7 @@ class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = ""
-    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler"]
+    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler", "ip_adapter", "image_encoder"]
     family: Literal["sd15", "sdxl"] | None = None
     description: str = ""
     license: str = ""
@@ -67,6 +67,7 @@ class Entry(BaseModel):
     trigger_words: tuple[str, ...] = ()
     allow_pickle: bool = False
     recommended: Recommended | None = None  # steps, guidance, sampler hints (few-step models)
+    image_encoder: str | None = None  # an ip_adapter's CLIP vision encoder: a models.yaml image_encoder id
     found: str | None = None
 
     @model_validator(mode="after")
@@ -81,8 +82,11 @@ class Entry(BaseModel):
             raise ValueError("a single `file` needs its `sha256`")
         if self.file and self.kind in ("base", "controlnet") and not self.config:
             raise ValueError(f"a single-file {self.kind} needs an explicit `config` (sd15, sdxl or a folder)")
-        if self.kind not in ("annotator", "upscaler") and self.family is None:
+        if self.kind not in ("annotator", "upscaler", "image_encoder") and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` (sd15 or sdxl)")
+        if (self.kind == "ip_adapter") != (self.image_encoder is not None):
+            raise ValueError("an ip_adapter needs `image_encoder:` (a models.yaml image_encoder id), and only an "
+                             "ip_adapter has one")
         return self
 
     @field_validator("path", "file", "subfolder", "filename", "config")

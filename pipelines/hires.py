@@ -51,7 +51,7 @@ def run(pipe: Any, req: Any, progress: Callable[[int, int], None] | None = None,
         per_image.append(_record(req, first.per_image[i], second.per_image[0], hires, upscaled_with))
     shared = {k: v for k, v in per_image[0].items() if k not in ("seed", "image_index")}
     shared["seeds"] = first.metadata["seeds"]
-    inputs = {k: v for k, v in first.inputs.items() if k.startswith("control-")}
+    inputs = {k: v for k, v in first.inputs.items() if k.startswith(("control-", "ip-adapter-"))}
     return Result(images=images, metadata=shared, per_image=per_image, arrays=arrays, inputs=inputs)
 
 

@@ -23,6 +23,7 @@ HUB_PATTERNS = {
              "text_encoder*/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
              "vae/config.json", "vae/diffusion_pytorch_model.safetensors"],
     "controlnet": ["config.json", "diffusion_pytorch_model.safetensors"],
+    "image_encoder": ["config.json", "model.safetensors"],
 }
 
 # Loading patches torch.nn for the whole process while it runs (accelerate's init_empty_weights, used by
@@ -216,3 +217,16 @@ class Loader:
 def _stamp(path: Path) -> tuple[int, int, int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+def image_encoder(loader: Loader, entry: Entry, dtype: torch.dtype):
+    """An IP-Adapter's CLIP vision encoder (``CLIPVisionModelWithProjection``), on the CPU in ``dtype``."""
+    from transformers import CLIPVisionModelWithProjection
+    source = loader.verified_path(entry)
+    with LOADING:
+        try:
+            return CLIPVisionModelWithProjection.from_pretrained(source, dtype=dtype, local_files_only=True,
+                                                                 use_safetensors=not entry.allow_pickle or None)
+        except Exception as exc:  # a malformed file or config: one sentence
+            raise ModelError(f"image encoder {entry.id!r} from {source} did not load as a CLIP vision model: "
+                             f"{first_line(exc)}") from None

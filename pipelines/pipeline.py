@@ -21,7 +21,7 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, hires, memory, prompt_encode, schedulers, upscale, vae_guard
+from sdcompose.pipelines import attention, compose, hires, ip_adapters, memory, prompt_encode, schedulers, upscale, vae_guard
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -77,6 +77,7 @@ class Pipeline:
         self._maps: OrderedDict[str, Image.Image] = OrderedDict()
         self._placement = memory.Placement()
         self._fast = FastMode(home() / "compile")
+        self._encoders = ip_adapters.Encoders()
 
     # ---- public API ------------------------------------------------------------------------
     def generate(self, prompt: str | None = None, /, progress: Callable[[int, int], None] | None = None,
@@ -105,9 +106,11 @@ class Pipeline:
             init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
                 if req.init_image is not None else None
             mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
+            refs = ip_adapters.references(plan.ip_adapters)
         with self._lock:
-            arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel, preview)
+            arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel, preview, refs)
         inputs = {f"control-{i}": m for i, m in enumerate(maps)}
+        inputs.update(ip_adapters.inputs(refs))
         inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
         return self._result(plan, arrays, report, inputs, runtime)
 
@@ -326,6 +329,8 @@ class Pipeline:
         modules = {name: m for name, m in components.items() if isinstance(m, torch.nn.Module)}
         keep = max(CONTROLNETS_KEPT, len({u.controlnet.id for u in plan.units}))
         modules.update({f"controlnet:{i}": self._controlnet(u.controlnet, keep) for i, u in enumerate(plan.units)})
+        if plan.ip_adapters:
+            modules["image_encoder"] = self._encoders.get(self.loader, plan.ip_adapters[0].encoder, self.dtype)
         return modules
 
     def _compose(self, plan: Plan, modules: dict[str, torch.nn.Module]):
@@ -337,7 +342,7 @@ class Pipeline:
     def _cached_besides(self, modules: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
         used = {id(m) for m in modules.values()}
         cached = [m for c in self._bases.values() for m in c.values() if isinstance(m, torch.nn.Module)]
-        return [m for m in cached + list(self._controlnets.values()) if id(m) not in used]
+        return [m for m in cached + list(self._controlnets.values()) + self._encoders.modules() if id(m) not in used]
 
     def _free(self) -> None:
         gc.collect()
@@ -346,7 +351,7 @@ class Pipeline:
 
     def _denoise(self, plan: Plan, maps: list[Image.Image], init: Any, mask: Any,
                  progress: Callable[[int, int], None] | None, cancel: threading.Event | None,
-                 preview: Callable[[int, int, Image.Image], None] | None = None):
+                 preview: Callable[[int, int, Image.Image], None] | None = None, refs: list = ()):
         req = plan.request
         backend, backend_reason = attention.choose(req.attention, self.device)
         models = self._modules(plan)
@@ -371,9 +376,13 @@ class Pipeline:
             if preview is not None and tensors.get("latents") is not None:
                 preview(step + 1, req.steps, latents_to_image(tensors["latents"], plan.family))
             final["latents"] = tensors.get("latents")
+            if ip_plugin is not None:  # each IP-Adapter acts from its start to its end
+                ip_plugin.set_scales(_pipe, ip_adapters.scales(plan.ip_adapters, step + 1, ip_total))
             return tensors
 
         adapter = self.registry.get("lora", "adapter") if plan.loras else self._loaded_adapter()
+        ip_plugin = self.registry.get(ip_adapters.PLUGIN, "ip_adapter") if plan.ip_adapters else None
+        ip_total, ip_call, ip_report = ip_adapters.steps_run(req), {}, {}
         report: dict[str, Any] = {}
         stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
         try:
@@ -381,11 +390,16 @@ class Pipeline:
             attention.apply(list(models.values()), backend)
             if adapter is not None:
                 report = self._apply_adapter(adapter, pipe, plan)
+            if ip_plugin is not None:
+                ip_call, ip_report = ip_adapters.apply(ip_plugin, pipe, plan.ip_adapters, list(refs),
+                                                       models["image_encoder"], self.loader,
+                                                       PluginContext(device=self.device, dtype=self.dtype), ip_total)
             self._placement.attach(pipe, models, plan_memory, self.device)
             graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
             with torch.inference_mode(), \
                     self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
                 kwargs = self._call_arguments(pipe, plan, maps, init, mask)  # encodes prompts: after placement, LoRAs
+                kwargs.update(ip_call)
                 with vae_guard.Watch(pipe.vae) as watch:
                     output = pipe(**kwargs, callback_on_step_end=on_step)
                 images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
@@ -401,6 +415,8 @@ class Pipeline:
                                   f"{describe(exc)}") from None
             raise
         finally:
+            if ip_plugin is not None:
+                ip_adapters.remove(ip_plugin, pipe, lambda why: self._drop_base(plan.base.id, why))
             if adapter is not None:
                 self._remove_adapter(adapter, pipe, plan.base.id)
         if stopped == "oom":
@@ -415,6 +431,8 @@ class Pipeline:
         arrays = [np.asarray(a, dtype=np.float32) for a in images]
         runtime = {"memory_plan": plan_memory.describe(), "attention": {"backend": backend, "reason": backend_reason},
                    "fast": fast_report, "vae_decode": vae_decode}
+        if ip_report:
+            runtime["ip_adapter_report"] = ip_report
         return arrays, report, runtime
 
     def _call_arguments(self, pipe: Any, plan: Plan, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
@@ -449,20 +467,27 @@ class Pipeline:
         try:
             adapter.remove(pipe)
         except Exception as exc:
-            self._bases.pop(base_id, None)
-            self._free()
-            warnings.warn(f"adapter plugin {adapter.id!r} could not remove its weights ({type(exc).__name__}: "
-                          f"{exc}); base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=2)
+            self._drop_base(base_id, f"adapter plugin {adapter.id!r} could not remove its weights "
+                                     f"({type(exc).__name__}: {exc})")
+
+    def _drop_base(self, base_id: str, why: str) -> None:
+        self._bases.pop(base_id, None)
+        self._free()
+        warnings.warn(f"{why}; base {base_id!r} will be loaded again", RuntimeWarning, stacklevel=3)
 
     # ---- results -------------------------------------------------------------------------------
     def _result(self, plan: Plan, arrays: list[np.ndarray], report: dict[str, Any],
                 inputs: dict[str, Image.Image], runtime: dict[str, Any]) -> Result:
         req = plan.request
-        entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras)]
+        entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras),
+                   *ip_adapters.entries(plan.ip_adapters)]
         models = {e.id: {"kind": e.kind, "family": e.family, "source": _source_of(e),
                          "sha256": self.loader.hashes(e)} for e in entries}
         plugins = {u.control.id: {"version": u.plugin.version, "package": self.registry.entries[u.control.id].package}
                    for u in plan.units}
+        if plan.ip_adapters:
+            plugins[ip_adapters.PLUGIN] = {"version": self.registry.get(ip_adapters.PLUGIN).version,
+                                           "package": self.registry.entries[ip_adapters.PLUGIN].package}
         shared = {
             "format": FORMAT, "task": req.task, "request": req.summary(), "seeds": [req.seed + i for i in range(req.batch)],
             "models": models, "plugins": plugins, "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),

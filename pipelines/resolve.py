@@ -9,6 +9,7 @@ from typing import Any
 
 from sdcompose.errors import ModelError, suggest
 from sdcompose.prompt_syntax import lora_tags
+from sdcompose.pipelines import ip_adapters
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.plugins.api import PluginError
 from sdcompose.plugins.registry import Registry
@@ -29,6 +30,7 @@ class Plan:
     units: list[Unit] = field(default_factory=list)
     loras: list[tuple[Entry, float]] = field(default_factory=list)
     prompt: str = ""  # the prompt to encode: the request's, its <lora:...> tags taken out
+    ip_adapters: list[Any] = field(default_factory=list)  # ip_adapters.Unit, one per request IP-Adapter
 
     @property
     def family(self) -> str:
@@ -64,6 +66,7 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
             raise ModelError(f"lora {entry.id!r} is asked for twice (in loras and as a <lora:...> tag, or in two "
                              "tags); give it once")
         plan.loras.append((entry, weight))
+    plan.ip_adapters = ip_adapters.resolve(req.ip_adapters, catalog, base)
     return plan
 
 

@@ -21,7 +21,7 @@ API_VERSION = "1.2"  # 1.1: first_line; 1.2: Upscaler
 API_MAJOR = 1
 
 FAMILIES = frozenset({"sd15", "sdxl"})
-KINDS = frozenset({"conditioner", "adapter", "upscaler"})
+KINDS = frozenset({"conditioner", "adapter", "upscaler", "ip_adapter"})
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 
 
@@ -187,4 +187,28 @@ class Upscaler(Plugin):
     def load(self, path: Path, ctx: PluginContext) -> Any:
         """Return a network for ``path`` on ``ctx.device``: called with a float RGB tensor (N, 3, H, W) in [0, 1],
         it returns (N, 3, H * scale, W * scale) in [0, 1]; its ``scale`` attribute is that whole factor."""
+        raise NotImplementedError
+
+
+class IpAdapterLoader(Plugin):
+    """Adds image prompts (IP-Adapter) to a composed pipeline for one request.
+
+    The core resolves the models.yaml entries, loads each unit's image encoder and reference images, and calls
+    ``apply`` before denoising, ``set_scales`` before every step (each unit's weight, or 0 outside its start/end),
+    and ``remove`` in a ``finally`` after it, so no request sees another's adapters.
+    """
+
+    kind: ClassVar[str] = "ip_adapter"
+
+    def apply(self, pipe: Any, units: list[dict[str, Any]], ctx: PluginContext) -> dict[str, Any]:
+        """Load ``units`` (each: id, path, entry, encoder (the loaded module), images (RGB PIL), weight, start, end)
+        into ``pipe``; return ``{"arguments": extra pipe(...) keywords, "report": JSON-ready data}``."""
+        raise NotImplementedError
+
+    def set_scales(self, pipe: Any, scales: list[float]) -> None:
+        """Set each unit's scale (one float per unit, in order) for the next step."""
+        raise NotImplementedError
+
+    def remove(self, pipe: Any) -> None:
+        """Return ``pipe``'s shared modules to their state before ``apply`` (also after a failed or partial one)."""
         raise NotImplementedError
