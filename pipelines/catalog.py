@@ -18,6 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from sdcompose.errors import CatalogError, ModelError, first_line, suggest
+from sdcompose.pipelines import families
 from sdcompose.pipelines.folders import FolderIndex
 from sdcompose.settings import Settings
 
@@ -51,7 +52,7 @@ class Entry(BaseModel):
 
     id: str = ""
     kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler", "ip_adapter", "image_encoder"]
-    family: Literal["sd15", "sdxl"] | None = None
+    family: str | None = None  # a model family (pipelines/families/)
     description: str = ""
     license: str = ""
     repo: str | None = Field(default=None, pattern=r"^[\w.-]+/[\w.-]+$")
@@ -61,7 +62,7 @@ class Entry(BaseModel):
     path: str | None = None
     file: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    config: str | None = None  # single-file models: shipped config name (sd15 | sdxl) or a diffusers folder
+    config: str | None = None  # single-file models: a family's shipped config name (sd15, sdxl) or a diffusers folder
     tiny: bool = False
     stands_in_for: str | None = None
     trigger_words: tuple[str, ...] = ()
@@ -81,13 +82,21 @@ class Entry(BaseModel):
         if self.file and not self.sha256:
             raise ValueError("a single `file` needs its `sha256`")
         if self.file and self.kind in ("base", "controlnet") and not self.config:
-            raise ValueError(f"a single-file {self.kind} needs an explicit `config` (sd15, sdxl or a folder)")
+            raise ValueError(f"a single-file {self.kind} needs an explicit `config` "
+                             f"({', '.join(families.shipped_configs())} or a folder)")
         if self.kind not in ("annotator", "upscaler", "image_encoder") and self.family is None:
-            raise ValueError(f"a {self.kind} needs a `family` (sd15 or sdxl)")
+            raise ValueError(f"a {self.kind} needs a `family` ({' or '.join(families.names())})")
         if (self.kind == "ip_adapter") != (self.image_encoder is not None):
             raise ValueError("an ip_adapter needs `image_encoder:` (a models.yaml image_encoder id), and only an "
                              "ip_adapter has one")
         return self
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str | None) -> str | None:
+        if value is not None and value not in families.names():
+            raise ValueError(f"family {value!r} is not one of {', '.join(families.names())}")
+        return value
 
     @field_validator("path", "file", "subfolder", "filename", "config")
     @classmethod
@@ -204,7 +213,7 @@ def read_catalog_file(path: Path, root: Path | None = None) -> tuple[dict[str, E
                                "is set by folder scans; use `file:` (or list the folder under `folders:`)")
         for name in ("path", "file", "config"):
             value = getattr(entry, name)
-            if root is None or value is None or (name == "config" and value in ("sd15", "sdxl")):
+            if root is None or value is None or (name == "config" and value in families.shipped_configs()):
                 continue
             target = _resolve(root / value)
             if target is None or not target.is_relative_to(root):
@@ -300,7 +309,7 @@ class Catalog:
 
     def found_config(self, entry: Entry) -> Path:
         found = self.index.by_id[entry.id]
-        return CONFIGS / found.config if found.config in ("sd15", "sdxl") else Path(found.config)
+        return CONFIGS / found.config if found.config in families.shipped_configs() else Path(found.config)
 
     def get(self, model_id: str, kind: str | None = None) -> Entry:
         entry = self.entries.get(model_id)

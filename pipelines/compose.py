@@ -8,20 +8,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-CLASSES = {
-    ("sd15", "txt2img", False): "StableDiffusionPipeline",
-    ("sd15", "img2img", False): "StableDiffusionImg2ImgPipeline",
-    ("sd15", "inpaint", False): "StableDiffusionInpaintPipeline",
-    ("sd15", "txt2img", True): "StableDiffusionControlNetPipeline",
-    ("sd15", "img2img", True): "StableDiffusionControlNetImg2ImgPipeline",
-    ("sd15", "inpaint", True): "StableDiffusionControlNetInpaintPipeline",
-    ("sdxl", "txt2img", False): "StableDiffusionXLPipeline",
-    ("sdxl", "img2img", False): "StableDiffusionXLImg2ImgPipeline",
-    ("sdxl", "inpaint", False): "StableDiffusionXLInpaintPipeline",
-    ("sdxl", "txt2img", True): "StableDiffusionXLControlNetPipeline",
-    ("sdxl", "img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
-    ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
-}
+from sdcompose.pipelines import families
 
 
 def build(family: str, task: str, components: dict[str, Any], controlnets: list[Any], control_modes: list[str] = ()):
@@ -30,8 +17,8 @@ def build(family: str, task: str, components: dict[str, Any], controlnets: list[
     A unit whose control mode is not ``balanced`` makes every unit a ``ModedControlNet`` in a
     ``MultiControlNetModel`` (see control_modes.py).
     """
-    import diffusers
-    cls = getattr(diffusers, CLASSES[(family, task, bool(controlnets))])
+    spec = families.get(family)
+    cls = spec.pipeline_class(task, bool(controlnets))
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {name: components.get(name) for name in accepted if name != "self"
               and accepted[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -45,7 +32,7 @@ def build(family: str, task: str, components: dict[str, Any], controlnets: list[
         controlnets = wrap(controlnets, list(control_modes))
     if controlnets:
         kwargs["controlnet"] = controlnets[0] if len(controlnets) == 1 and not moded else \
-            diffusers.models.controlnets.MultiControlNetModel(controlnets)
+            spec.multi_controlnet()(controlnets)
     pipe = cls(**kwargs)
     pipe.set_progress_bar_config(disable=True)
     for net in controlnets if moded else ():
@@ -54,8 +41,9 @@ def build(family: str, task: str, components: dict[str, Any], controlnets: list[
 
 
 def call_arguments(pipe: Any, req: Any, control_maps: list[Any], init: Any, mask: Any,
-                   generators: list[Any], controls: list[Any], prompt: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``pipe(...)``, with diffusers' own names.
+                   generators: list[Any], controls: list[Any], prompt: str | None = None, *,
+                   family: str) -> dict[str, Any]:
+    """Keyword arguments for ``pipe(...)``, with diffusers' own names (the control image's: ``family``'s).
 
     ``prompt``: the text to encode (default ``req.prompt``), LoRA tags already taken out. Emphasis, BREAK and
     long prompts become ``prompt_embeds`` (prompt_encode.py), so call this with the text encoders placed.
@@ -72,7 +60,7 @@ def call_arguments(pipe: Any, req: Any, control_maps: list[Any], init: Any, mask
         kw["mask_image"] = mask
     if control_maps:
         single = not hasattr(pipe.controlnet, "nets")  # one plain ControlNet, not a MultiControlNetModel
-        kw["image" if init is None else "control_image"] = control_maps[0] if single else control_maps
+        kw[families.get(family).control_image_args[req.task]] = control_maps[0] if single else control_maps
         kw["controlnet_conditioning_scale"] = controls[0].weight if single else [c.weight for c in controls]
         kw["control_guidance_start"] = controls[0].start if single else [c.start for c in controls]
         kw["control_guidance_end"] = controls[0].end if single else [c.end for c in controls]

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdcompose.pipelines import families
 from sdcompose.pipelines import header as headers
 
 # The sub-folders each tool keeps its models in, and the kind it expects there.
@@ -38,7 +39,7 @@ class Found:
     why: str
     status: str = "ok"
     id: str = ""
-    config: str | Path | None = None  # "sd15" / "sdxl" (shipped) or a config folder beside the file
+    config: str | Path | None = None  # a family's shipped config name or a config folder beside the file
     stamp: tuple = ()
     root: Path | None = None  # the scanned folder
     inner: str = ""  # from its tool's sub-folder, without the extension ("styles/fresh"): AUTOMATIC1111's name
@@ -160,7 +161,7 @@ def inspect(path: Path, root: Path, expected: str | None, cache: dict | None = N
     elif verdict.family is None:
         found.status = f"family unknown ({verdict.why}); add it to models.yaml with its family to use it"
     elif not verdict.supported:
-        found.status = f"unsupported family {verdict.family} ({verdict.why}); sdcompose runs sd15 and sdxl"
+        found.status = f"unsupported family {verdict.family} ({verdict.why}); sdcompose runs {' and '.join(families.names())}"
     elif verdict.kind in ("base", "controlnet"):
         found.config = _sidecar(path, verdict.kind, root) or (verdict.family if verdict.standard else None)
         if found.config is None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdcompose.pipelines import families
+
 MAX_HEADER = 16 * 2**20  # real checkpoints need ~0.3 MB, LoRAs with training metadata a few MB
 
 # modelspec.architecture / ss_base_model_version prefixes -> family ("" = a named unsupported family)
@@ -24,8 +26,9 @@ ARCHITECTURES = [
     ("stable-diffusion-3", "SD3"), ("sd3", "SD3"), ("flux", "Flux"), ("stable-cascade", "Stable Cascade"),
     ("pixart", "PixArt"), ("auraflow", "AuraFlow"), ("hunyuan", "Hunyuan-DiT"), ("kolors", "Kolors"),
 ]
-SUPPORTED = ("sd15", "sdxl")
 CONTEXT_DIM = {768: "sd15", 1024: "SD2", 2048: "sdxl"}  # width of the text features cross-attention reads
+EMBEDDING_DIM = {768: "sd15", 1024: "SD2"}  # a one-encoder embedding's vector width (SDXL's carry clip_l and clip_g)
+CONV_IN = [320, 4, 3, 3]  # the shipped configs' UNet input convolution, in the original layout
 
 
 class HeaderError(Exception):
@@ -41,7 +44,7 @@ class Verdict:
 
     @property
     def supported(self) -> bool:
-        return self.kind is not None and self.family in SUPPORTED
+        return self.kind is not None and self.family in families.names()
 
 
 def read_header(path: Path | str, limit: int = MAX_HEADER) -> dict[str, Any]:
@@ -156,7 +159,7 @@ def _checkpoint(header: dict[str, Any], keys: list[str], meta_family: str | None
         family, why = meta_family, "the file's modelspec metadata"
     else:
         return Verdict("base", None, "a UNet without a text encoder the rules know")
-    size = {"sd15": [320, 4, 3, 3], "sdxl": [320, 4, 3, 3]}[family] if family in SUPPORTED else None
+    size = CONV_IN if family in families.names() else None
     context = _context_family(header, [k for k in keys if k.startswith("model.diffusion_model.")], ("",), 1)
     standard = conv_in == size and context == family
     return Verdict("base", family, why, standard)
@@ -164,16 +167,16 @@ def _checkpoint(header: dict[str, Any], keys: list[str], meta_family: str | None
 
 def _controlnet(header: dict[str, Any], keys: list[str]) -> Verdict:
     ldm = any("input_hint_block." in k for k in keys)
-    sdxl = any(k.startswith(("control_model.label_emb.", "label_emb.", "add_embedding.")) for k in keys)
+    added = any(k.startswith(("control_model.label_emb.", "label_emb.", "add_embedding.")) for k in keys)
     context = _context_family(header, keys, ("",), 1)
     if context == "SD2":
         return Verdict("controlnet", "SD2", "1024-wide cross-attention (SD2 text features)")
-    family = "sdxl" if sdxl else "sd15"
-    why = ("added time/text embedding (SDXL)" if sdxl else "no added embedding (SD1.5)") + \
+    family = "sdxl" if added else "sd15"
+    why = ("added time/text embedding (SDXL)" if added else "no added embedding (SD1.5)") + \
         (", original layout" if ldm else ", diffusers layout")
     conv = next((_shape(header, k) for k in ("control_model.input_blocks.0.0.weight", "input_blocks.0.0.weight",
                                               "conv_in.weight") if k in header), None)
-    standard = conv == [320, 4, 3, 3] and context == family
+    standard = conv == CONV_IN and context == family
     return Verdict("controlnet", family, why, standard)
 
 
@@ -196,7 +199,5 @@ def _embedding(header: dict[str, Any], meta_family: str | None) -> Verdict:
     if meta_family is not None:
         return Verdict("embedding", meta_family, "the file's metadata")
     shape = _shape(header, "emb_params")
-    family = CONTEXT_DIM.get(shape[-1]) if shape else None
-    if family == "sdxl":
-        family = None
+    family = EMBEDDING_DIM.get(shape[-1]) if shape else None
     return Verdict("embedding", family, f"vectors of width {shape[-1] if shape else '?'}")

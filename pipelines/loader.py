@@ -14,17 +14,12 @@ from typing import Any
 import torch
 
 from sdcompose.errors import ModelError, describe, first_line
-from sdcompose.pipelines import tiny, weights
+from sdcompose.pipelines import families, tiny, weights
 from sdcompose.pipelines.catalog import CONFIGS, Catalog, Entry
 from sdcompose.pipelines.custom_code import refuse_custom_code
 
-HUB_PATTERNS = {
-    "base": ["model_index.json", "scheduler/*", "tokenizer*/*", "text_encoder*/config.json",
-             "text_encoder*/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"],
-    "controlnet": ["config.json", "diffusion_pytorch_model.safetensors"],
-    "image_encoder": ["config.json", "model.safetensors"],
-}
+HUB_PATTERNS = {"controlnet": ["config.json", "diffusion_pytorch_model.safetensors"],  # a base's: its family's
+                "image_encoder": ["config.json", "model.safetensors"]}
 
 # Loading patches torch.nn for the whole process while it runs (accelerate's init_empty_weights, used by
 # from_pretrained), so two threads loading at once, for two Pipelines, break each other's modules.
@@ -45,8 +40,8 @@ def quiet() -> None:
 
 
 def pipeline_class(family: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    """The diffusers class a base model of ``family`` loads with."""
+    return families.get(family).pipeline_class("txt2img")
 
 
 class Loader:
@@ -84,7 +79,8 @@ class Loader:
             if entry.filename:
                 return Path(hf_hub_download(entry.repo, entry.filename, subfolder=entry.subfolder,
                                             revision=entry.revision))
-            patterns = HUB_PATTERNS.get(entry.kind)
+            patterns = list(families.get(entry.family).hub_patterns) if entry.kind == "base" \
+                else HUB_PATTERNS.get(entry.kind)
             if entry.allow_pickle:  # opted in: the .bin twins, loaded weights-only
                 patterns = patterns + [p.replace("/model.safetensors", "/pytorch_model.bin")
                                        .replace(".safetensors", ".bin") for p in patterns if p.endswith(".safetensors")]
@@ -151,15 +147,17 @@ class Loader:
         return path
 
     def _config(self, entry: Entry) -> Path:
-        """The diffusers config folder of a single-file model: shipped (sd15, sdxl) or under the models root."""
+        """The diffusers config folder of a single-file model: a family's shipped one or under the models root."""
         if entry.found:
             return self.catalog.found_config(entry)
         if entry.config is None:
             raise ModelError(f"model {entry.id!r} is a single file and needs `config:` in models.yaml "
-                             "(sd15, sdxl, or a diffusers config folder under the models root)")
-        folder = CONFIGS / entry.config if entry.config in ("sd15", "sdxl") else self.catalog.local(entry.config)
+                             f"({', '.join(families.shipped_configs())}, or a diffusers config folder under the models root)")
+        shipped = families.shipped_configs()
+        folder = CONFIGS / entry.config if entry.config in shipped else self.catalog.local(entry.config)
         if not folder.is_dir():
-            raise ModelError(f"model {entry.id!r}: its `config:` folder {folder} does not exist; use sd15, sdxl "
+            raise ModelError(f"model {entry.id!r}: its `config:` folder {folder} does not exist; use "
+                             f"{', '.join(families.shipped_configs())} "
                              "or a diffusers config folder under the models root")
         refuse_custom_code(folder, f"model {entry.id!r}")
         return folder
@@ -168,8 +166,7 @@ class Loader:
     def base(self, entry: Entry, dtype: torch.dtype) -> dict[str, Any]:
         """The diffusers components of a base model, on the CPU in ``dtype``."""
         cls = pipeline_class(entry.family)
-        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
-            if entry.family == "sd15" else {}
+        extra = dict(families.get(entry.family).load_kwargs)
         with LOADING:
             return self._base(entry, cls, dtype, extra)
 
@@ -194,12 +191,12 @@ class Loader:
             return self._controlnet(entry, dtype)
 
     def _controlnet(self, entry: Entry, dtype: torch.dtype):
-        from diffusers import ControlNetModel
+        ControlNetModel = families.get(entry.family).controlnet_model()
         source = self.verified_path(entry)
         try:
             if source.is_file():
                 config = self._config(entry)
-                # A pipeline config folder (the shipped sd15, sdxl) gives a ControlNet its UNet's architecture.
+                # A pipeline config folder (a family's shipped one) gives a ControlNet its UNet's architecture.
                 pipeline_folder = not (config / "config.json").is_file() and (config / "unet" / "config.json").is_file()
                 return ControlNetModel.from_single_file(str(source), config=str(config), torch_dtype=dtype,
                                                         local_files_only=True,

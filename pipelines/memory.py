@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdcompose.errors import ValidationError
+from sdcompose.pipelines import families
 from sdcompose.request import MEMORY_MODES as CHOICES
 
 PLACEMENTS = ("none", "model_offload", "group_offload", "sequential_offload")  # where weights live
@@ -52,6 +53,7 @@ class Workload:
     act_bytes: int = 2  # bytes per activation element (dtype of the run)
     vae_upcast: bool = False  # the VAE is cast to float32 to decode (SDXL's ``force_upcast``)
     vae_tile: int = 512  # tile size of VAE tiling, in pixels
+    calibration: Any = None  # the family's activation terms, GiB per 512x512 image (None: SD1.5's, the constants)
 
     @property
     def controlnets(self) -> int:
@@ -127,8 +129,9 @@ def workload(models: dict[str, Any], width: int, height: int, batch: int, guidan
         weights[name], groups[name], leaves[name] = sizes(module)
     vae = models.get("vae")
     config = getattr(vae, "config", None)
-    upcast = bool(family == "sdxl" and getattr(config, "force_upcast", False) and getattr(dtype, "itemsize", 4) == 2)
-    return Workload(weights, groups, leaves, width, height, batch, cfg=guidance > 1,
+    spec = families.get(family)
+    upcast = bool(spec.vae_may_upcast and getattr(config, "force_upcast", False) and getattr(dtype, "itemsize", 4) == 2)
+    return Workload(weights, groups, leaves, width, height, batch, cfg=guidance > 1, calibration=spec.memory,
                     act_bytes=getattr(dtype, "itemsize", 4), vae_upcast=upcast,
                     vae_tile=int(getattr(config, "sample_size", 512) or 512))
 
@@ -146,14 +149,16 @@ def activations(w: Workload, vae_slicing: bool = False, vae_tiling: bool = False
     """Activation bytes of the denoise and decode phases."""
     scale = w.width * w.height / REF_PIXELS
     act = w.act_bytes / 2
-    denoise = (UNET + CONTROLNET * w.controlnets) * w.batch * scale * act * (1 if w.cfg else 0.5)
+    unet, controlnet, decode_bytes = (UNET, CONTROLNET, DECODE) if w.calibration is None else \
+        (w.calibration["unet"] * GIB, w.calibration["controlnet"] * GIB, w.calibration["decode"] * GIB)
+    denoise = (unet + controlnet * w.controlnets) * w.batch * scale * act * (1 if w.cfg else 0.5)
     images = 1 if vae_slicing else w.batch
     width, height = w.width, w.height
     if vae_tiling and max(width, height) > w.vae_tile:
         width, height = min(width, w.vae_tile), min(height, w.vae_tile)
     vae_act = 4 if w.vae_upcast else w.act_bytes
     tokens = (width // 8) * (height // 8)  # the VAE mid-block attention materialises tokens x tokens scores
-    decode = images * (DECODE * width * height / REF_PIXELS * vae_act / 2 + tokens * tokens * vae_act)
+    decode = images * (decode_bytes * width * height / REF_PIXELS * vae_act / 2 + tokens * tokens * vae_act)
     return {"text": 0.0, "denoise": denoise, "decode": decode}
 
 

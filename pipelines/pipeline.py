@@ -21,7 +21,8 @@ from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError,
 from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
-from sdcompose.pipelines import attention, compose, hires, ip_adapters, memory, prompt_encode, schedulers, upscale, vae_guard
+from sdcompose.pipelines import (attention, compose, families, hires, ip_adapters, memory, prompt_encode, schedulers,
+                                 upscale, vae_guard)
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
@@ -395,7 +396,8 @@ class Pipeline:
                                                        models["image_encoder"], self.loader,
                                                        PluginContext(device=self.device, dtype=self.dtype), ip_total)
             self._placement.attach(pipe, models, plan_memory, self.device)
-            graphed = [m for name, m in models.items() if name == "unet" or name.startswith("controlnet")]
+            denoiser = families.get(plan.family).denoiser
+            graphed = [m for name, m in models.items() if name == denoiser or name.startswith("controlnet")]
             with torch.inference_mode(), \
                     self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
                 kwargs = self._call_arguments(pipe, plan, maps, init, mask)  # encodes prompts: after placement, LoRAs
@@ -442,7 +444,8 @@ class Pipeline:
         if req.add_trigger_words:
             words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in prompt]
             prompt = ", ".join([prompt, *words]) if prompt else ", ".join(words)
-        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt)
+        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt,
+                                      family=plan.family)
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]

@@ -90,19 +90,19 @@ def arguments(pipe: Any, prompt: str, negative: str, syntax: str = "a1111", clip
     if not embeds and clip_skip == 1 and all(is_plain(p) and all(len(c) == 1 for c in s) for p, s in zip(parsed, split)):
         return {"prompt": plain_text(parsed[0]), "negative_prompt": plain_text(parsed[1]) or None}
     import torch
-    sdxl = len(encoders) == 2
+    dual = len(encoders) == 2  # a second, projecting encoder (its pooled output conditions too)
     length = max(len(c) for s in split for c in s)
     embeds, pooled = [], []
     for chunk_lists in split:
         per_encoder = []
         for (tokenizer, encoder), parts in zip(encoders, chunk_lists):
             parts = parts + [Chunk([], [])] * (length - len(parts))
-            hidden, first_pooled = _encode(tokenizer, encoder, parts, clip_skip, sdxl)
+            hidden, first_pooled = _encode(tokenizer, encoder, parts, clip_skip, dual)
             per_encoder.append(hidden)
         embeds.append(torch.cat(per_encoder, dim=-1))
         pooled.append(first_pooled)
     kw = {"prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]}
-    if sdxl:
+    if dual:
         kw.update(pooled_prompt_embeds=pooled[0], negative_pooled_prompt_embeds=pooled[1])
         if not negative and pipe.config.get("force_zeros_for_empty_prompt", False):  # as diffusers does
             kw.update(negative_prompt_embeds=torch.zeros_like(embeds[0]),
@@ -123,7 +123,7 @@ def _check_clip_skip(encoders: list[tuple[Any, Any]], clip_skip: int) -> None:
         raise ValidationError(f"clip skip {clip_skip} is more than this model's text encoder allows (at most {most})")
 
 
-def _encode(tokenizer: Any, encoder: Any, parts: list[Chunk], clip_skip: int, sdxl: bool):
+def _encode(tokenizer: Any, encoder: Any, parts: list[Chunk], clip_skip: int, dual: bool):
     """Concatenated hidden states of every chunk, and the pooled output of the first."""
     import torch
     from diffusers.utils.torch_utils import get_module_execution_device
@@ -135,7 +135,7 @@ def _encode(tokenizer: Any, encoder: Any, parts: list[Chunk], clip_skip: int, sd
         ids = [bos] + part.tokens + [eos] + [pad] * (CHUNK - len(part.tokens))
         weights = torch.tensor([1.0] + part.weights + [1.0] * (CHUNK + 1 - len(part.tokens)))
         out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
-        if sdxl:  # diffusers' SDXL default is the penultimate layer: that is clip skip 1 there
+        if dual:  # diffusers' SDXL default is the penultimate layer: that is clip skip 1 there
             z = out.hidden_states[-(clip_skip + 1)]
         elif clip_skip == 1:
             z = out[0]

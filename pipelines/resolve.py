@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdcompose.errors import ModelError, suggest
+from sdcompose.errors import ModelError, ValidationError, suggest
+from sdcompose.pipelines import families
 from sdcompose.prompt_syntax import lora_tags
 from sdcompose.pipelines import ip_adapters
 from sdcompose.pipelines.catalog import Catalog, Entry
@@ -45,12 +46,26 @@ def _same_family(what: str, entry: Entry, base: Entry, hint: str) -> None:
                          f"{base.id!r} is {'a tiny test model' if base.tiny else 'a real model'}: use them with their own kind")
 
 
+def _fits(req: GenerationRequest, family: families.Family) -> None:
+    """The request's size and scheduler against what ``family`` takes (the schema checks what every family takes)."""
+    step = family.size_multiple
+    for name in ("width", "height"):
+        value = getattr(req, name)
+        if value % step:
+            raise ValidationError(f"{name} must be a multiple of {step} for {family.name} models, got {value} "
+                                  f"(try {value // step * step or step})")
+    if family.schedulers is not None and req.scheduler not in family.schedulers:
+        raise ValidationError(f"scheduler {req.scheduler!r} does not fit {family.name} models; "
+                              f"pick one of {', '.join(family.schedulers)}")
+
+
 def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Plan:
     base = catalog.get(req.model, "base")
+    _fits(req, families.get(base.family))
     plan = Plan(request=req, base=base)
     for control in req.controls:
         plugin = registry.get(control.id, "conditioner")
-        if base.family not in plugin.families:
+        if plugin.families and base.family not in plugin.families:
             raise PluginError(f"conditioner {control.id!r} supports {', '.join(sorted(plugin.families))}; "
                               f"base {base.id!r} is {base.family}: pick a base of a supported family")
         model_id = control.model or catalog.stand_in(plugin.controlnets[base.family], base.tiny)

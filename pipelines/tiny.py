@@ -16,6 +16,10 @@ from pathlib import Path
 
 import torch
 
+from typing import Any
+
+from sdcompose.errors import ModelError
+from sdcompose.pipelines import families
 from sdcompose.pipelines.catalog import Entry
 
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -23,16 +27,6 @@ SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linea
 VAE = dict(in_channels=3, out_channels=3, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
            latent_channels=4, norm_num_groups=8, sample_size=64)
-UNET = {
-    "sd15": dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8),
-    "sdxl": dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=80, attention_head_dim=(2, 4),
-                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-                 transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80),
-}
 
 
 VERSION = 2  # bump when a tiny architecture changes, so stale builds are not reused
@@ -68,7 +62,7 @@ def write_tokenizer(folder: Path, pad: str = "<|endoftext|>") -> int:
     return len(tokens)
 
 
-def _text_encoder(vocab: int, projection: bool):
+def text_encoder(vocab: int, projection: bool):
     """SDXL's second encoder is wider than its first, as in the real model (diffusers' single-file loader relies on it)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     config = CLIPTextConfig(vocab_size=vocab, hidden_size=48 if projection else 32, intermediate_size=37, num_hidden_layers=2,
@@ -77,27 +71,25 @@ def _text_encoder(vocab: int, projection: bool):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
-def _unet(family: str):
+def _family(entry: Entry) -> Any:
+    spec = families.get(entry.family)
+    if spec.tiny_denoiser is None or spec.tiny_base is None:
+        raise ModelError(f"model {entry.id!r}: the {spec.name} family has no tiny test models; "
+                         "point models.yaml at real weights")
+    return spec
+
+
+def _unet(family: Any):
     from diffusers import UNet2DConditionModel
-    return UNet2DConditionModel(**UNET[family])
+    return UNet2DConditionModel(**family.tiny_denoiser)
 
 
 def _build_base(entry: Entry, out: Path) -> None:
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler
+    from diffusers import AutoencoderKL
+    family = _family(entry)
     vocab = write_tokenizer(out / "tokenizer")
-    parts = {"unet": _unet(entry.family), "vae": AutoencoderKL(**VAE), "text_encoder": _text_encoder(vocab, False)}
-    if entry.family == "sdxl":
-        write_tokenizer(out / "tokenizer_2", pad="!")
-        parts["text_encoder_2"] = _text_encoder(vocab, True)
-        parts["vae"].register_to_config(scaling_factor=0.13025, force_upcast=False)
-        scheduler = EulerDiscreteScheduler(**SCHEDULER, timestep_spacing="leading")
-        index = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
-                 "tokenizer_2": ["transformers", "CLIPTokenizer"],
-                 "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}
-    else:
-        scheduler = PNDMScheduler(**SCHEDULER, skip_prk_steps=True, set_alpha_to_one=False)
-        index = {"_class_name": "StableDiffusionPipeline", "requires_safety_checker": False,
-                 "safety_checker": [None, None], "feature_extractor": [None, None]}
+    parts = {"unet": _unet(family), "vae": AutoencoderKL(**VAE), "text_encoder": text_encoder(vocab, False)}
+    scheduler, index = family.tiny_base(out, parts, vocab)  # the family's own parts, scheduler and index entries
     for name, module in parts.items():
         module.save_pretrained(out / name, safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
@@ -108,8 +100,8 @@ def _build_base(entry: Entry, out: Path) -> None:
 
 
 def _build_controlnet(entry: Entry, out: Path) -> None:
-    from diffusers import ControlNetModel
-    controlnet = ControlNetModel.from_unet(_unet(entry.family), conditioning_embedding_out_channels=(8, 8, 16, 16))
+    family = _family(entry)
+    controlnet = family.controlnet_model().from_unet(_unet(family), conditioning_embedding_out_channels=(8, 8, 16, 16))
     # A trained ControlNet's zero convolutions have learned weights; keep them non-zero so control is visible.
     for name, param in controlnet.named_parameters():
         if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
@@ -120,9 +112,9 @@ def _build_controlnet(entry: Entry, out: Path) -> None:
 def _build_lora(entry: Entry, out: Path) -> None:
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
-    unet = _unet(entry.family)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    family = _family(entry)
+    unet = _unet(family)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=list(family.lora_targets)))
     for name, param in unet.named_parameters():
         if "lora_" in name:
             torch.nn.init.normal_(param, std=0.2)

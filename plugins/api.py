@@ -20,7 +20,6 @@ from sdcompose.errors import PluginError, first_line  # re-exported: a plugin im
 API_VERSION = "1.2"  # 1.1: first_line; 1.2: Upscaler
 API_MAJOR = 1
 
-FAMILIES = frozenset({"sd15", "sdxl"})
 KINDS = frozenset({"conditioner", "adapter", "upscaler", "ip_adapter"})
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 
@@ -134,7 +133,7 @@ class Plugin:
     kind: ClassVar[str] = ""
     api_version: ClassVar[str] = API_VERSION
     version: ClassVar[str] = "0"
-    families: ClassVar[frozenset[str]] = FAMILIES
+    families: ClassVar[frozenset[str]] = frozenset()  # the model families it serves; empty: every installed one
     params: ClassVar[tuple[ParamSpec, ...]] = ()
     help: ClassVar[str] = ""
 
@@ -212,3 +211,10 @@ class IpAdapterLoader(Plugin):
     def remove(self, pipe: Any) -> None:
         """Return ``pipe``'s shared modules to their state before ``apply`` (also after a failed or partial one)."""
         raise NotImplementedError
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FAMILIES":  # plugin API 1.x: the installed model families' names (pipelines/families/)
+        from sdcompose.pipelines import families
+        return frozenset(families.names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,12 +12,14 @@ A package whose metadata cannot be read is listed as broken.
 """
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass, field
 from importlib.metadata import distributions
 from typing import Any
+
+from sdcompose.pipelines import families as model_families
+from sdcompose.settings import Settings
 
 from . import api
 
@@ -39,7 +41,7 @@ class PluginEntry:
         return {
             "id": self.id,
             "kind": getattr(cls, "kind", ""),
-            "families": sorted(getattr(cls, "families", ())),
+            "families": sorted(getattr(cls, "families", ()) or (model_families.names() if cls else ())),
             "version": getattr(cls, "version", ""),
             "package": self.package,
             "target": self.target,
@@ -69,8 +71,8 @@ def _listed(entry: "PluginEntry", names: set[str]) -> bool:
         f"{_package(n.partition(':')[0])}:{n.partition(':')[2]}" for n in names if ":" in n}
 
 
-def _discover() -> tuple[list[PluginEntry], list[PluginEntry]]:
-    """Every entry point in GROUP, one distribution per name (the first on sys.path, as importlib does),
+def _discover(group: str = GROUP) -> tuple[list[PluginEntry], list[PluginEntry]]:
+    """Every entry point in ``group``, one distribution per name (the first on sys.path, as importlib does),
     plus a broken entry for each distribution whose entry points cannot be read."""
     found, broken, seen = [], [], set()
     for dist in distributions():
@@ -80,7 +82,7 @@ def _discover() -> tuple[list[PluginEntry], list[PluginEntry]]:
                 continue
             seen.add(_package(key))
         try:
-            eps = list(dist.entry_points.select(group=GROUP))
+            eps = list(dist.entry_points.select(group=group))
             if not eps:
                 continue
             name = dist.metadata["Name"] or key or "?"
@@ -105,9 +107,10 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
     if major != str(api.API_MAJOR):
         raise api.PluginError(
             f"was written for plugin API {cls.api_version}; this sdcompose provides {api.API_VERSION}")
-    families = frozenset(cls.families)
-    if not families or not families <= api.FAMILIES:
-        raise api.PluginError(f"families {sorted(families)} must be a non-empty subset of {sorted(api.FAMILIES)}")
+    known = set(model_families.names())
+    families = frozenset(cls.families) or frozenset(known)  # none declared: every installed family
+    if not families <= known:
+        raise api.PluginError(f"families {sorted(families)} must be a non-empty subset of {sorted(known)}")
     if not all(isinstance(spec, api.ParamSpec) for spec in cls.params):
         raise api.PluginError("params must be ParamSpec instances")
     if len({spec.name for spec in cls.params}) != len(cls.params):
@@ -127,8 +130,9 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
 
 class Registry:
     def __init__(self, allow: str | None = None, deny: str | None = None) -> None:
-        self.allow = _id_list(allow if allow is not None else os.environ.get("SDCOMPOSE_PLUGINS_ALLOW"))
-        self.deny = _id_list(deny if deny is not None else os.environ.get("SDCOMPOSE_PLUGINS_DENY")) or set()
+        settings = Settings.from_env() if allow is None or deny is None else None
+        self.allow = _id_list(allow if allow is not None else settings.plugins_allow)
+        self.deny = _id_list(deny if deny is not None else settings.plugins_deny) or set()
         self._lock = threading.Lock()
         self.entries: dict[str, PluginEntry] = {}
         self.rejected: list[PluginEntry] = []
@@ -187,12 +191,13 @@ class Registry:
         return entry.plugin
 
     def describe_all(self) -> list[dict[str, Any]]:
-        """Every discovered plugin (importing each enabled one to learn its kind), broken ones included."""
+        """Every discovered plugin (importing each enabled one to learn its kind), broken ones included,
+        then the model families (kind ``family``)."""
         with self._lock:
             for entry in self.entries.values():
                 if entry.status == "available":
                     self._load(entry)
-        return [entry.describe() for entry in [*self.entries.values(), *self.rejected]]
+        return [entry.describe() for entry in [*self.entries.values(), *self.rejected]] + model_families.describe_all()
 
     def ids(self, kind: str) -> list[str]:
         return [d["id"] for d in self.describe_all() if d["kind"] == kind and d["status"] == "loaded"]

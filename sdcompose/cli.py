@@ -256,6 +256,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.ray:
+        from sdcompose.raycluster import require_ray
+        require_ray()
+        from sdcompose.server.rayserve_cli import serve_ray
+        return serve_ray(args)
     return _serve(args, api=True, ui=not args.no_ui)
 
 
@@ -437,6 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let web pages from ORIGIN (e.g. https://app.example) call the API; off by default")
     s.add_argument("--no-ui", action="store_true", help="serve the API alone")
     s.add_argument("-m", "--model", help="the AUTOMATIC1111 API's checkpoint until a client sets one")
+    r = s.add_argument_group("Ray Serve (pip install 'sdcompose[ray]'; docs/scale-out.md)")
+    r.add_argument("--ray", action="store_true", help="serve the API on Ray Serve, routed by base model")
+    r.add_argument("--address", help="the cluster (auto, HOST:PORT, ray://HOST:PORT); default: a new local Ray")
+    r.add_argument("--replicas", type=int, help="generator replicas, one Pipeline each (default 1)")
+    r.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale the generator replicas instead")
+    r.add_argument("--gpus-per-replica", type=float, default=0, help="GPUs each replica reserves (default 0)")
+    r.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs each replica reserves (default 1)")
+    r.add_argument("--models-per-replica", type=int, default=2, metavar="K", help="bases a replica keeps (default 2)")
+    r.add_argument("--write-config", metavar="serve.yaml", help="write the Ray Serve config for `serve deploy`, exit")
     s.set_defaults(func=cmd_serve)
     return parser
 

@@ -30,6 +30,10 @@ class Cancelled(SdcomposeError):
     """The request was cancelled; nothing it loaded stays applied."""
 
 
+class Unavailable(SdcomposeError):
+    """The server cannot run the request now (a worker stopped under it); the same request may work again."""
+
+
 class OutOfMemory(SdcomposeError):
     """The device ran out of memory; what the request held was freed."""
 
@@ -63,4 +67,4 @@ def suggest(name: str, known: Iterable[str]) -> str:
 
 
 __all__ = ["SdcomposeError", "ValidationError", "ModelError", "CatalogError", "Cancelled",
-           "OutOfMemory", "PluginError", "describe", "first_line", "quote", "suggest"]
+           "OutOfMemory", "Unavailable", "PluginError", "describe", "first_line", "quote", "suggest"]

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from sdcompose import samplers
 from sdcompose.errors import ValidationError
 from sdcompose.prompt_syntax import TAG
+from sdcompose.request import LIMITS
 
 MAX_PARAMETERS = 100_000  # characters of parameters text read (A1111 prompts are a few thousand at most)
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -191,9 +192,10 @@ def to_request(params: dict[str, str], find_model: Callable[[str | None, str | N
         dropped.append(f"Denoising strength: {params['Denoising strength'][:20]} (img2img or hires fix: the source "
                        "image is not in the file)")
     for name in ("width", "height"):
-        if name in out and out[name] % 8:
-            dropped.append(f"{name} {out[name]} (sdcompose needs a multiple of 8: used {out[name] // 8 * 8})")
-            out[name] = max(64, out[name] // 8 * 8)
+        step = LIMITS["size_multiple"]
+        if name in out and out[name] % step:
+            dropped.append(f"{name} {out[name]} (sdcompose needs a multiple of {step}: used {out[name] // step * step})")
+            out[name] = max(LIMITS["size"][0], out[name] // step * step)
     found = model or find_model(params.get("Model"), params.get("Model hash"))
     if found:
         out["model"] = found

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, first_line
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, Unavailable, ValidationError, first_line
 from sdcompose.metadata import png_bytes
 from sdcompose.plugins.api import PluginError
 
@@ -23,7 +23,7 @@ def status_of(exc: BaseException) -> int:
         return 429
     if isinstance(exc, ValidationError):
         return 413 if "larger than" in str(exc) else 422
-    if isinstance(exc, OutOfMemory):
+    if isinstance(exc, (OutOfMemory, Unavailable)):
         return 503
     if isinstance(exc, Cancelled):
         return 409

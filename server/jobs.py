@@ -75,7 +75,7 @@ class Job:
 class JobQueue:
     """``submit`` a job, ``get`` it by id, ``cancel`` it, ask its ``position``; one worker runs them in order."""
 
-    def __init__(self, max_queue: int = 16, keep_done: int = 64, keep_seconds: float = 600.0) -> None:
+    def __init__(self, max_queue: int = 16, keep_done: int = 64, keep_seconds: float = 600.0, workers: int = 1) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.max_queue, self.keep_done, self.keep_seconds = max_queue, keep_done, keep_seconds
@@ -83,12 +83,14 @@ class JobQueue:
         self._wake = threading.Condition(self._lock)
         self._waiting: deque[Job] = deque()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._running: Job | None = None
+        self._running: list[Job] = []  # one per worker thread at most
         self._durations: deque[float] = deque(maxlen=20)
         self._closed = False
         self._counter = itertools.count(1)
-        self._worker = threading.Thread(target=self._work, name="sdcompose-jobs", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, name=f"sdcompose-jobs-{i}", daemon=True)
+                         for i in range(workers)]
+        for worker in self._workers:
+            worker.start()
 
     # ---- what callers use ---------------------------------------------------------------------
     def submit(self, run: Callable[..., Any], label: str = "") -> Job:
@@ -131,30 +133,33 @@ class JobQueue:
         """How many jobs run before this one (0: it is next); None once it is no longer queued."""
         with self._lock:
             try:
-                return self._waiting.index(job) + (self._running is not None)
+                return self._waiting.index(job) + len(self._running)
             except ValueError:
                 return None
 
     @property
     def running(self) -> Job | None:
-        return self._running
+        """The job that started first of those running (the only one with one worker)."""
+        running = self._running
+        return running[0] if running else None
 
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Withdraw every queued job, stop the running one, and let the worker end."""
+        """Withdraw every queued job, stop the running ones, and let the workers end."""
         with self._lock:
             self._closed = True
             waiting = list(self._waiting)
         for job in waiting:
             self.cancel(job.id)
-        if self._running is not None:
-            self._running.cancel.set()
+        for job in list(self._running):
+            job.cancel.set()
         with self._lock:
             self._wake.notify_all()
-        self._worker.join(timeout)
+        for worker in self._workers:
+            worker.join(timeout)
 
     # ---- the worker ---------------------------------------------------------------------------
     def _work(self) -> None:
@@ -170,7 +175,7 @@ class JobQueue:
                     job.state, job.finished = "cancelled", time.time()
                     job.error = Cancelled("cancelled before it started")
                 else:
-                    self._running = job
+                    self._running.append(job)
                     job.state, job.started = "running", time.time()
             for other in self._queued_snapshot():  # everyone behind moved up one place
                 other._changed()
@@ -179,7 +184,7 @@ class JobQueue:
                 continue
             self._run(job)
             with self._lock:
-                self._running = None
+                self._running.remove(job)
                 self._durations.append(job.finished - job.started)
             job._changed()
 

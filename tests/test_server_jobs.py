@@ -93,3 +93,21 @@ def test_progress_is_recorded_and_finished_jobs_are_bounded(jobs):
     jobs.submit(lambda **_: None).wait(WAIT)
     assert jobs.get(job.id) is None, "only the last keep_done finished jobs are kept"
     assert jobs.get(done[-1].id) is not None
+
+
+def test_a_queue_with_two_workers_runs_two_jobs_at_once_and_counts_both_in_positions():
+    queue = JobQueue(max_queue=4, workers=2)  # serve --ray: jobs for several generator replicas at once
+    try:
+        (run_a, started_a, release_a), (run_b, started_b, release_b) = blocker(), blocker()
+        a, b = queue.submit(run_a), queue.submit(run_b)
+        assert started_a.wait(WAIT) and started_b.wait(WAIT)  # both run, neither waits for the other
+        third = queue.submit(lambda progress, cancel, preview: "third")
+        assert queue.position(third) == 2 and queue.running is a
+        release_b.set()
+        assert b.wait(WAIT) and b.result == "released" and a.state == "running"
+        assert third.wait(WAIT) and third.result == "third"
+        queue.close()  # a running job is cancelled at close
+        assert a.wait(WAIT) and a.state == "cancelled"
+    finally:
+        release_a.set()
+        queue.close()

@@ -54,7 +54,7 @@ def base_models(pipeline: Any) -> tuple[list[tuple[str, str]], str]:
 
 
 def family_of(pipeline: Any, model_id: str | None) -> str | None:
-    """The family (sd15, sdxl) of a catalogue entry; None for an id the catalogue lacks."""
+    """The models.yaml family of a catalogue entry; None for an id the catalogue lacks."""
     entry = pipeline.catalog.entries.get(model_id)
     return entry.family if entry else None
 
