@@ -1,5 +1,5 @@
 """guidance <= 1 drops the classifier-free-guidance batch on every path: txt2img, img2img, inpaint, ControlNet
-(balanced and the control modes), SD1.5 and SDXL. The UNet and ControlNets then see one latent per image."""
+(balanced and the control modes), both passes of hires fix, IP-Adapter, SD1.5 and SDXL. The UNet and ControlNets then see one latent per image."""
 from __future__ import annotations
 
 import pytest
@@ -15,6 +15,8 @@ CASES = {
     "controlnet control_first": {"controls": "control_first"},
     "controlnet img2img": {"controls": "balanced", "init": True},
     "controlnet inpaint": {"controls": "control_first", "init": True, "mask": True},
+    "hires with controlnet": {"controls": "balanced", "hires": True},
+    "ip-adapter": {"ip": "tiny-ip-adapter-sd15"},
 }
 
 
@@ -32,7 +34,9 @@ def batches(pipe, model, photo, mask, guidance, case):
     try:
         pipe.generate("a harbour", negative_prompt="fog", model=model, controls=controls, width=64, height=64,
                       steps=2, guidance=guidance, seed=1, init_image=photo if options.get("init") else None,
-                      mask=mask if options.get("mask") else None, strength=0.9)
+                      mask=mask if options.get("mask") else None, strength=0.9,
+                      hires=sdcompose.Hires(scale=1.5, steps=1) if options.get("hires") else None,
+                      ip_adapters=[sdcompose.IpAdapter(options["ip"], photo)] if "ip" in options else [])
     finally:
         for hook in hooks:
             hook.remove()
