@@ -17,7 +17,7 @@ from pydantic import ValidationError as PydanticError
 
 from sdcompose.errors import ValidationError, suggest
 from sdcompose.prompt_syntax import SYNTAXES, check_syntax, lora_tags, parse
-from sdcompose.samplers import IDS as SCHEDULERS, canonical as canonical_sampler
+from sdcompose.samplers import IDS as SCHEDULERS, MAX_STEPS, canonical as canonical_sampler
 
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
 CONTROL_MODES = ("balanced", "prompt_first", "control_first")
@@ -334,6 +334,15 @@ def _checked(data: Any) -> dict[str, Any]:
     for name, weight in tags:
         _number(f"<lora:{name[:60]}> weight", weight, *LIMITS["lora_weight"])
     req["hires"] = None if req["hires"] is None else _hires(req)
+    most = MAX_STEPS.get(req["scheduler"])
+    hires = req["hires"]
+    for name, steps, strength in (("steps", req["steps"], 1.0 if req["init_image"] is None else req["strength"]),
+                                  ("hires steps", (hires.steps or req["steps"]) if hires else 0,
+                                   hires.denoise if hires else 1.0)):
+        if most is not None and steps > int(most * strength):  # img2img: a subset of the strength's share
+            raise ValidationError(f"the {req['scheduler']} sampler runs at most {int(most * strength)} steps here "
+                                  f"({most} x strength {strength:g}; it is made for 2-8); {name} is {steps}: lower "
+                                  "it, or pick another sampler")
     if len(req["ip_adapters"]) > LIMITS["ip_adapters"]:
         raise ValidationError(f"at most {LIMITS['ip_adapters']} IP-Adapters per request, got {len(req['ip_adapters'])}")
     req["ip_adapters"] = [_ip_adapter(i, a) for i, a in enumerate(req["ip_adapters"])]

@@ -26,6 +26,9 @@ SAMPLERS: dict[str, tuple[str, str, dict, bool]] = {
     "lcm": ("LCM", "LCMScheduler", {}, False),
     "tcd": ("TCD", "TCDScheduler", {}, False),
 }
+# Few-step samplers run at most their scheduler's original_inference_steps (diffusers' default, 50): more is an error
+# diffusers raises mid-request, after the model has loaded; the request refuses it before any work.
+MAX_STEPS = {"lcm": 50, "tcd": 50}
 # schedule id: (A1111 schedule type, scheduler options). "" is the model's own timestep spacing.
 SCHEDULES: dict[str, tuple[str, dict]] = {
     "": ("Uniform", {}),

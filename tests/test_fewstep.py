@@ -50,3 +50,14 @@ def test_the_ui_applies_them_when_the_user_picks_the_model_or_lora(hinted, tmp_p
     *_, sampler, status = handlers.recommended("tiny-sd15", ["tiny-odd-lora"])
     assert "value" not in sampler and "sampler no-such is not available here" in status
     assert all("value" not in update for update in handlers.recommended("tiny-sd15", [])[:3])
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(scheduler="lcm", steps=100), r"the lcm sampler runs at most 50 steps here \(50 x strength 1; it is made for "
+                                       r"2-8\); steps is 100: lower it"),
+    (dict(scheduler="LCM", steps=4, hires=dict(steps=30)), r"at most 25 steps here \(50 x strength 0.5.*hires steps is 30"),
+    (dict(scheduler="tcd", steps=51), "the tcd sampler runs at most 50 steps"),
+])
+def test_a_few_step_sampler_with_too_many_steps_is_one_sentence_before_any_work(fields, message):
+    with pytest.raises(sdcompose.ValidationError, match=message):
+        sdcompose.GenerationRequest(model="tiny-sd15", **fields)
