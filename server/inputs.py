@@ -11,7 +11,7 @@ from typing import Any
 
 from sdcompose.errors import ValidationError
 from sdcompose.images import MAX_BYTES
-from sdcompose.request import Control, GenerationRequest, Lora
+from sdcompose.request import Control, GenerationRequest, IpAdapter, Lora
 
 DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;base64,", re.ASCII)
 JSON_DEPTH = 32  # deeper JSON is refused before it is looked at (pose JSON is about five levels deep)
@@ -87,7 +87,31 @@ def request_from_json(data: Any, files: dict[str, bytes] | None = None) -> Gener
     if not isinstance(loras, list):
         raise FieldError("loras", f"loras must be a list, got {type(loras).__name__}")
     values["loras"] = [_lora(i, x) for i, x in enumerate(loras)]
+    adapters = values.get("ip_adapters", [])
+    if not isinstance(adapters, list):
+        raise FieldError("ip_adapters", f"ip_adapters must be a list, got {type(adapters).__name__}")
+    values["ip_adapters"] = [_ip_adapter(i, a, files) for i, a in enumerate(adapters)]
     return GenerationRequest(**values)
+
+
+def _ip_adapter(i: int, data: Any, files: dict[str, bytes]) -> IpAdapter:
+    """An image prompt whose references are base64 images (one, or a list) or a multipart part each
+    (``ip_adapters[N].image``, or ``ip_adapters[N].image[J]`` for a list): never a server path."""
+    where = f"ip_adapters[{i}]"
+    values = _fields(IpAdapter, data, where)
+    if "id" not in values:
+        raise FieldError(f"{where}.id", f"{where}.id is missing (a models.yaml IP-Adapter id)")
+    image = files.get(f"{where}.image", values.get("image"))
+    if image is None:
+        parts = [files[f"{where}.image[{j}]"] for j in range(8) if f"{where}.image[{j}]" in files]
+        image = parts or None
+    if image is None:
+        raise FieldError(f"{where}.image", f"{where}.image is missing (a base64 reference image, or a list of them)")
+    if isinstance(image, list):
+        values["image"] = [image_bytes(item, f"{where}.image[{j}]") for j, item in enumerate(image)]
+    else:
+        values["image"] = image_bytes(image, f"{where}.image")
+    return IpAdapter(**values)
 
 
 def _control(i: int, data: Any, files: dict[str, bytes]) -> Control:

@@ -93,6 +93,17 @@ def test_generate_answers_the_python_apis_image_with_its_metadata(live, pipe, ph
     assert token.status_code == 200 and token.content.startswith(b"\x89PNG")
 
 
+def test_an_ip_adapter_request_is_the_python_apis_image(live, pipe, photo):
+    body = dict(prompt="a fox", seed=3, ip_adapters=[{"id": "tiny-ip-adapter-sd15", "image": [data_url(photo)],
+                                                      "weight": 0.6, "end": 0.8}], **SMALL)
+    answer = live.http.post("/v1/generate", json=body)
+    assert answer.status_code == 200, answer.text[:300]
+    [image] = [decoded(x) for x in answer.json()["images"]]
+    direct = pipe.generate(prompt="a fox", seed=3, ip_adapters=[sdcompose.IpAdapter(
+        "tiny-ip-adapter-sd15", [photo], weight=0.6, end=0.8)], **SMALL)
+    assert np.array_equal(pixels(image), np.asarray(direct.images[0]))
+
+
 def test_a_multipart_upload_is_the_same_request(live, photo):
     request = dict(prompt="a door", seed=4, task=None, strength=0.6, **SMALL)
     request.pop("task")
@@ -165,6 +176,11 @@ NESTED = {"prompt": "x", "controls": [{"id": "pose", "image": json.loads("[" * 1
     ("/v1/generate", {"init_image": "/etc/passwd"}, 422, "init_image"),
     ("/v1/generate", {"controls": [{"id": "canny", "image": "/home/user/photo.png"}]}, 422, "controls[0].image"),
     ("/v1/generate", {"loras": [{"id": "tiny-lora-sd15", "weight": 99}]}, 422, "loras[0].weight"),
+    ("/v1/generate", {"ip_adapters": [{"id": "tiny-ip-adapter-sd15", "image": "/etc/passwd"}]}, 422,
+     "ip_adapters[0].image"),
+    ("/v1/generate", {"ip_adapters": [{"id": "tiny-ip-adapter-sd15", "image": ["/etc/passwd"]}]}, 422,
+     "ip_adapters[0].image[0]"),
+    ("/v1/generate", {"ip_adapters": [{"id": "tiny-ip-adapter-sd15"}]}, 422, "ip_adapters[0].image"),
     ("/v1/generate", NESTED, 422, "body"),
     ("/v1/generate", [1, 2], 422, "body"),
     ("/sdapi/v1/txt2img", {"enable_hr": True}, 422, "enable_hr"),
