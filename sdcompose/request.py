@@ -334,8 +334,13 @@ def _checked(data: Any) -> dict[str, Any]:
     for name, weight in tags:
         _number(f"<lora:{name[:60]}> weight", weight, *LIMITS["lora_weight"])
     req["hires"] = None if req["hires"] is None else _hires(req)
-    most = MAX_STEPS.get(req["scheduler"])
     hires = req["hires"]
+    for name, steps, strength in (("steps", req["steps"], req["strength"] if req["init_image"] is not None else 1.0),
+                                  ("hires steps", (hires.steps or req["steps"]) if hires else 1, hires.denoise if hires else 1.0)):
+        if int(steps * strength) < 1:  # diffusers would run no step and fail inside the VAE
+            raise ValidationError(f"{name} {steps} at strength {strength:g} leaves no step to run (diffusers runs "
+                                  f"int(steps x strength)): raise the steps or the strength")
+    most = MAX_STEPS.get(req["scheduler"])
     for name, steps, strength in (("steps", req["steps"], 1.0 if req["init_image"] is None else req["strength"]),
                                   ("hires steps", (hires.steps or req["steps"]) if hires else 0,
                                    hires.denoise if hires else 1.0)):

@@ -57,6 +57,8 @@ def test_the_ui_applies_them_when_the_user_picks_the_model_or_lora(hinted, tmp_p
                                        r"2-8\); steps is 100: lower it"),
     (dict(scheduler="LCM", steps=4, hires=dict(steps=30)), r"at most 25 steps here \(50 x strength 0.5.*hires steps is 30"),
     (dict(scheduler="tcd", steps=51), "the tcd sampler runs at most 50 steps"),
+    (dict(steps=4, hires=dict(steps=1)), r"hires steps 1 at strength 0.5 leaves no step to run"),
+    (dict(steps=2, init_image="x.png", strength=0.4), r"steps 2 at strength 0.4 leaves no step to run"),
 ])
 def test_a_few_step_sampler_with_too_many_steps_is_one_sentence_before_any_work(fields, message):
     with pytest.raises(sdcompose.ValidationError, match=message):

@@ -35,7 +35,7 @@ def batches(pipe, model, photo, mask, guidance, case):
         pipe.generate("a harbour", negative_prompt="fog", model=model, controls=controls, width=64, height=64,
                       steps=2, guidance=guidance, seed=1, init_image=photo if options.get("init") else None,
                       mask=mask if options.get("mask") else None, strength=0.9,
-                      hires=sdcompose.Hires(scale=1.5, steps=1) if options.get("hires") else None,
+                      hires=sdcompose.Hires(scale=2, steps=2) if options.get("hires") else None,
                       ip_adapters=[sdcompose.IpAdapter(options["ip"], photo)] if "ip" in options else [])
     finally:
         for hook in hooks:
