@@ -10,6 +10,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,18 +18,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, describe
-from sdcompose.images import MAX_BYTES, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
+from sdcompose.errors import Cancelled, ModelError, OutOfMemory, SdcomposeError, ValidationError, is_out_of_memory
+from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
 from sdcompose import infotext
 from sdcompose.metadata import FORMAT, library_versions, read_png
 from sdcompose.pipelines import (attention, compose, families, hires, ip_adapters, memory, prompt_encode, schedulers,
                                  upscale, vae_guard)
+from sdcompose.pipelines import reproduce as reproduction
 from sdcompose.pipelines.catalog import Catalog, Entry, home
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.preview import latents_to_image
 from sdcompose.pipelines.resolve import Plan, Unit, base_by_name, lora_by_name, resolve
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
+from sdcompose.plugins.contain import plugin_code
 from sdcompose.plugins.registry import Registry
 from sdcompose.prompt_syntax import check_syntax
 from sdcompose.request import LIMITS, Control, GenerationRequest, validate
@@ -104,9 +107,9 @@ class Pipeline:
         plan = resolve(req, self.catalog, self.registry)
         with pixel_budget("this request"):  # every image this request decodes, together
             maps = [self._control_map(unit, req.width, req.height) for unit in plan.units]
-            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, "just_resize") \
+            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, req.resize_mode) \
                 if req.init_image is not None else None
-            mask = fit(load_mask(req.mask), req.width, req.height, "just_resize") if req.mask is not None else None
+            mask = fit(load_mask(req.mask), req.width, req.height, req.resize_mode) if req.mask is not None else None
             refs = ip_adapters.references(plan.ip_adapters)
         with self._lock:
             arrays, report, runtime = self._denoise(plan, maps, init, mask, progress, cancel, preview, refs)
@@ -125,14 +128,13 @@ class Pipeline:
         found = infotext.foreign(png)
         if found.tool != "sdcompose":
             return self._reproduce_foreign(found, model)
-        meta, inputs = read_png(png)
-        request = GenerationRequest.from_metadata(meta, inputs, runtime=False)
+        meta, inputs = read_png(png)  # its embedded inputs: decoded by run(), only those the request uses
+        request = GenerationRequest.from_metadata(meta, inputs, runtime=False)  # validated before anything is hashed
+        if request.model is None:
+            request = request.with_(model=self.settings.default_model)
         if strict:
-            for model_id, recorded in meta.get("models", {}).items():
-                current = self.loader.hashes(self.catalog.get(model_id))
-                if current != recorded.get("sha256"):
-                    raise ModelError(f"model {model_id!r} has changed since this image was made (different "
-                                     "file hashes); restore that version, or pass strict=False")
+            reproduction.check_models(meta, resolve(request, self.catalog, self.registry), self.catalog,
+                                      self.loader.hashes)
         return self.run(request)
 
     def _reproduce_foreign(self, found: infotext.Found, model: str | None) -> Result:
@@ -181,7 +183,8 @@ class Pipeline:
             self._placement.prepare(models, memory.MemoryPlan(), self.device)  # all on the device
             adapter = self._loaded_adapter()
             if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
-                adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
+                with plugin_code(f"adapter plugin {adapter.id!r} could not take its LoRAs off"):
+                    adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
             return pipe
 
     def upscale(self, image: Any, model: str, scale: float | None = None, tile: int = upscale.TILE,
@@ -208,12 +211,9 @@ class Pipeline:
     def _upscaler(self, entry: Entry) -> Any:
         plugin = self.registry.get(upscale.PLUGIN, "upscaler")
         path = self.loader.verified_path(entry)
-        try:
+        with plugin_code(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}"):  # fails this request only
             return plugin.load(path, PluginContext(device=self.device, dtype=self.dtype))
-        except (PluginError, SdcomposeError):
-            raise
-        except Exception as exc:  # a plugin's bug fails this request only
-            raise PluginError(f"upscaler plugin {plugin.id!r} could not load {entry.id!r}: {describe(exc)}") from None
+
     def token_counts(self, prompt: str, model: str | None = None, prompt_syntax: str = "a1111") -> dict[str, Any]:
         """What A1111 shows under a prompt: ``{"tokens": 83, "limit": 150, "chunks": [75, 8], "label": "83/150"}``.
 
@@ -225,6 +225,10 @@ class Pipeline:
             with self._lock:
                 components = self._base(entry)
         return prompt_encode.token_counts(components["tokenizer"], prompt, check_syntax("prompt_syntax", prompt_syntax))
+
+    def loaded(self) -> list[str]:
+        """The base models held in memory (ready to run without loading), least recently used first."""
+        return list(self._bases)
 
     def plugins(self) -> list[dict[str, Any]]:
         return self.registry.describe_all()
@@ -267,15 +271,13 @@ class Pipeline:
             if image is None:
                 ctx = PluginContext(device=self.device, dtype=self.dtype,
                                     weights=_LazyWeights(plugin.annotators, self._annotator))
-                try:
+                with plugin_code(f"conditioner {control.id!r} failed on its input"):  # fails this request only
                     image = plugin.preprocess(source, ctx, params)
-                except SdcomposeError:  # lazily fetched weights raise ModelError as they are
-                    raise
-                except Exception as exc:  # a plugin's bug fails this request only
-                    raise PluginError(f"conditioner {control.id!r} failed on its input: "
-                                      f"{type(exc).__name__}: {exc}") from exc
                 if not isinstance(image, Image.Image):
                     raise PluginError(f"conditioner {control.id!r} returned {type(image).__name__}, not a PIL image")
+                if image.width * image.height > MAX_PIXELS:
+                    raise PluginError(f"conditioner {control.id!r} returned a {image.width}x{image.height} map; "
+                                      f"the limit is {MAX_PIXELS} pixels")
                 image = to_rgb(image)
                 self._maps[key] = image
                 while len(self._maps) > 32:
@@ -386,25 +388,28 @@ class Pipeline:
         ip_total, ip_call, ip_report = ip_adapters.steps_run(req), {}, {}
         report: dict[str, Any] = {}
         stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
+        adapter_code = nullcontext() if adapter is None else plugin_code(  # an adapter's hooks run inside the call
+            f"adapter plugin {adapter.id!r} failed during generation", module=type(adapter).__module__, oom=True)
         try:
-            self._placement.prepare(models, plan_memory, self.device, self._cached_besides(models))
-            attention.apply(list(models.values()), backend)
-            if adapter is not None:
-                report = self._apply_adapter(adapter, pipe, plan)
-            if ip_plugin is not None:
-                ip_call, ip_report = ip_adapters.apply(ip_plugin, pipe, plan.ip_adapters, list(refs),
-                                                       models["image_encoder"], self.loader,
-                                                       PluginContext(device=self.device, dtype=self.dtype), ip_total)
-            self._placement.attach(pipe, models, plan_memory, self.device)
-            denoiser = families.get(plan.family).denoiser
-            graphed = [m for name, m in models.items() if name == denoiser or name.startswith("controlnet")]
-            with torch.inference_mode(), \
-                    self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
-                kwargs = self._call_arguments(pipe, plan, maps, init, mask)  # encodes prompts: after placement, LoRAs
-                kwargs.update(ip_call)
-                with vae_guard.Watch(pipe.vae) as watch:
-                    output = pipe(**kwargs, callback_on_step_end=on_step)
-                images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
+            with adapter_code:
+                self._placement.prepare(models, plan_memory, self.device, self._cached_besides(models))
+                attention.apply(list(models.values()), backend)
+                if adapter is not None:
+                    report = self._apply_adapter(adapter, pipe, plan)
+                if ip_plugin is not None:
+                    ip_call, ip_report = ip_adapters.apply(ip_plugin, pipe, plan.ip_adapters, list(refs),
+                                                           models["image_encoder"], self.loader,
+                                                           PluginContext(device=self.device, dtype=self.dtype), ip_total)
+                self._placement.attach(pipe, models, plan_memory, self.device)
+                denoiser = families.get(plan.family).denoiser
+                graphed = [m for name, m in models.items() if name == denoiser or name.startswith("controlnet")]
+                with torch.inference_mode(), \
+                        self._fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
+                    kwargs = self._call_arguments(pipe, plan, maps, init, mask)  # encodes prompts: after placement, LoRAs
+                    kwargs.update(ip_call)
+                    with vae_guard.Watch(pipe.vae) as watch:
+                        output = pipe(**kwargs, callback_on_step_end=on_step)
+                    images, vae_decode = vae_guard.checked(pipe, watch, output.images, final.get("latents"))
         except torch.OutOfMemoryError:
             stopped = "oom"
         except Cancelled as exc:
@@ -412,10 +417,9 @@ class Pipeline:
         except SdcomposeError:
             raise
         except Exception as exc:
-            if adapter is not None and _raised_in(exc, type(adapter).__module__):
-                raise PluginError(f"adapter plugin {adapter.id!r} failed during generation: "
-                                  f"{describe(exc)}") from None
-            raise
+            if not is_out_of_memory(exc):  # the CPU's out of memory is a MemoryError or a RuntimeError
+                raise
+            stopped = "oom"
         finally:
             if ip_plugin is not None:
                 ip_adapters.remove(ip_plugin, pipe, lambda why: self._drop_base(plan.base.id, why))
@@ -440,25 +444,18 @@ class Pipeline:
     def _call_arguments(self, pipe: Any, plan: Plan, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
         req = plan.request
         generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
-        prompt = plan.prompt
-        if req.add_trigger_words:
-            words = [w for entry, _ in plan.loras for w in entry.trigger_words if w not in prompt]
-            prompt = ", ".join([prompt, *words]) if prompt else ", ".join(words)
-        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units], prompt,
-                                      family=plan.family)
+        return compose.call_arguments(pipe, req, maps, init, mask, generators, [u.control for u in plan.units],
+                                      plan.final_prompt(), family=plan.family)
 
     def _apply_adapter(self, adapter: Any, pipe: Any, plan: Plan) -> dict[str, Any]:
         adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
-        try:
-            return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
-        except SdcomposeError:
-            raise
-        except BaseException as exc:  # the base's weights may be half changed: load it afresh next time
-            self._bases.pop(plan.base.id, None)
-            if not isinstance(exc, Exception) or isinstance(exc, torch.OutOfMemoryError):
+        with plugin_code(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
+                         f"(does the file fit this {plan.family} base?)", oom=True):
+            try:
+                return adapter.apply(pipe, adapters, PluginContext(device=self.device, dtype=self.dtype))
+            except BaseException:  # the base's weights may be half changed: load it afresh next time
+                self._bases.pop(plan.base.id, None)
                 raise
-            raise PluginError(f"adapter plugin {adapter.id!r} could not apply {[a['id'] for a in adapters]} "
-                              f"(does the file fit this {plan.family} base?): {describe(exc)}") from None
 
     def _loaded_adapter(self) -> Any:
         """The LoRA plugin if it has been used: it also clears LoRAs it keeps fused between requests."""
@@ -468,10 +465,10 @@ class Pipeline:
     def _remove_adapter(self, adapter: Any, pipe: Any, base_id: str) -> None:
         """Take a request's adapters off; if the plugin cannot, drop the base so the next request loads it clean."""
         try:
-            adapter.remove(pipe)
-        except Exception as exc:
-            self._drop_base(base_id, f"adapter plugin {adapter.id!r} could not remove its weights "
-                                     f"({type(exc).__name__}: {exc})")
+            with plugin_code(f"adapter plugin {adapter.id!r} could not remove its weights"):
+                adapter.remove(pipe)
+        except PluginError as exc:
+            self._drop_base(base_id, str(exc))
 
     def _drop_base(self, base_id: str, why: str) -> None:
         self._bases.pop(base_id, None)
@@ -545,17 +542,6 @@ def _resolves(catalog: Catalog, lora_name: str) -> bool:
         return True
     except ModelError:
         return False
-
-
-def _raised_in(exc: BaseException, module: str) -> bool:
-    """Whether ``exc`` was raised in code of ``module`` (a plugin), judged by its traceback."""
-    tb = exc.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_globals.get("__name__", "")
-        if name == module or name.startswith(module + "."):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _source_of(entry: Entry) -> str:

@@ -37,6 +37,13 @@ class Plan:
     def family(self) -> str:
         return self.base.family
 
+    def final_prompt(self) -> str:
+        """The prompt the text encoder gets: its tags taken out, the LoRAs' trigger words added if asked for."""
+        if not self.request.add_trigger_words:
+            return self.prompt
+        words = [w for entry, _ in self.loras for w in entry.trigger_words if w not in self.prompt]
+        return ", ".join([self.prompt, *words]) if self.prompt else ", ".join(words)
+
 
 def _same_family(what: str, entry: Entry, base: Entry, hint: str) -> None:
     if entry.family != base.family:

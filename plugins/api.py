@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sdcompose.errors import PluginError, first_line  # re-exported: a plugin imports them from here
+from sdcompose.errors import PluginError, first_line, quote  # re-exported: a plugin imports them from here
 
 API_VERSION = "1.2"  # 1.1: first_line; 1.2: Upscaler
 API_MAJOR = 1
@@ -54,12 +54,12 @@ class ParamSpec:
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
-            raise PluginError(f"{where} must be true or false, got {value!r}")
+            raise PluginError(f"{where} must be true or false, got {quote(value)}")
         if self.type in ("str", "choice"):
             if not isinstance(value, str):
-                raise PluginError(f"{where} must be text, got {value!r}")
+                raise PluginError(f"{where} must be text, got {quote(value)}")
             if self.type == "choice" and value not in self.choices:
-                raise PluginError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+                raise PluginError(f"{where} must be one of {', '.join(self.choices)}, got {quote(value)}")
             if len(value) > 10_000:
                 raise PluginError(f"{where} is longer than 10000 characters")
             return value
@@ -67,16 +67,18 @@ class ParamSpec:
             number = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
             number = math.nan
+        except OverflowError:  # an int of hundreds of digits: past any float
+            raise PluginError(f"{where} must be <= {self.max}, got {quote(value)}") from None
         if not math.isfinite(number):
-            raise PluginError(f"{where} must be a finite number, got {value!r}")
+            raise PluginError(f"{where} must be a finite number, got {quote(value)}")
         if self.type == "int":
             if number != int(number):
-                raise PluginError(f"{where} must be a whole number, got {value!r}")
+                raise PluginError(f"{where} must be a whole number, got {quote(value)}")
             number = int(number)
         if self.min is not None and number < self.min:
-            raise PluginError(f"{where} must be >= {self.min}, got {value!r}")
+            raise PluginError(f"{where} must be >= {self.min}, got {quote(value)}")
         if self.max is not None and number > self.max:
-            raise PluginError(f"{where} must be <= {self.max}, got {value!r}")
+            raise PluginError(f"{where} must be <= {self.max}, got {quote(value)}")
         return number
 
 

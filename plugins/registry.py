@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import distributions
 from typing import Any
 
+from sdcompose.errors import SdcomposeError
 from sdcompose.pipelines import families as model_families
 from sdcompose.settings import Settings
 
 from . import api
+from .contain import plugin_code
 
 GROUP = "sdcompose.plugins"
 
@@ -167,13 +169,14 @@ class Registry:
 
     def _load(self, entry: PluginEntry) -> None:
         try:
-            cls = entry._ep.load()
-            validate_plugin_class(cls, entry.id)
-            entry.plugin = cls()
+            with plugin_code(""):  # a broken plugin never takes the app down, even with sys.exit() at import
+                cls = entry._ep.load()
+                validate_plugin_class(cls, entry.id)
+                entry.plugin = cls()
             entry.status = "loaded"
-        except (Exception, SystemExit) as exc:  # a broken plugin must never take the app down
+        except SdcomposeError as exc:
             entry.status = "broken"
-            entry.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, api.PluginError) else str(exc)
+            entry.error = str(exc)
 
     def get(self, plugin_id: str, kind: str | None = None) -> Any:
         """Return the plugin instance, importing it on first use; raise PluginError if unusable."""

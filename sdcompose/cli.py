@@ -5,12 +5,13 @@ Errors print one line and exit 2; no traceback unless SDCOMPOSE_DEBUG=1.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sdcompose.errors import SdcomposeError, ValidationError
+from sdcompose.errors import SdcomposeError, ValidationError, quote
 from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control,
                                GenerationRequest, Hires, IpAdapter, Lora, bounds, default)
 from sdcompose.settings import DEFAULT_MODEL, Settings
@@ -23,14 +24,14 @@ def _split_spec(flag: str, spec: str, usage: str) -> tuple[str, str, list[tuple[
     """``ID=PATH[:key=value...]`` as (id, path, options); a path may hold ':' (the first ``key=`` part ends it)."""
     plugin_id, sep, rest = spec.partition("=")
     if not sep or not plugin_id or not rest:
-        raise ValidationError(f"{flag} {spec!r}: expected {usage}")
+        raise ValidationError(f"{flag} {quote(spec)}: expected {usage}")
     parts = rest.split(":")
     split = next((i for i, part in enumerate(parts) if i > 0 and "=" in part), len(parts))
     options = []
     for option in parts[split:]:
         key, eq, value = option.partition("=")
         if not eq:
-            raise ValidationError(f"{flag} {spec!r}: option {option!r} is not key=value")
+            raise ValidationError(f"{flag} {quote(spec)}: option {quote(option)} is not key=value")
         options.append((key, value))
     return plugin_id, ":".join(parts[:split]), options
 
@@ -43,7 +44,7 @@ def parse_control(spec: str) -> Control:
         try:
             (fields if key in CONTROL_FIELDS else params)[key] = CONTROL_FIELDS.get(key, str)(value)
         except ValueError:
-            raise ValidationError(f"--control {spec!r}: {key} must be a number, got {value!r}") from None
+            raise ValidationError(f"--control {quote(spec)}: {key} must be a number, got {quote(value)}") from None
     return Control(plugin_id, image=image, params=params, **fields)
 
 
@@ -70,7 +71,7 @@ def parse_lora(spec: str) -> Lora:
     try:
         return Lora(model_id, float(weight)) if weight else Lora(model_id)
     except ValueError:
-        raise ValidationError(f"--lora {spec!r}: expected ID[:WEIGHT], e.g. papercut:0.7") from None
+        raise ValidationError(f"--lora {quote(spec)}: expected ID[:WEIGHT], e.g. papercut:0.7") from None
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -78,7 +79,7 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq:
-            raise ValidationError(f"--param {pair!r} is not key=value")
+            raise ValidationError(f"--param {quote(pair)} is not key=value")
         out[key] = value
     return out
 
@@ -135,7 +136,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
             controls=[parse_control(s) for s in args.control], loras=[parse_lora(s) for s in args.lora],
             ip_adapters=[parse_ip_adapter(s) for s in args.ip_adapter],
-            init_image=args.init_image, strength=args.strength, mask=args.mask, width=args.width,
+            init_image=args.init_image, strength=args.strength, resize_mode=args.resize_mode, mask=args.mask,
+            width=args.width,
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
             seed=args.seed, batch=args.batch, add_trigger_words=args.trigger_words, progress=update,
             memory=args.memory, attention=args.attention, vram=args.vram, fast=args.fast, clip_skip=args.clip_skip,
@@ -170,9 +172,18 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     image = pipe.preprocess(args.plugin, args.image, width=args.width, height=args.height,
                             resize_mode=args.resize_mode, **parse_params(args.param))
 
-    def save() -> None:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        image.save(args.output)
+    def save() -> None:  # whole or not at all: a full disk leaves no file behind, not an empty one
+        from PIL import Image
+
+        from sdcompose.metadata import write_atomic
+        output = Path(args.output)
+        kind = Image.registered_extensions().get(output.suffix.lower())
+        if kind is None:
+            raise ValueError(f"unknown image file extension {quote(output.suffix)}")
+        buffer = io.BytesIO()
+        image.save(buffer, format=kind)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(output, buffer.getvalue())
 
     _write(args.output, save)
     print(args.output)
@@ -304,8 +315,16 @@ def ranged(name: str) -> str:
     return f"{low:g} to {high:g} (default {field(name):g})"
 
 
+class Parser(argparse.ArgumentParser):
+    """The command's parsers (every subcommand's too): no abbreviations, so `ui --model` is never taken for
+    `--models`, nor a typo for some other option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdcompose", description=__doc__.splitlines()[0])
+    parser = Parser(prog="sdcompose", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sdcompose {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -335,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the prompt as written: no (emphasis:1.2), BREAK or <lora:...> tags (docs/prompts.md)")
     g.add_argument("--init-image", help="img2img source")
     g.add_argument("--strength", type=float, default=field("strength"), help=ranged("strength"))
+    g.add_argument("--resize-mode", choices=RESIZE_MODES, default=field("resize_mode"),
+                   help="how --init-image (and --mask) is fitted to the size (default: %(default)s)")
     g.add_argument("--mask", help="inpaint mask (white = repaint); needs --init-image")
     g.add_argument("-W", "--width", type=int, default=field("width"), help=ranged("width"))
     g.add_argument("-H", "--height", type=int, default=field("height"), help=ranged("height"))
@@ -428,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--outputs", metavar="DIR", help="the web UI keeps every image here "
                                                          "(default: $SDCOMPOSE_HOME/outputs)")
         p.add_argument("--no-save", action="store_true", help="the web UI keeps images only for the browser session")
+        p.add_argument("-m", "--model", help="the base model the page starts with (default: $SDCOMPOSE_MODEL, else "
+                                             "the first one downloaded); serve: also the AUTOMATIC1111 API's "
+                                             "checkpoint until a client sets one")
         runtime(p)
 
     u = sub.add_parser("ui", help="serve the web UI (127.0.0.1:7860)")
@@ -441,7 +465,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. https://app.example) call the API; off by default")
     s.add_argument("--no-ui", action="store_true", help="serve the API alone")
-    s.add_argument("-m", "--model", help="the AUTOMATIC1111 API's checkpoint until a client sets one")
     r = s.add_argument_group("Ray Serve (pip install 'sdcompose[ray]'; docs/scale-out.md)")
     r.add_argument("--ray", action="store_true", help="serve the API on Ray Serve, routed by base model")
     r.add_argument("--address", help="the cluster (auto, HOST:PORT, ray://HOST:PORT); default: a new local Ray")

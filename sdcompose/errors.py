@@ -60,6 +60,17 @@ def quote(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+CPU_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory")  # torch's CPU allocator (Linux, Windows)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory: CUDA's OutOfMemoryError, or on the CPU a
+    MemoryError or the RuntimeError torch's CPU allocator raises."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in CPU_OUT_OF_MEMORY)
+
+
 def suggest(name: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the nearest known name, or ''."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
@@ -67,4 +78,4 @@ def suggest(name: str, known: Iterable[str]) -> str:
 
 
 __all__ = ["SdcomposeError", "ValidationError", "ModelError", "CatalogError", "Cancelled",
-           "OutOfMemory", "Unavailable", "PluginError", "describe", "first_line", "quote", "suggest"]
+           "OutOfMemory", "Unavailable", "PluginError", "describe", "first_line", "is_out_of_memory", "quote", "suggest"]

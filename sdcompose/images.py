@@ -10,7 +10,7 @@ import contextvars
 import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,20 @@ def pixel_budget(budget: PixelBudget | str) -> Iterator[PixelBudget]:
         _budgets.reset(token)
 
 
+class Deferred:
+    """An image decoded only when a request uses it (an embedded input of a PNG): ``open_image`` calls ``load``."""
+
+    def __init__(self, load: Callable[[], Image.Image], name: str) -> None:
+        self.load, self.name = load, name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}, not decoded>"
+
+
 def open_image(source: Any, what: str = "image") -> Image.Image:
-    """Decode ``source`` (path, bytes, PIL image or array) into an image in its own mode, first frame only."""
+    """Decode ``source`` (path, bytes, PIL image, array or Deferred) into an image in its own mode, first frame only."""
+    if isinstance(source, Deferred):
+        return source.load()  # decoded, checked and charged to the budgets by open_image
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):

@@ -17,6 +17,7 @@ import re
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from sdcompose.errors import ValidationError
-from sdcompose.images import _read_bytes, open_image
+from sdcompose.images import Deferred, PixelBudget, _read_bytes, open_image, pixel_budget
 
 KEY, INPUTS_KEY = "sdcompose", "sdcompose-inputs"
 FORMAT = 1
@@ -109,11 +110,12 @@ def _umask() -> int:
     return mask
 
 
-def read_png(source: Any) -> tuple[dict[str, Any], dict[str, Image.Image]]:
+def read_png(source: Any) -> tuple[dict[str, Any], "EmbeddedInputs"]:
     """The metadata and embedded input images of a PNG made by sdcompose; ValidationError otherwise.
 
     The text chunks are read straight from the file (each inflated to at most MAX_TEXT), so large
-    embedded inputs work and a hostile file cannot make the reader allocate more than that.
+    embedded inputs work and a hostile file cannot make the reader allocate more than that. The embedded
+    images are not decoded here: each is a ``Deferred``, decoded when a request uses it (EmbeddedInputs).
     """
     if isinstance(source, Image.Image):
         text = getattr(source, "text", None) or source.info
@@ -125,23 +127,47 @@ def read_png(source: Any) -> tuple[dict[str, Any], dict[str, Image.Image]]:
                               "and saved without stripping its PNG text?)")
     meta = _json(raw, "the sdcompose metadata in this image")
     _check_meta(meta)
-    inputs = {}
+    encoded: dict[str, Any] = {}
     blob = text.get(INPUTS_KEY)
     if isinstance(blob, str):
         encoded = _json(blob, "the embedded inputs in this image")
         if not isinstance(encoded, dict):
             raise ValidationError("the embedded inputs in this image are malformed")
-        for name, data in encoded.items():
-            if not INPUT_NAMES.fullmatch(str(name)):
-                continue  # only the inputs sdcompose writes are decoded
-            if not isinstance(data, str):
-                raise ValidationError(f"embedded {name} in this image is not base64 text")
-            try:
-                decoded = base64.b64decode(data, validate=True)
-            except ValueError:
-                raise ValidationError(f"embedded {name} in this image is not valid base64") from None
-            inputs[name] = open_image(decoded, f"embedded {name}")
-    return meta, inputs
+    return meta, EmbeddedInputs(encoded)
+
+
+class EmbeddedInputs(Mapping):
+    """A PNG's embedded input images by name (``control-N``, ``init_image``, ``mask``), each a ``Deferred``.
+
+    Listing them decodes nothing. Each one a request opens is decoded then, as an untrusted image, and
+    charged to this PNG's pixel budget as well as to the request's: a PNG of a hundred 8192x8192 maps
+    costs what the few its request uses cost, and no more than the budget in all."""
+
+    def __init__(self, encoded: dict[str, Any]) -> None:
+        self._encoded = {str(k): v for k, v in encoded.items() if INPUT_NAMES.fullmatch(str(k))}  # only ours
+        self._budget = PixelBudget("this PNG's embedded inputs")
+
+    def __getitem__(self, name: str) -> Deferred:
+        if name not in self._encoded:
+            raise KeyError(name)
+        return Deferred(lambda: self._decode(name), f"embedded {name}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._encoded)
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+    def _decode(self, name: str) -> Image.Image:
+        data = self._encoded[name]
+        if not isinstance(data, str):
+            raise ValidationError(f"embedded {name} in this image is not base64 text")
+        try:
+            decoded = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise ValidationError(f"embedded {name} in this image is not valid base64") from None
+        with pixel_budget(self._budget):
+            return open_image(decoded, f"embedded {name}")
 
 
 INPUT_NAMES = re.compile(r"control-\d{1,2}|ip-adapter-\d-\d|init_image|mask")
@@ -160,6 +186,9 @@ def _json(raw: str, what: str) -> Any:
 
 def _check_meta(meta: Any) -> None:
     """The shape ``Pipeline.reproduce`` relies on; values are checked again as a GenerationRequest."""
+    if isinstance(meta, dict) and isinstance(meta.get("xyz"), dict) and "request" not in meta:
+        raise ValidationError("this PNG is an X/Y/Z plot's grid, not one generation: open one of its cells (each "
+                              "kept as a PNG of its own) to restore or reproduce it")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("request"), dict):
         found = meta.get("format") if isinstance(meta, dict) else "?"
         raise ValidationError(f"unsupported sdcompose metadata (format {repr(found)[:20]}, expected {FORMAT})")

@@ -26,6 +26,7 @@ from typing import Any
 from sdcompose.metadata import KEY, PNG_SIGNATURE, _png_text, save_png
 
 NAME = re.compile(r"(\d{5,})-(\d+)\.png")
+GRID = re.compile(r"(\d{5,})-grid\.png")
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 MAX_HEAD = 4 * 2**20  # the metadata chunk of one PNG; anything larger is not read for the history
 
@@ -71,11 +72,19 @@ class Outputs:
         return [self._save_one(folder, image, meta, result.inputs)
                 for image, meta in zip(result.images, result.per_image)]
 
-    def _save_one(self, folder: Path, image: Any, meta: dict[str, Any], inputs: dict[str, Any]) -> Path:
+    def save_grid(self, image: Any, meta: dict[str, Any], when: float | None = None) -> Path:
+        """Write an X/Y/Z plot's grid image as ``ROOT/YYYY-MM-DD/grids/NNNNN-grid.png`` (not in the history: its
+        cells are, each with its own metadata)."""
+        folder = self.root / time.strftime("%Y-%m-%d", time.localtime(when)) / "grids"
+        folder.mkdir(parents=True, exist_ok=True)
+        return self._save_one(folder, image, meta, {}, "grid")
+
+    def _save_one(self, folder: Path, image: Any, meta: dict[str, Any], inputs: dict[str, Any],
+                  label: str | None = None) -> Path:
         hidden = save_png(image, meta, inputs, folder / f".{secrets.token_hex(8)}.png")
         try:
             with _locked(folder):  # the number is picked and taken under one lock, across threads and processes
-                target = folder / f"{self._scan_next(folder):05d}-{meta['seed']}.png"
+                target = folder / f"{self._scan_next(folder):05d}-{label or meta['seed']}.png"
                 os.link(hidden, target)  # fails if the name exists: never overwrites
             return target
         finally:
@@ -83,7 +92,8 @@ class Outputs:
 
     @staticmethod
     def _scan_next(folder: Path) -> int:
-        numbers = [int(m.group(1)) for p in folder.iterdir() if (m := NAME.fullmatch(p.name))]
+        numbers = [int(m.group(1)) for p in folder.iterdir()
+                   if (m := NAME.fullmatch(p.name) or GRID.fullmatch(p.name))]
         return max(numbers, default=0) + 1
 
     # ---- the history ----------------------------------------------------------------------------

@@ -130,6 +130,9 @@ class GenerationRequest(BaseModel):
     loras: list[Lora] = Field(default_factory=list, max_length=16)
     init_image: Any = Field(None, description="img2img/inpaint source: path, PIL image or array")
     strength: float = Field(0.75, ge=0.0, le=1.0, description="how much of init_image is repainted")
+    resize_mode: Literal[RESIZE_MODES] = Field("just_resize", description="how init_image and mask are fitted "  # type: ignore
+                                               "to width x height: just_resize (stretched), crop_and_resize, "
+                                               "resize_and_fill (A1111's img2img resize modes)")
     mask: Any = Field(None, description="inpaint mask (white = repaint); needs init_image")
     width: int = Field(512, ge=64, le=4096, multiple_of=8)
     height: int = Field(512, ge=64, le=4096, multiple_of=8)
@@ -303,6 +306,8 @@ def _checked(data: Any) -> dict[str, Any]:
     req["strength"] = _number("strength", req["strength"], *bounds(R, "strength"))
     if req["init_image"] is not None and req["strength"] == 0:
         raise ValidationError("strength must be above 0 for img2img/inpaint (0 would return the input unchanged)")
+    if req["resize_mode"] not in RESIZE_MODES:
+        raise ValidationError(f"resize_mode {_short(req['resize_mode'])} is not one of {', '.join(RESIZE_MODES)}")
     if req["mask"] is not None and req["init_image"] is None:
         raise ValidationError("a mask needs an init_image to paint into")
     req["batch"] = _number("batch", req["batch"], *LIMITS["batch"], integer=True)
@@ -443,7 +448,10 @@ def parse_size(value: Any, name: str) -> int:
         match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt])i?b?|(\d+)\s*b", text or "", re.IGNORECASE)
         if not match:
             raise ValidationError(f"{name} must be a size such as 4GB or 512MB, got {_short(value)}")
-        size = int(match[3]) if match[3] else int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower()))
+        try:
+            size = int(match[3]) if match[3] else int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower()))
+        except OverflowError:  # hundreds of digits: a float of them is infinite
+            size = 2**51
     if not 256 * 2**20 <= size <= 2**50:
         raise ValidationError(f"{name} must be between 256MB and 1024TB, got {_short(value)}")
     return size
@@ -459,14 +467,20 @@ def _number(name: str, value: Any, low: float, high: float, integer: bool = Fals
         finite = math.isfinite(value)
     except OverflowError:  # an int too large for a float
         digits = int(value.bit_length() * math.log10(2)) + 1
-        raise ValidationError(f"{name} must be between {low:g} and {high:g}, got a {digits}-digit number") from None
+        raise ValidationError(f"{name} must be between {_bound(low)} and {_bound(high)}, got a {digits}-digit number") \
+            from None
     if not finite:
         raise ValidationError(f"{name} must be a finite number, got {value!r}")
     if integer and value != int(value):
         raise ValidationError(f"{name} must be a whole number, got {value!r}")
     if not low <= value <= high:
-        raise ValidationError(f"{name} must be between {low:g} and {high:g}, got {_short(value)}")
+        raise ValidationError(f"{name} must be between {_bound(low)} and {_bound(high)}, got {_short(value)}")
     return int(value) if integer else float(value)
+
+
+def _bound(limit: float) -> str:
+    """A limit as written: every digit of a whole number (a seed's 9223372036854775807, not 9.22337e+18)."""
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
 
 
 def _short(value: Any) -> str:

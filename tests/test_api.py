@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import sdcompose
+from sdcompose.images import open_image
 from conftest import max_diff
 
 
@@ -61,7 +62,7 @@ def test_saved_png_carries_metadata_and_inputs(pipe, photo, tmp_path):
         assert "Steps: 2" in image.text["parameters"]
     assert stored["seed"] == 3 and stored["models"] == json.loads(json.dumps(result.metadata["models"]))
     meta, inputs = sdcompose.metadata.read_png(path)
-    assert np.array_equal(np.asarray(inputs["control-0"]), np.asarray(result.inputs["control-0"]))
+    assert np.array_equal(np.asarray(open_image(inputs["control-0"])), np.asarray(result.inputs["control-0"]))
 
 
 def test_batch_gets_one_seed_per_image_and_numbered_files(pipe, tmp_path):

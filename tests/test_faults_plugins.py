@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import sdcompose
+from bounded import run_bounded
 from sdcompose.plugins.api import API_VERSION
 from sdcompose.plugins.registry import Registry
 
@@ -75,11 +76,32 @@ class BadReturn(Sobel):
         return "not an image"
 
 
+class Raiser(Sobel):
+    """Raises ``error`` (any BaseException) while preprocessing; ``signal`` sends itself a real SIGINT first."""
+    id = "raiser"
+    error = SystemExit(3)
+    signal = False
+
+    def preprocess(self, source, ctx, params):
+        if self.signal:
+            import os, signal
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next instruction, in this frame
+        raise self.error
+
+
+class HugeMap(Sobel):
+    id = "hugemap"
+
+    def preprocess(self, source, ctx, params):
+        return Image.new("1", (30000, 30000))  # 112 MB as bits; 2.7 GB as the RGB the pipeline would make of it
+
+
 class HookyLora(Adapter):
-    """An adapter whose forward hook raises at the second UNet call: a failure mid-denoise."""
+    """An adapter whose forward hook raises ``error`` at the second UNet call: a failure mid-denoise."""
     id = "lora"
     version = "0.1"
     fail_remove = False
+    error = RuntimeError("hooky adapter exploded mid-denoise")
 
     def __init__(self):
         self.handles = []
@@ -91,7 +113,7 @@ class HookyLora(Adapter):
             def hook(module, args, output):
                 calls.append(1)
                 if len(calls) == 2:
-                    raise RuntimeError("hooky adapter exploded mid-denoise")
+                    raise self.error
             self.handles.append(pipe.unet.register_forward_hook(hook))
         return {}
 
@@ -126,6 +148,8 @@ ENTRY_POINTS = {
         oldapi = {PKG}.plugins:OldApi
         crashpre = {PKG}.plugins:CrashPre
         badreturn = {PKG}.plugins:BadReturn
+        raiser = {PKG}.plugins:Raiser
+        hugemap = {PKG}.plugins:HugeMap
         explodes = {PKG}.explodes:Thing
         exits = {PKG}.exits:Thing
         missing = {PKG}.plugins:NoSuchClass
@@ -291,3 +315,90 @@ def test_allow_and_deny_lists(site, photo, monkeypatch):
     with pytest.raises(sdcompose.PluginError, match="plugin 'lora' from 'sdcompose' is disabled"):
         p.generate(loras=[sdcompose.Lora("tiny-lora-sd15")], **SMALL)
     assert p.generate(controls=[sdcompose.Control("canny", photo)], **SMALL).images  # the rest works
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_plugin_raising_systemexit_or_keyboardinterrupt_fails_only_that_request(site, photo, pipe, error):
+    p = sdcompose.Pipeline(device="cpu", plugins_deny="sdc-stuck-lora:lora,sdcompose:lora")
+    p.registry.get("raiser", "conditioner").error = error
+    with pytest.raises(sdcompose.PluginError, match=f"conditioner 'raiser' failed on its input: {type(error).__name__}"):
+        p.generate(controls=[sdcompose.Control("raiser", photo)], **SMALL)
+    p.registry.get("lora", "adapter").error = error
+    with pytest.raises(sdcompose.PluginError, match=f"adapter plugin 'lora' failed during generation: "
+                                                    f"{type(error).__name__}"):
+        p.generate(loras=[sdcompose.Lora("tiny-lora-sd15")], **SMALL)
+    assert np.array_equal(p.generate(**SMALL).arrays[0], pipe.generate(**SMALL).arrays[0])
+
+
+def test_plugin_systemexit_in_the_cli_is_one_line_and_exit_2(site, photo):
+    import os
+    import subprocess
+    run = subprocess.run([sys.executable, "-m", "sdcompose.cli", "generate", "--control", f"raiser={photo}",
+                          "--model", "tiny-sd15", "-W", "64", "-H", "64", "--steps", "1", "-o", str(site / "x.png")],
+                         capture_output=True, text=True, timeout=600,
+                         env=os.environ | {"PYTHONPATH": str(site), "SDCOMPOSE_DEBUG": ""})
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == "sdcompose: error: conditioner 'raiser' failed on its input: SystemExit: 3"
+
+
+def test_a_real_interrupt_during_plugin_code_still_interrupts(site, photo):
+    """Ctrl-C (a SIGINT to the process) while a plugin runs is the user's, not the plugin's: it goes through."""
+    out = run_bounded(f"""
+        import sys
+        sys.path.insert(0, {str(site)!r})
+        import sdcompose
+        p = sdcompose.Pipeline(device="cpu")
+        plugin = p.registry.get("raiser", "conditioner")
+        plugin.signal, plugin.error = True, RuntimeError("not reached: the interrupt comes first")
+        try:
+            p.preprocess("raiser", {str(photo)!r})
+        except KeyboardInterrupt:
+            emit("interrupted")
+        except sdcompose.PluginError as exc:
+            emit(str(exc))
+    """, memory_mb=3000)
+    assert out == "interrupted"
+
+
+def test_plugin_returning_a_huge_map_is_one_sentence(site, photo):
+    p = sdcompose.Pipeline(device="cpu")
+    with pytest.raises(sdcompose.PluginError, match="conditioner 'hugemap' returned a 30000x30000 map; the limit is"):
+        p.generate(controls=[sdcompose.Control("hugemap", photo)], **SMALL)
+
+
+def test_plugin_systemexit_in_the_web_ui_fails_that_run_and_the_page_keeps_serving(site, photo, tmp_path):
+    """The page's generate event: the plugin's SystemExit is the run's one-line error; the next run works."""
+    from sdcompose.ui.form import Form
+    from sdcompose.ui.handlers import Handlers
+    from sdcompose.ui.sessions import Sessions
+    p = sdcompose.Pipeline(device="cpu", plugins_deny="sdc-stuck-lora:lora,sdc-hooky-lora:lora")
+    handlers = Handlers(p, Form({"raiser": ()}, [], 1), Sessions(tmp_path / "session"), ["tiny-sd15"])
+    for error in (SystemExit(3), KeyboardInterrupt()):
+        p.registry.get("raiser", "conditioner").error = error
+        values = handlers.form.defaults() | {**SMALL, "cn0_enable": True, "cn0_plugin": "raiser", "cn0_image": str(photo)}
+        (*_, status, _, _, _), = list(handlers.generate_in_page(None, **values))
+        detail = "SystemExit: 3" if isinstance(error, SystemExit) else "KeyboardInterrupt: "
+        assert status == ('<span class="sdc-error">Plugin problem: conditioner \'raiser\' failed on its input: '
+                          f'{detail}</span>'), status
+    *_, (gallery, _, status, _, _, _) = handlers.generate_in_page(None, **(handlers.form.defaults() | SMALL))
+    assert "sdc-error" not in status and len(gallery) == 1
+
+
+def test_plugin_systemexit_in_the_http_api_is_a_400_and_the_server_keeps_serving(site, photo):
+    import base64
+    from starlette.testclient import TestClient
+    from sdcompose.server.app import build_app
+    from sdcompose.server.jobs import JobQueue
+    from sdcompose.server.service import Service
+    p = sdcompose.Pipeline(device="cpu", plugins_deny="sdc-stuck-lora:lora,sdc-hooky-lora:lora")
+    p.registry.get("raiser", "conditioner").error = SystemExit(3)
+    image = base64.b64encode(photo.read_bytes()).decode()
+    jobs = JobQueue(max_queue=4)
+    try:
+        with TestClient(build_app(Service(p, jobs), api=True)) as client:
+            failed = client.post("/v1/generate", json={**SMALL, "controls": [{"id": "raiser", "image": image}]})
+            assert failed.status_code == 400, failed.text
+            assert failed.json()["error"]["message"] == "conditioner 'raiser' failed on its input: SystemExit: 3"
+            assert client.post("/v1/generate", json=SMALL).status_code == 200
+    finally:
+        jobs.close()

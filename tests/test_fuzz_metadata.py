@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import sdcompose
 from png_chunks import chunk, png_with
+from sdcompose.images import open_image
 from sdcompose.metadata import INPUTS_KEY, KEY, read_png
 from sdcompose.pipelines import weights
 
@@ -45,7 +46,8 @@ def read(data: bytes):
     path = FOLDER / "x.png"
     path.write_bytes(data)
     try:
-        return read_png(path)
+        meta, inputs = read_png(path)
+        return meta, {name: open_image(inputs[name]) for name in inputs}  # each embedded input decoded, as a run would
     except sdcompose.ValidationError as exc:
         assert str(exc)
         return None

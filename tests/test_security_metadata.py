@@ -14,6 +14,7 @@ from PIL import Image, PngImagePlugin
 
 import sdcompose
 from png_chunks import chunk, png_with
+from sdcompose.images import open_image
 from sdcompose.metadata import INPUTS_KEY, KEY, MAX_TEXT, read_png, save_png
 
 SMALL = dict(prompt="a red fox", model="tiny-sd15", width=64, height=64, steps=2, seed=9)
@@ -40,7 +41,7 @@ def tampered(made, tmp_path: Path, change) -> Path:
     path, meta, inputs, _ = made
     meta = json.loads(json.dumps(meta))
     change(meta)
-    encoded = {k: base64_png(v) for k, v in inputs.items()}
+    encoded = {k: base64_png(open_image(v)) for k, v in inputs.items()}
     target = tmp_path / "tampered.png"
     target.write_bytes(png_with(itxt(KEY, json.dumps(meta)), itxt(INPUTS_KEY, json.dumps(encoded))))
     return target
@@ -170,9 +171,10 @@ def test_embedded_inputs_are_checked_like_any_image(pipe, made, tmp_path):
                             ("not base64 !!", "not valid base64"), (12, "not base64 text")):
         target = tmp_path / "inputs.png"
         target.write_bytes(png_with(itxt(KEY, json.dumps(meta)), itxt(INPUTS_KEY, json.dumps({"control-0": embedded}))))
+        _, embedded_inputs = read_png(target)  # read without decoding: checked when a request uses it
         with pytest.raises(sdcompose.ValidationError, match=match):
-            read_png(target)
-    encoded = {"../../etc/passwd": "AAAA", **{k: base64_png(v) for k, v in inputs.items()}}
+            open_image(embedded_inputs["control-0"])
+    encoded = {"../../etc/passwd": "AAAA", **{k: base64_png(open_image(v)) for k, v in inputs.items()}}
     target.write_bytes(png_with(itxt(KEY, json.dumps(meta)), itxt(INPUTS_KEY, json.dumps(encoded))))
     assert set(read_png(target)[1]) == {"control-0", "init_image"}  # names sdcompose never writes are ignored
 
@@ -186,7 +188,7 @@ def test_large_embedded_inputs_read_back(tmp_path):
     path = save_png(Image.new("RGB", (8, 8)), meta, {"control-0": noise}, tmp_path / "big.png")
     assert path.stat().st_size > PngImagePlugin.MAX_TEXT_CHUNK
     _, inputs = read_png(path)
-    assert np.array_equal(np.asarray(inputs["control-0"]), np.asarray(noise))
+    assert np.array_equal(np.asarray(open_image(inputs["control-0"])), np.asarray(noise))
 
 
 def test_a_pil_image_with_text_works_too(made):

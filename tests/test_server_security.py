@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+from contextlib import contextmanager
 
 import pytest
 from starlette.routing import Mount
@@ -36,6 +37,19 @@ def make_app(pipeline, jobs, tmp_path, **security):
     from sdcompose.ui.app import build_app as build_page
     settings = Security(users=[(USER, PASSWORD)], tokens=[TOKEN], **security)
     return build_app(Service(pipeline, jobs), settings, api=True, ui=build_page(pipeline, tmp_path))
+
+
+@contextmanager
+def served():
+    """A test client, logged in, of the API app (no page) over a fresh CPU pipeline: for a bounded child process."""
+    from sdcompose.pipelines.pipeline import Pipeline
+    queue = JobQueue(max_queue=4)
+    try:
+        app = build_app(Service(Pipeline(device="cpu"), queue), Security(users=[(USER, PASSWORD)]), api=True)
+        with TestClient(app, headers=BASIC) as client:
+            yield client
+    finally:
+        queue.close()
 
 
 @pytest.fixture(scope="module")

@@ -82,9 +82,14 @@ def page(browser, url):
     page.dialogs = []
     page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
     page.goto(url)
-    page.wait_for_selector("#sdc-prompt textarea", timeout=60_000)
+    ready(page)
     yield page
     page.close()
+
+
+def ready(page) -> None:
+    """Wait for the page-load chain (the form back from storage, the pickers following its model) to end."""
+    page.wait_for_selector("body[data-sdc-ready]", state="attached", timeout=180_000)
 
 
 def set_numbers(page, **values):
@@ -351,6 +356,80 @@ def test_generate_and_stop_stay_in_reach_on_a_narrow_screen(browser, url):
         assert box and 0 <= box["y"] and box["y"] + box["height"] <= 800, (button, box)
     screenshot(page, "ui-narrow.png", full_page=False)
     page.close()
+
+
+def test_img2img_resize_modes_and_the_input_images_size(page, photo):
+    assert not page.locator("#sdc-input-settings").is_visible(), "strength and resizing apply to an input image only"
+    page.get_by_role("tab", name="Image to image").click()
+    page.locator("#sdc-input-settings").wait_for(state="visible", timeout=60_000)
+    assert page.locator("#sdc-strength").is_visible()
+    page.set_input_files("#sdc-init-image input[type=file]", str(photo))  # 96x80
+    page.wait_for_selector("#sdc-init-image img", timeout=60_000)
+    page.click("#sdc-input-size")
+    page.get_by_text("Width and height set to the input image's size: 96x80.").wait_for(timeout=60_000)
+    assert page.input_value("#sdc-width input[type=number]") == "96"
+    assert page.input_value("#sdc-height input[type=number]") == "80"
+    set_numbers(page, width=64, height=64, steps=2)
+    page.locator("#sdc-resize-mode").get_by_label("Crop and resize").check()
+    page.fill("#sdc-seed input", "5")
+    page.click("#sdc-generate")
+    page.get_by_text("1 image(s), seed 5").wait_for(timeout=120_000)
+    meta = json.loads(served_png(page).text["sdcompose"])
+    assert meta["task"] == "img2img" and meta["request"]["resize_mode"] == "crop_and_resize"
+    screenshot(page, "ui-img2img.png", full_page=False)
+    page.get_by_role("tab", name="Text to image").click()
+    page.locator("#sdc-input-settings").wait_for(state="hidden", timeout=60_000)
+    assert page.dialogs == []
+
+
+def test_typed_values_out_of_range_are_refused_and_the_helpers_answer(page):
+    set_numbers(page, steps=2, height=64)
+    set_numbers(page, width=99999)
+    page.click("#sdc-generate")
+    error = page.locator("#sdc-status .sdc-error")
+    error.get_by_text("Invalid request: width must be between 64 and 4096, got 99999").wait_for(timeout=60_000)
+    assert page.input_value("#sdc-width input[type=number]") == "99999", "kept as typed, not clamped to 4096"
+    set_numbers(page, width=64)
+    page.fill("#sdc-seed input", "-5")
+    page.click("#sdc-generate")
+    error.get_by_text("seed must be -1 (random) or between 0 and 9223372036854775807, got -5").wait_for(timeout=60_000)
+    assert "None" not in error.inner_text() and "e+18" not in error.inner_text()
+    page.fill("#sdc-prompt textarea", "a lighthouse on a cliff")
+    page.wait_for_function("/^\\d+\\/75$/.test(document.querySelector('#sdc-prompt-tokens').innerText.trim())",
+                           timeout=60_000)  # A1111's counter: tokens used of the chunks they fill
+    page.click("#sdc-refresh")
+    page.get_by_text("Model folders scanned").wait_for(timeout=60_000)
+
+
+def test_restoring_add_trigger_words_shows_the_prompt_the_model_gets(page, tmp_path):
+    png = crafted_png(tmp_path / "words.png", prompt="a lighthouse", model="tiny-sd15", width=64, height=64,
+                      steps=2, seed=4, add_trigger_words=True, loras=[sdcompose.Lora("tiny-lora-sd15", 0.8)])
+    page.get_by_role("tab", name="Image info").click()
+    page.set_input_files("#sdc-info-image input[type=file]", str(png))
+    page.wait_for_function("document.querySelector('#sdc-info-parameters textarea').value.includes('a lighthouse')")
+    page.click("#sdc-restore")
+    page.locator("#sdc-prompt-tokens").get_by_text("the model gets: a lighthouse, tinystyle").wait_for(timeout=60_000)
+    assert page.input_value("#sdc-prompt textarea") == "a lighthouse" and page.dialogs == []
+
+
+def test_an_xyz_plot_runs_as_one_job_and_shows_its_labelled_grid(page, outputs):
+    page.fill("#sdc-prompt textarea", "a plotted lighthouse")
+    set_numbers(page, width=64, height=64, steps=2)
+    page.fill("#sdc-seed input", "8")
+    page.click("#sdc-xyz button.label-wrap")
+    pick(page, "#sdc-xyz-x-kind", "Steps")
+    page.locator("#sdc-xyz-x-values").locator("textarea, input").first.fill("1, 2")
+    pick(page, "#sdc-xyz-y-kind", "CFG scale")
+    page.locator("#sdc-xyz-y-values").locator("textarea, input").first.fill("2, 6")
+    page.click("#sdc-xyz-run")
+    page.get_by_text("X/Y/Z plot: 4 image(s) and 1 grid(s)").wait_for(timeout=240_000)
+    grid = served_png(page)  # the first image shown: the grid
+    meta = json.loads(grid.text["sdcompose"])
+    assert [a["kind"] for a in meta["xyz"]["axes"]] == ["steps", "guidance"] and grid.width > 128
+    (kept,) = outputs.glob("*/grids/*-grid.png")
+    assert np.array_equal(pixels(Image.open(kept)), pixels(grid))
+    assert len(list(outputs.glob("*/*-8.png"))) == 4, "each cell kept as its own PNG"
+    screenshot(page, "ui-xyz.png", full_page=False)
 
 
 def test_generate_with_an_ip_adapter(page, photo):

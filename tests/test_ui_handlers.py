@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from sdcompose.images import fit
 from sdcompose.outputs import Outputs
+from sdcompose.ui.assist import Assist, fitted_size
 from sdcompose.ui.form import Form, Rejected
 from sdcompose.ui.handlers import Handlers, RunEvent, page_names, progress_bar
 from sdcompose.ui.history import History
+from sdcompose.ui.numbers import SchemaSlider
 from sdcompose.ui.sessions import Sessions
 from sdcompose.ui.uploads import check_image
 from test_ui_form import CANNY
@@ -17,10 +22,19 @@ from test_ui_form import CANNY
 SMALL = dict(model="tiny-sd15", width=64, height=64, steps=2)
 
 
+def handlers_for(folder, pipe=None) -> Handlers:
+    """The page's handlers over ``pipe`` (default: a fresh CPU pipeline), 3 units, canny, keeping files in ``folder``."""
+    if pipe is None:
+        from sdcompose.pipelines.pipeline import Pipeline
+        pipe = Pipeline(device="cpu")
+    form = Form({"canny": CANNY}, [], 3)
+    folder = Path(folder)
+    return Handlers(pipe, form, Sessions(folder / "session"), ["tiny-sd15", "tiny-sdxl"], Outputs(folder / "out"))
+
+
 @pytest.fixture
 def handlers(pipe, tmp_path):
-    form = Form({"canny": CANNY}, [], 3)
-    return Handlers(pipe, form, Sessions(tmp_path / "session"), ["tiny-sd15", "tiny-sdxl"], Outputs(tmp_path / "out"))
+    return handlers_for(tmp_path, pipe)
 
 
 def run_in_page(handlers, **values):
@@ -50,8 +64,8 @@ def test_errors_stay_in_the_status_line_with_the_pages_unit_names(handlers, tmp_
                              'file is not an image') and bar == ""
     good = tmp_path / "good.png"
     Image.new("RGB", (64, 64)).save(good)
-    (*_, status, _, _, _), = run_in_page(handlers, cn2_enable=True, cn2_plugin="canny", cn2_image=str(good),
-                                         cn2_weight=99, **SMALL)
+    *_, (*_, status, _, _, _) = run_in_page(handlers, cn2_enable=True, cn2_plugin="canny", cn2_image=str(good),
+                                            cn2_weight=99, **SMALL)
     assert "ControlNet unit 3" in status and "weight" in status and "controls[" not in status
     assert page_names("controls[1] (canny) weight", [0, 2]) == "ControlNet unit 3 (canny) weight"
 
@@ -87,3 +101,73 @@ def test_conditioners_follow_the_models_family(handlers):
     assert "lineart" not in ids and "canny" in ids and sdxl["value"] == ids[0] and kept["value"] == "canny"
     (sd15,) = handlers.follow_conditioners("tiny-sd15", "lineart")
     assert sd15["value"] == "lineart"
+
+
+def last_status(handlers, **values):
+    return run_in_page(handlers, **values)[-1][2]
+
+
+def test_the_status_says_the_model_loads_before_the_first_step(handlers, pipe):
+    run_in_page(handlers, prompt="warm", seed=1, **SMALL)
+    assert "tiny-sd15" in pipe.loaded() and handlers.preparing("tiny-sd15") == "Starting\u2026"
+    assert handlers.preparing("tiny-sdxl") == "Loading tiny-sdxl\u2026", "one base is kept: the other must load"
+    assert handlers.preparing("sd15").startswith("Downloading sd15 (first use"), "a hub model not in the cache"
+    first = run_in_page(handlers, prompt="warm", seed=1, **SMALL)[0]
+    assert first[2] == "Starting\u2026" and first[4] == ""
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"width": 99999}, "width must be between 64 and 4096, got 99999"),
+    ({"steps": 0}, "steps must be between 1 and 500, got 0"),
+    ({"seed": -5}, "seed must be -1 (random) or between 0 and 9223372036854775807, got -5"),
+    ({"seed": 2**63 - 1}, "seed must be between 0 and 9223372036854775806, got 9223372036854775807"),
+])
+def test_out_of_range_values_are_refused_with_the_schemas_sentence(handlers, changes, message):
+    status = last_status(handlers, **(SMALL | changes))
+    assert status == f'<span class="sdc-error">Invalid request: {message}</span>'
+    assert "None" not in status and "e+18" not in status
+
+
+def test_sliders_pass_typed_values_on_for_the_schema_to_check():
+    assert SchemaSlider(64, 4096, step=8).preprocess(99999) == 99999
+
+
+@pytest.mark.parametrize("mode", ["just_resize", "crop_and_resize", "resize_and_fill"])
+def test_img2img_fits_the_input_image_by_its_resize_mode(handlers, photo, mode):
+    kwargs = handlers.form.to_kwargs(handlers.form.defaults() | {"task": "img2img", "init_image": str(photo),
+                                                                  "resize_mode": mode} | SMALL)
+    assert kwargs["resize_mode"] == mode
+    made = handlers.pipeline.generate(**kwargs | {"seed": 3})
+    expected = fit(Image.open(photo).convert("RGB"), 64, 64, mode)
+    assert np.array_equal(np.asarray(made.inputs["init_image"]), np.asarray(expected))
+    assert made.metadata["request"]["resize_mode"] == mode
+    assert "resize_mode" not in handlers.form.to_kwargs(handlers.form.defaults() | {"resize_mode": mode}), \
+        "text to image has no input image to resize"
+
+
+def test_the_input_images_size_becomes_width_and_height(pipe, photo, tmp_path):
+    assist = Assist(pipe)
+    width, height, status = assist.input_size("img2img", str(photo), None)
+    assert (width, height) == (96, 80) and "96x80" in status
+    editor = {"background": Image.new("RGB", (203, 101)), "layers": []}
+    assert assist.input_size("inpaint", None, editor)[:2] == [200, 96]
+    assert fitted_size(8000, 2000) == (4096, 1024) and fitted_size(10, 10) == (64, 64)
+
+
+def test_the_token_counter_counts_what_the_model_gets(pipe):
+    assist = Assist(pipe)
+    prompt_line, negative_line = assist.prompt_tokens("tiny-sd15", "a lighthouse", "fog", [], False)
+    assert pipe.token_counts("a lighthouse", "tiny-sd15")["label"] in prompt_line and "gets" not in prompt_line
+    assert pipe.token_counts("fog", "tiny-sd15")["label"] in negative_line
+    with_words, _ = assist.prompt_tokens("tiny-sd15", "a lighthouse", "", ["tiny-lora-sd15"], True)
+    assert "the model gets: a lighthouse, tinystyle" in with_words
+    assert pipe.token_counts("a lighthouse, tinystyle", "tiny-sd15")["label"] in with_words
+    broken, _ = assist.prompt_tokens("tiny-sd15", "a (lighthouse", "", [], False)
+    assert "sdc-error" in broken
+    assert assist.prompt_tokens("tiny-sd15", "", "", [], False) == ["", ""]
+
+
+def test_rescanning_the_model_folders_reports_what_changed(pipe):
+    update, status = Assist(pipe).refresh("tiny-sd15")
+    assert update["value"] == "tiny-sd15" and "tiny-sd15" in [value for _, value in update["choices"]]
+    assert status.startswith("Model folders scanned")

@@ -21,9 +21,12 @@ from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, LIMITS, MEMORY
 from sdcompose.outputs import Outputs
 
 from . import browser, widgets
+from .numbers import schema_slider
 from .form import LORA_WEIGHT, RANGES, TASKS, Form
+from .assist import Assist
 from .handlers import Handlers, with_fields
 from .history import History
+from .plot import PlotRun, plot_controls
 from .sessions import Sessions
 from .uploads import checked_image, control_file
 
@@ -31,13 +34,15 @@ INTRO = ("**sdcompose**: Stable Diffusion with ControlNet conditioners and LoRA 
          "prompt, press Generate. Every PNG carries what is needed to make it again: open it in the Image info "
          "tab to restore every setting.")
 TAB_NAMES = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint"}
+# A1111's img2img resize modes, by their names there
+INPUT_RESIZE_MODES = [(mode.replace("_", " ").capitalize(), mode) for mode in RESIZE_MODES]
 IMAGE_FIELDS = ("init_image", "inpaint", "mask")  # not kept in the browser's storage, as the units' images
 Add = Callable[[str, Any], Any]
 
 
 def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, save: bool = True,
-              outputs: str | Path | None = None) -> gr.Blocks:
-    """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units.
+              outputs: str | Path | None = None, model: str | None = None) -> gr.Blocks:
+    """The web UI over ``pipeline`` (an ``sdcompose.Pipeline``), with ``units`` ControlNet units, ``model`` picked.
 
     Every image is kept in ``outputs`` (default ``$SDCOMPOSE_HOME/outputs``, see ``sdcompose.outputs``) and
     listed in the History tab; Gradio serves that folder's PNGs as they are. ``save=False`` keeps images only
@@ -56,7 +61,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, 
     conditioners, _ = widgets.conditioners(pipeline)
     loras = widgets.lora_models(pipeline)
     form = Form(conditioners, [e.id for e in loras], units)
-    model_choices, default_model = widgets.base_models(pipeline)
+    model_choices, default_model = widgets.base_models(pipeline, model)
     handlers = Handlers(pipeline, form, Sessions(Path(workdir) / "outputs"), [value for _, value in model_choices],
                         kept)
     history = History(kept)
@@ -73,7 +78,10 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, 
         ui.gallery_paths, ui.selected = gr.State([]), gr.State(None)
         ui.history_paths, ui.history_selected, ui.history_page = gr.State([]), gr.State(None), gr.State(1)
         gr.Markdown(INTRO)
-        add("model", gr.Dropdown(model_choices, value=default_model, label="Model", elem_id="sdc-model"))
+        with gr.Row(equal_height=True):
+            add("model", gr.Dropdown(model_choices, value=default_model, label="Model", elem_id="sdc-model", scale=8))
+            ui.refresh = gr.Button("\U0001F504 Rescan model folders", size="sm", scale=1, min_width=120,
+                                   elem_id="sdc-refresh")
         ui.task = add("task", gr.Radio(list(TASKS), value=defaults["task"], label="Task", visible=False))
         with gr.Tabs() as ui.main_tabs:
             with gr.Tab("Generate", id="generate"), gr.Row():
@@ -92,6 +100,7 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, 
             raise RuntimeError(f"the page and the form disagree on fields: {sorted(set(fields) ^ set(handlers.names))}")
         _events(demo, ui, handlers, form, fields, defaults)
         _send_events(ui, history, handlers, form, fields)
+        _assist_events(ui, Assist(pipeline), fields)
         demo.unload(handlers.forget)
     return demo
 
@@ -101,10 +110,13 @@ def _form(ui: SimpleNamespace, add: Add, pipeline: Any, form: Form, loras: list[
     """The left column: prompts, task tabs, settings, ControlNet units, LoRAs, memory and speed."""
     add("prompt", gr.Textbox(value="", label="Prompt", lines=3, elem_id="sdc-prompt",
                              placeholder="a lighthouse on a cliff at dawn"))
-    add("negative_prompt", gr.Textbox(value="", label="Negative prompt", lines=2))
+    # the tokens each prompt uses of its 75-token chunks, as A1111 shows them ("83/150")
+    ui.prompt_tokens = gr.HTML("", elem_id="sdc-prompt-tokens")
+    add("negative_prompt", gr.Textbox(value="", label="Negative prompt", lines=2, elem_id="sdc-negative"))
+    ui.negative_tokens = gr.HTML("", elem_id="sdc-negative-tokens")
     with gr.Tabs(selected=defaults["task"]) as ui.mode_tabs:
         _mode_tabs(add, ui.task)
-    ui.random_seed, ui.reuse_seed = _settings(add, defaults)
+    ui.random_seed, ui.reuse_seed, ui.input_settings, ui.input_size = _settings(add, defaults)
     with gr.Accordion("ControlNet", open=False, elem_id="sdc-controlnet"):
         ui.units = [_control_unit(add, i, pipeline, form, defaults) for i in range(form.units)]
         ui.add_unit = gr.Button("Add ControlNet unit", size="sm", elem_id="sdc-add-unit")
@@ -113,6 +125,7 @@ def _form(ui: SimpleNamespace, add: Add, pipeline: Any, form: Form, loras: list[
             gr.Markdown("Plugins that could not be used (see the Plugins tab):\n" + broken)
     _loras(add, loras, form)
     _ip_adapter(add, pipeline, defaults)
+    ui.plot_fields, ui.plot_run = plot_controls()
     _performance(add, defaults)
     ui.forget_form = gr.Button("Reset the form (it is kept in this browser)", size="sm", variant="secondary",
                                elem_id="sdc-forget-form")
@@ -197,9 +210,13 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
     loaded = loaded.then(None, [fields[n] for n in kept], [fields[n] for n in kept], js=browser.load_form(kept))
     loaded = loaded.then(handlers.show_units, [ui.task, *enables], [ui.shown, *groups, ui.mode_tabs],
                          api_name="show_units", api_visibility="undocumented")
-    loaded.then(**follow, api_name="follow_model").then(**narrow, api_name="follow_conditioners")
+    loaded = loaded.then(**follow, api_name="follow_model").then(**narrow, api_name="follow_conditioners")
+    loaded.then(None, None, None, js=browser.mark_ready())  # the form is back and its pickers follow its model
     fields["model"].input(**follow, api_name="follow_model_picked").then(**narrow,
                                                                          api_name="follow_conditioners_picked")
+    rescanned = ui.refresh.click(Assist(handlers.pipeline).refresh, fields["model"], [fields["model"], ui.status],
+                                 api_name="refresh_models")  # new files in the model folders: new choices
+    rescanned.then(**follow, api_name="follow_rescanned").then(**narrow, api_name="follow_rescanned_conditioners")
     gr.on([fields[n].change for n in kept], None, [fields[n] for n in kept], None, js=browser.save_form(kept),
           queue=False)
     ui.forget_form.click(None, None, None, js=browser.forget_form())
@@ -211,9 +228,15 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
     # the gallery unhidden, and an error stays in the status line.
     started = gr.on([ui.generate.click], lambda: ("Waiting for the device\u2026", ""), None, [ui.status, ui.progress],
                     api_name="clear_status", api_visibility="undocumented", queue=False)
-    started.then(with_fields(handlers.generate_in_page, list(fields)), outputs=[*outputs, ui.progress, ui.gallery_paths],
-                 api_name="generate_in_page", api_visibility="undocumented", show_progress="minimal",
-                 show_progress_on=ui.progress, **run)
+    in_page = dict(outputs=[*outputs, ui.progress, ui.gallery_paths], show_progress="minimal",
+                   show_progress_on=ui.progress, concurrency_limit=1, concurrency_id="device")
+    started.then(with_fields(handlers.generate_in_page, list(fields)), inputs_kwargs=fields,
+                 api_name="generate_in_page", api_visibility="undocumented", **in_page)
+    # The X/Y/Z plot: the form's request over its axes, one job on the same queue, shown and kept as a run is.
+    plotted = ui.plot_run.click(lambda: ("Waiting for the device\u2026", ""), None, [ui.status, ui.progress],
+                                api_name="clear_status_plot", api_visibility="undocumented", queue=False)
+    plotted.then(with_fields(PlotRun(handlers).in_page, [*fields, *ui.plot_fields]),
+                 inputs_kwargs=fields | ui.plot_fields, api_name="xyz_plot", **in_page)
     gr.on([fields["model"].input, fields["loras"].input], handlers.recommended, [fields["model"], fields["loras"]],
           [fields["steps"], fields["guidance"], fields["scheduler"], ui.status], api_name="recommended",
           api_visibility="undocumented")  # a few-step model's steps, guidance and sampler, when the user picks it
@@ -269,12 +292,24 @@ def _send_events(ui: SimpleNamespace, history: History, handlers: Handlers, form
     ui.gallery.change(lambda: None, None, ui.selected, api_visibility="private", queue=False)
     browse = [ui.history_search, ui.history_page]
     shown = [ui.history, ui.history_paths, ui.history_page, ui.history_where]
+    # always_last: a search submitted while the tab's own listing runs is listed after it, not dropped
     gr.on([ui.history_tab.select, ui.history_search.submit], history.pager(0), [ui.history_search, gr.State(1)],
-          shown, api_name="history", api_visibility="undocumented")
+          shown, api_name="history", api_visibility="undocumented", trigger_mode="always_last")
     ui.history_newer.click(history.pager(-1), browse, shown, api_visibility="private")
     ui.history_older.click(history.pager(+1), browse, shown, api_visibility="private")
-    ui.task.change(lambda task: gr.update(visible=task != "txt2img"), ui.task, fields["strength"],
+    ui.task.change(lambda task: gr.update(visible=task != "txt2img"), ui.task, ui.input_settings,
                    api_visibility="private", queue=False)
+
+
+def _assist_events(ui: SimpleNamespace, assist: Assist, fields: dict[str, Any]) -> None:
+    """The prompts' token counts, the input image's size."""
+    prompt_inputs = [fields[n] for n in ("model", "prompt", "negative_prompt", "loras", "add_trigger_words")]
+    gr.on([component.change for component in prompt_inputs], assist.prompt_tokens, prompt_inputs,
+          [ui.prompt_tokens, ui.negative_tokens], api_name="prompt_tokens", api_visibility="undocumented",
+          trigger_mode="always_last", concurrency_id="tokens", show_progress="hidden")
+    ui.input_size.click(assist.input_size, [ui.task, fields["init_image"], fields["inpaint"]],
+                        [fields["width"], fields["height"], ui.status], api_name="input_size",
+                        api_visibility="undocumented")
 
 
 def _mode_tabs(add: Add, task_field: Any) -> None:
@@ -294,32 +329,41 @@ def _mode_tabs(add: Add, task_field: Any) -> None:
         tab.select(None, None, task_field, js=f"() => {task!r}")
 
 
-def _settings(add: Add, defaults: dict[str, Any]) -> tuple[gr.Button, gr.Button]:
-    """Sampler, steps, size, guidance, batch, seed (with its random / reuse buttons), strength (shown for the
-    tasks that take an input image)."""
+def _settings(add: Add, defaults: dict[str, Any]) -> tuple[gr.Button, gr.Button, gr.Column, gr.Button]:
+    """Sampler, steps, size, guidance, batch, seed (with its random / reuse buttons); for the tasks that take an
+    input image (shown only there): strength, the resize mode and a button that takes the input image's size.
+    Returns the random-seed, reuse-seed buttons, the input image's settings, its size button."""
     with gr.Row():
         add("scheduler", gr.Dropdown(list(SCHEDULERS), value=defaults["scheduler"], label="Sampler"))
-        add("steps", gr.Slider(*RANGES["steps"], value=defaults["steps"], step=1, label="Steps",
-                               elem_id="sdc-steps"))
+        add("steps", schema_slider(*RANGES["steps"], value=defaults["steps"], step=1, label="Steps",
+                                   elem_id="sdc-steps"))
     with gr.Row():
-        add("width", gr.Slider(*RANGES["width"], value=defaults["width"], step=LIMITS["size_multiple"], label="Width",
-                               elem_id="sdc-width"))
-        add("height", gr.Slider(*RANGES["height"], value=defaults["height"], step=LIMITS["size_multiple"],
-                                label="Height", elem_id="sdc-height"))
+        add("width", schema_slider(*RANGES["width"], value=defaults["width"], step=LIMITS["size_multiple"],
+                                   label="Width", elem_id="sdc-width"))
+        add("height", schema_slider(*RANGES["height"], value=defaults["height"], step=LIMITS["size_multiple"],
+                                    label="Height", elem_id="sdc-height"))
     with gr.Row():
-        add("guidance", gr.Slider(*RANGES["guidance"], value=defaults["guidance"], step=0.5, label="CFG scale"))
-        add("batch", gr.Slider(*RANGES["batch"], value=defaults["batch"], step=1, label="Batch size"))
+        add("guidance", schema_slider(*RANGES["guidance"], value=defaults["guidance"], step=0.5, label="CFG scale",
+                                      elem_id="sdc-guidance"))
+        add("batch", schema_slider(*RANGES["batch"], value=defaults["batch"], step=1, label="Batch size",
+                                   elem_id="sdc-batch"))
     with gr.Row():
         add("seed", gr.Number(value=defaults["seed"], precision=0, label="Seed (-1: random)", scale=3,
                               elem_id="sdc-seed"))
         with gr.Column(scale=1, min_width=120):
             random_seed = gr.Button("Random seed", size="sm")
             reuse_seed = gr.Button("Reuse seed", size="sm", elem_id="sdc-reuse-seed")
-    # the low end is one step above the schema's 0: strength 0 is refused for image to image and inpaint
-    add("strength", gr.Slider(0.01, RANGES["strength"][1], value=defaults["strength"], step=0.01,
-                              elem_id="sdc-strength", visible=defaults["task"] != "txt2img",
-                              label="Denoising strength (how much of the input image is repainted)"))
-    return random_seed, reuse_seed
+    with gr.Column(visible=defaults["task"] != "txt2img", elem_id="sdc-input-settings") as input_settings:
+        # the low end is one step above the schema's 0: strength 0 is refused for image to image and inpaint
+        add("strength", schema_slider(0.01, RANGES["strength"][1], value=defaults["strength"], step=0.01,
+                                      elem_id="sdc-strength",
+                                      label="Denoising strength (how much of the input image is repainted)"))
+        with gr.Row(equal_height=True):
+            add("resize_mode", gr.Radio(INPUT_RESIZE_MODES, value=defaults["resize_mode"], scale=3,
+                                        label="Resize mode (the input image to the width and height)",
+                                        elem_id="sdc-resize-mode"))
+            input_size = gr.Button("Use the input image's size", size="sm", scale=1, elem_id="sdc-input-size")
+    return random_seed, reuse_seed, input_settings, input_size
 
 
 def _control_unit(add: Add, i: int, pipeline: Any, form: Form, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -354,9 +398,12 @@ def _control_unit(add: Add, i: int, pipeline: Any, form: Form, defaults: dict[st
                     key = form.param(i, plugin_id, spec.name)
                     add(key, widgets.param_widget(spec, defaults[key]))
         with gr.Row():
-            add(name("weight"), gr.Slider(*RANGES["unit_weight"], value=defaults[name("weight")], step=0.05, label="Weight"))
-            add(name("start"), gr.Slider(*RANGES["unit_start"], value=defaults[name("start")], step=0.01, label="Starting step"))
-            add(name("end"), gr.Slider(*RANGES["unit_end"], value=defaults[name("end")], step=0.01, label="Ending step"))
+            add(name("weight"), schema_slider(*RANGES["unit_weight"], value=defaults[name("weight")], step=0.05,
+                                              label="Weight", elem_id=f"sdc-unit-{i}-weight"))
+            add(name("start"), schema_slider(*RANGES["unit_start"], value=defaults[name("start")], step=0.01,
+                                             label="Starting step"))
+            add(name("end"), schema_slider(*RANGES["unit_end"], value=defaults[name("end")], step=0.01,
+                                           label="Ending step"))
         with gr.Row():
             add(name("resize_mode"), gr.Radio(list(RESIZE_MODES), value=defaults[name("resize_mode")],
                                               label="Resize mode"))
@@ -371,10 +418,10 @@ def _loras(add: Add, loras: list[Any], form: Form) -> None:
         add("loras", gr.Dropdown(widgets.lora_choices(loras), value=[], multiselect=True, label="LoRAs",
                                  elem_id="sdc-loras"))
         for entry in loras:
-            add(form.lora(entry.id), gr.Slider(*RANGES["lora"], value=LORA_WEIGHT, step=0.05,
-                                               label=f"{entry.id} weight",
-                                               info=f"trigger words: {', '.join(entry.trigger_words)}"
-                                               if entry.trigger_words else None, visible=False))
+            add(form.lora(entry.id), schema_slider(*RANGES["lora"], value=LORA_WEIGHT, step=0.05,
+                                                   label=f"{entry.id} weight",
+                                                   info=f"trigger words: {', '.join(entry.trigger_words)}"
+                                                   if entry.trigger_words else None, visible=False))
         add("add_trigger_words", gr.Checkbox(False, label="Add the chosen LoRAs' trigger words to the prompt"))
 
 

@@ -9,12 +9,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from sdcompose.errors import ValidationError
+from sdcompose.errors import PluginError, ValidationError, quote
 from sdcompose.images import MAX_BYTES, open_image, to_rgb
 from sdcompose.request import Control, GenerationRequest, IpAdapter, Lora, bounds, default
 
@@ -24,7 +25,8 @@ _R = GenerationRequest
 DEFAULTS = dict(task="txt2img", prompt=default(_R, "prompt"), negative_prompt=default(_R, "negative_prompt"),
                 model=None, scheduler=default(_R, "scheduler"), steps=default(_R, "steps"),
                 guidance=default(_R, "guidance"), width=default(_R, "width"), height=default(_R, "height"),
-                seed=RANDOM_SEED, batch=default(_R, "batch"), strength=default(_R, "strength"), init_image=None,
+                seed=RANDOM_SEED, batch=default(_R, "batch"), strength=default(_R, "strength"),
+                resize_mode=default(_R, "resize_mode"), init_image=None,
                 inpaint=None, mask=None, loras=[], add_trigger_words=default(_R, "add_trigger_words"),
                 memory=default(_R, "memory"), attention=default(_R, "attention"), vram="", fast=default(_R, "fast"),
                 ip_enable=False, ip_model=None, ip_image=None,
@@ -37,8 +39,10 @@ LORA_WEIGHT = default(Lora, "weight")
 RANGES = {**{name: bounds(_R, name) for name in ("steps", "width", "height", "guidance", "batch", "strength")},
           **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")}, "lora": bounds(Lora, "weight"),
           **{f"ip_{name}": bounds(IpAdapter, name) for name in ("weight", "start", "end")}}
+EMBEDDED = "<image>"  # an image field restored without decoding the image (Image info shows this)
 SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength",
-           "memory", "attention", "fast")
+           "resize_mode", "memory", "attention", "fast")
+SEED_MAX = bounds(_R, "seed")[1]
 
 
 @dataclass(frozen=True)
@@ -99,24 +103,25 @@ class Form:
     def to_kwargs(self, values: dict[str, Any]) -> dict[str, Any]:
         """Arguments for ``Pipeline.generate`` from the form's values; ValidationError for what the form must fix."""
         task = values.get("task") or "txt2img"
-        if task not in TASKS:
-            raise ValidationError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        if not isinstance(task, str) or task not in TASKS:
+            raise ValidationError(f"task must be one of {', '.join(TASKS)}, got {quote(task)}")
         for name in {"img2img": ("init_image",), "inpaint": ("mask",)}.get(task, ()):  # units: in control()
             if isinstance(values.get(name), Rejected):
                 raise ValidationError(f"{field_title(name)}: {values[name].reason}")
         kwargs = {name: values[name] for name in (*SCALARS, "batch", "add_trigger_words")
-                  if values.get(name) is not None and name != "strength"}
+                  if values.get(name) is not None and name not in ("strength", "resize_mode")}
         kwargs["seed"] = _seed(values.get("seed"))
         kwargs["vram"] = values.get("vram") or None  # empty: what the card has free
         kwargs["controls"] = self._controls(values)
         kwargs["loras"] = []
         for lora_id in values.get("loras") or []:
-            if lora_id not in self.loras:
-                raise ValidationError(f"no LoRA {lora_id!r} on offer; pick from {', '.join(self.loras) or 'none'}")
+            if not isinstance(lora_id, str) or lora_id not in self.loras:
+                raise ValidationError(f"no LoRA {quote(lora_id)} on offer; pick from {', '.join(self.loras) or 'none'}")
             kwargs["loras"].append(Lora(lora_id, values.get(self.lora(lora_id), LORA_WEIGHT)))
         kwargs["ip_adapters"] = _ip_adapters(values)
-        if task != "txt2img":
+        if task != "txt2img":  # strength and the resize mode apply only to an input image
             kwargs["strength"] = values.get("strength", DEFAULTS["strength"])
+            kwargs["resize_mode"] = values.get("resize_mode") or DEFAULTS["resize_mode"]
         if task == "img2img":
             if values.get("init_image") is None:
                 raise ValidationError("image to image needs an input image: upload one in the Image to image tab")
@@ -138,7 +143,7 @@ class Form:
             value = values.get(self.unit(i, name))
             return UNIT_DEFAULTS[name] if value is None else value
         plugin_id = get("plugin")
-        if plugin_id not in self.conditioners:
+        if not isinstance(plugin_id, str) or plugin_id not in self.conditioners:
             raise ValidationError(f"ControlNet unit {i + 1}: pick a conditioner "
                                   f"({', '.join(self.conditioners) or 'none installed'})")
         image = get("image") if get("image") is not None else get("file")
@@ -157,20 +162,26 @@ class Form:
                        preprocessed=bool(get("preprocessed")))
 
     # ---- metadata -> form ----------------------------------------------------------------------
-    def from_metadata(self, meta: dict[str, Any], inputs: dict[str, Image.Image],
-                      store: Callable[[str, Image.Image], str]) -> tuple[dict[str, Any], list[str]]:
+    def from_metadata(self, meta: dict[str, Any], inputs: Mapping[str, Any],
+                      store: Callable[[str, Image.Image], str] | None) -> tuple[dict[str, Any], list[str]]:
         """Every field's value to make the image again (control maps become preprocessed units), and warnings
-        for what this page cannot offer. ``store(name, image)`` saves an embedded image and returns its path."""
+        for what this page cannot offer. ``store(name, image)`` saves an embedded image and returns its path;
+        only the images the form takes are decoded for it. ``store=None``: none is decoded, each field holds
+        ``EMBEDDED``."""
         request, warnings = GenerationRequest.from_metadata(meta, inputs), []
+
+        def keep(name: str, image: Any) -> str:
+            return EMBEDDED if store is None else store(name, open_image(image, f"embedded {name}"))
+
         values = self.defaults()
         values.update({name: getattr(request, name) for name in SCALARS})
         values.update(seed=request.seed, add_trigger_words=request.add_trigger_words, task=request.task,
                       vram=_size_text(request.vram))
         if request.init_image is not None:
-            init = store("init_image", request.init_image)
+            init = keep("init_image", request.init_image)
             if values["task"] == "inpaint":
                 values["inpaint"] = {"background": init, "layers": [], "composite": init}
-                values["mask"] = store("mask", request.mask)
+                values["mask"] = keep("mask", request.mask)
             else:
                 values["init_image"] = init
         for lora in request.loras:
@@ -198,10 +209,13 @@ class Form:
                 "weight", "start", "end", "resize_mode", "control_mode")})
             values.update({self.unit(i, "enable"): True, self.unit(i, "plugin"): control.id,
                            self.unit(i, "model"): control.model or "auto", self.unit(i, "preprocessed"): True,
-                           self.unit(i, "image"): store(f"control-{index}", control.image)})
+                           self.unit(i, "image"): keep(f"control-{index}", control.image)})
             for spec in self.conditioners[control.id]:
-                if spec.name in control.params:
-                    values[self.param(i, control.id, spec.name)] = control.params[spec.name]
+                if spec.name in control.params:  # only a value the plugin accepts reaches the form
+                    try:
+                        values[self.param(i, control.id, spec.name)] = spec.check(control.params[spec.name])
+                    except PluginError as exc:
+                        warnings.append(f"ControlNet unit {i + 1} ({control.id}): {exc}; left at its default")
         return values, warnings
 
 
@@ -237,15 +251,19 @@ def _size_text(size: int | None) -> str:
 
 
 def _seed(value: Any) -> int | None:
+    """The page's seed (-1: random) as the request's (None: random); the schema checks the upper limit."""
     if value is None or value == "":
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int of hundreds of digits
         number = float("nan")
     if not math.isfinite(number) or number != int(number):
-        raise ValidationError(f"seed must be a whole number (-1 for random), got {value!r}")
-    return None if int(number) == RANDOM_SEED else int(number)
+        raise ValidationError(f"seed must be a whole number (-1 for random), got {quote(value)}")
+    seed = value if isinstance(value, int) and not isinstance(value, bool) else int(number)  # every digit kept
+    if seed < 0 and seed != RANDOM_SEED:
+        raise ValidationError(f"seed must be -1 (random) or between 0 and {SEED_MAX}, got {seed}")
+    return None if seed == RANDOM_SEED else seed
 
 
 def _pose_json(path: str, where: str) -> Any:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
@@ -20,19 +21,19 @@ from PIL import Image
 
 from sdcompose.errors import Cancelled, ModelError, OutOfMemory, PluginError, SdcomposeError, ValidationError
 from sdcompose import infotext
+from sdcompose.images import pixel_budget
 from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.outputs import Outputs
 from sdcompose.request import GenerationRequest, validate
 
 from . import widgets
-from .form import TASKS, Form
+from .form import EMBEDDED as IMAGE, TASKS, Form
 from .sessions import Sessions
 from .widgets import escape
 
 log = logging.getLogger("sdcompose.ui")
 TITLES = {ValidationError: "Invalid request", OutOfMemory: "Out of memory", ModelError: "Model problem",
           PluginError: "Plugin problem"}
-IMAGE = "<image>"
 PREVIEW_EVERY_S = 0.25  # at most four preview images a second reach the page
 
 
@@ -51,7 +52,11 @@ def errors_in_page(units: list[int] | None = None) -> Iterator[None]:
     except SdcomposeError as exc:
         title = next((t for cls, t in TITLES.items() if isinstance(exc, cls)), "Error")
         raise gr.Error(escape(page_names(str(exc), units or [])), title=title, print_exception=False) from None
-    except Exception as exc:  # a bug must not end the session: say so, keep the traceback in the server log
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # not GeneratorExit: a closed event generator
+        # A bug must not end the session, nor a SystemExit or KeyboardInterrupt the server: events run in worker
+        # threads, where no signal arrives, so these come from code (plugin code: plugins/contain.py contains it).
+        if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
+            raise
         log.exception("unexpected error in a UI event")
         message = f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)"
         raise gr.Error(escape(message), title="Internal error", print_exception=False) from None
@@ -127,6 +132,13 @@ def with_fields(fn: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
     return call
 
 
+def test_model_line(result: Any) -> str:
+    """The status line's warning for a tiny test model's images (random weights: noise)."""
+    model = escape(result.metadata["request"]["model"])
+    return (f"**These images are {escape(result.metadata['note'])}** ({model}): they show the pipeline works, not "
+            "what a real model draws. ")
+
+
 def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
@@ -146,7 +158,7 @@ class Handlers:
         for event in self._run(session_of(request), values):
             if event.done:
                 yield event.gallery, event.info, event.status, event.seed
-            else:
+            elif event.total:
                 progress((event.step, event.total), desc=f"step {event.step} of {event.total}", unit="steps")
                 if event.image is not None:
                     yield [(event.image, f"preview at step {event.step}")], gr.skip(), event.status, gr.skip()
@@ -155,8 +167,12 @@ class Handlers:
         """The page's generate: as ``generate``, plus the progress bar; an error is not raised but stays in the
         status line (red) until the next run. Outputs: gallery, metadata, status, first seed, progress bar, the
         gallery's file paths (what its send-to buttons may send on)."""
+        yield from self.in_page(self._run(session_of(request), values))
+
+    def in_page(self, events: Iterator[RunEvent]) -> Iterator[tuple]:
+        """A run's events as the page's outputs (see ``generate_in_page``); its error, if any, in the status line."""
         try:
-            for event in self._run(session_of(request), values):
+            for event in events:
                 bar = progress_bar(event)
                 if event.done:
                     paths = [path for path, _ in event.gallery] if isinstance(event.gallery, list) else gr.skip()
@@ -173,55 +189,74 @@ class Handlers:
         started = time.monotonic()
         with errors_in_page(self.form.unit_names(values)):
             kwargs = self.form.to_kwargs(values)
-            with self.sessions.cancel_flag(session) as cancel:
-                steps: queue.Queue = queue.Queue()
-                outcome: dict[str, Any] = {}
-
-                def work() -> None:
-                    try:
-                        outcome["result"] = self.pipeline.generate(
-                            **kwargs, cancel=cancel, preview=lambda step, total, image: steps.put((step, total, image)))
-                    except BaseException as exc:  # re-raised below, in the event's own thread
-                        outcome["error"] = exc
-                    finally:
-                        steps.put(None)
-
-                worker = threading.Thread(target=work, name="sdcompose-generate", daemon=True)
-                worker.start()
-                shown, first = 0.0, None
-                try:
-                    while (item := steps.get()) is not None:
-                        step, total, image = item
-                        first = first or (time.monotonic(), step)
-                        due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
-                        shown = time.monotonic() if due else shown
-                        yield RunEvent(step=step, total=total, image=image if due else None,
-                                       status=f"Step {step} of {total}", eta=_eta(first, step, total))
-                finally:  # the page went away mid-run: stop the worker at its next step
-                    if worker.is_alive():
-                        cancel.set()
-                if isinstance(outcome.get("error"), Cancelled):
-                    yield RunEvent(done=True, status=f"Stopped: {outcome['error']}.", gallery=gr.skip(),
-                                   info=gr.skip(), seed=gr.skip())
-                    return
-                if "error" in outcome:
-                    raise outcome["error"]
-            result = outcome["result"]
-            if self.outputs is not None:
-                paths = self.outputs.save(result)
-            else:
-                paths = result.save(self.sessions.output(session))
+            yield RunEvent(status=self.preparing(kwargs.get("model")))
+            result = yield from self.worker(session, lambda cancel, preview: self.pipeline.generate(
+                **kwargs, cancel=cancel, preview=preview))
+            if result is None:
+                return
+            paths = self.keep(session, result)
         seeds, note = result.metadata["seeds"], result.metadata.get("note")
         gallery = [(str(path), f"seed {seed}" + (f" · {note}" if note else "")) for path, seed in zip(paths, seeds)]
         status = f"{len(paths)} image(s), seed {', '.join(map(str, seeds))}, in {time.monotonic() - started:.1f} s."
         if self.outputs is not None:
             status += f" Saved as {escape(paths[0].name)}" + (" and the rest of the batch." if len(paths) > 1 else ".")
         if note:
-            model = escape(result.metadata["request"]["model"])
-            status = (f"**These images are {escape(note)}** ({model}): they show the pipeline works, not what a "
-                      "real model draws. " + status)
+            status = test_model_line(result) + status
         yield RunEvent(done=True, gallery=gallery, info=json.dumps(result.metadata, indent=1, default=str),
                        status=status, seed=seeds[0])
+
+    def keep(self, session: str | None, result: Any) -> list[Path]:
+        """Save a result's images: in the outputs folder, else (``--no-save``) for the browser session only."""
+        if self.outputs is not None:
+            return self.outputs.save(result)
+        return result.save(self.sessions.output(session))
+
+    def worker(self, session: str | None, job: Callable[[threading.Event, Callable], Any]) -> Iterator[RunEvent]:
+        """``job(cancel, preview)`` in a worker thread, Stop setting ``cancel``: yields its steps (a preview image at
+        most four times a second); returns what the job returns, or None when it was stopped (after yielding the
+        "Stopped" event). Errors are raised again here."""
+        with self.sessions.cancel_flag(session) as cancel:
+            steps: queue.Queue = queue.Queue()
+            outcome: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    outcome["result"] = job(cancel, lambda step, total, image: steps.put((step, total, image)))
+                except BaseException as exc:  # re-raised below, in the event's own thread
+                    outcome["error"] = exc
+                finally:
+                    steps.put(None)
+
+            thread = threading.Thread(target=work, name="sdcompose-generate", daemon=True)
+            thread.start()
+            shown, first = 0.0, None
+            try:
+                while (item := steps.get()) is not None:
+                    step, total, image = item
+                    first = first or (time.monotonic(), step)
+                    due = time.monotonic() - shown >= PREVIEW_EVERY_S or step == total
+                    shown = time.monotonic() if due else shown
+                    yield RunEvent(step=step, total=total, image=image if due else None,
+                                   status=f"Step {step} of {total}", eta=_eta(first, step, total))
+            finally:  # the page went away mid-run: stop the worker at its next step
+                if thread.is_alive():
+                    cancel.set()
+            if isinstance(outcome.get("error"), Cancelled):
+                yield RunEvent(done=True, status=f"Stopped: {outcome['error']}.", gallery=gr.skip(), info=gr.skip(),
+                               seed=gr.skip())
+                return None
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["result"]
+
+    def preparing(self, model: str | None) -> str:
+        """The status line until the first step: the base model loading (or downloading, on first use)."""
+        entry = self.pipeline.catalog.entries.get(model or self.pipeline.settings.default_model)
+        if entry is None or entry.id in self.pipeline.loaded():
+            return "Starting\u2026"
+        if not self.pipeline.loader.is_local(entry):
+            return f"Downloading {escape(entry.id)} (first use: several GB, it can take minutes)\u2026"
+        return f"Loading {escape(entry.id)}\u2026"
 
     def stop(self, request: gr.Request) -> str:
         stopped = self.sessions.stop(session_of(request))
@@ -327,7 +362,7 @@ class Handlers:
             text, shown, meta, inputs, _ = self._settings(image)
             if meta is None:
                 return text, json.dumps(shown, indent=1, default=str), None
-            values, _ = self.form.from_metadata(meta, inputs, store=lambda name, picture: IMAGE)
+            values, _ = self.form.from_metadata(meta, inputs, store=None)  # nothing decoded
         values["inpaint"] = IMAGE if values["inpaint"] else None
         return text, json.dumps(shown, indent=1, default=str), values
 
@@ -336,6 +371,7 @@ class Handlers:
         found = infotext.foreign(image)
         if found.tool == "sdcompose":
             meta, inputs = read_png(image)
+            GenerationRequest.from_metadata(meta, inputs)  # odd values: one sentence here, nothing decoded
             return a1111_parameters(meta), meta, meta, inputs, []
         if found.tool == "ComfyUI":
             shown = {"tool": "ComfyUI", "note": "made by ComfyUI: its graph cannot be run or restored here",
@@ -361,7 +397,7 @@ class Handlers:
             picture.save(path)
             return str(path)
 
-        with errors_in_page():
+        with errors_in_page(), pixel_budget("this restore"):  # the images it decodes (the PNG has its own budget too)
             _, _, meta, inputs, notes = self._settings(image)
             if meta is None:
                 raise ValidationError(notes[0])

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdcompose.errors import ValidationError, quote, suggest
 from sdcompose.plugins.api import ParamSpec
 
 TEST_MODEL = "test model: its images are noise"
@@ -34,18 +35,21 @@ def param_widget(spec: ParamSpec, value: Any = None) -> gr.components.Component:
     return gr.Textbox(value=value, label=label, info=info)
 
 
-def base_models(pipeline: Any) -> tuple[list[tuple[str, str]], str]:
+def base_models(pipeline: Any, wanted: str | None = None) -> tuple[list[tuple[str, str]], str]:
     """Dropdown choices ``(label, id)`` for the base models, families shown, and the default pick.
 
-    The default: ``SDCOMPOSE_MODEL`` if set, else the first real model already downloaded, else the first
-    test model, so the page works offline out of the box.
+    The default: ``wanted`` (``sdcompose ui --model``; ValidationError if it is not a base model), else
+    ``SDCOMPOSE_MODEL`` if set, else the first real model already downloaded, else the first test model,
+    so the page works offline out of the box.
     """
     entries = [e for e in pipeline.catalog.entries.values() if e.kind == "base"]
     local = {e.id: pipeline.loader.is_local(e) for e in entries}
     choices = [(f"{e.id} ({e.family}, {TEST_MODEL})" if e.tiny else
                 f"{e.id} ({e.family}{'' if local[e.id] else ', downloads on first use'})", e.id) for e in entries]
-    wanted = os.environ.get("SDCOMPOSE_MODEL")
     ids = [e.id for e in entries]
+    if wanted is not None and wanted not in ids:
+        raise ValidationError(f"--model {quote(wanted)} is not a base model in models.yaml{suggest(wanted, ids)}")
+    wanted = wanted or os.environ.get("SDCOMPOSE_MODEL")
     if wanted in ids:
         return choices, wanted
     real = [e.id for e in entries if local[e.id] and not e.tiny]
