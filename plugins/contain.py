@@ -58,10 +58,12 @@ def _interrupts() -> Iterator[Callable[[], bool]]:
     previous = signal.getsignal(signal.SIGINT)
 
     def note(signum: int, frame: object) -> None:
+        if previous == signal.SIG_IGN:  # this process ignores Ctrl-C (started in the background): no interrupt
+            return
         hit.append(True)
         if callable(previous):
             previous(signum, frame)
-        elif previous != signal.SIG_IGN:  # the default action: the interrupt Python would raise
+        else:  # the default action: the interrupt Python would raise
             raise KeyboardInterrupt
 
     try:

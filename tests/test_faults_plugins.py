@@ -396,7 +396,8 @@ def test_plugin_systemexit_in_the_cli_is_one_line_and_exit_2(site, photo):
 def test_a_real_interrupt_during_plugin_code_still_interrupts(site, photo):
     """Ctrl-C (a SIGINT to the process) while a plugin runs is the user's, not the plugin's: it goes through."""
     out = run_bounded(f"""
-        import sys
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even if CI ignores it
         sys.path.insert(0, {str(site)!r})
         import sdcompose
         p = sdcompose.Pipeline(device="cpu")
