@@ -123,7 +123,8 @@ def router(service: Service) -> APIRouter:
     @api.get("/sdapi/v1/embeddings")
     async def embeddings() -> dict[str, Any]:
         """A1111's answer: the current checkpoint's family's embeddings as loaded, the other families' as skipped."""
-        family = next((m.get("family") for m in service.pipeline.models() if m["id"] == service.model), None)
+        current = service.pipeline.catalog.entries.get(service.model)
+        family = current.family if current else None
         found: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
         for m in _entries(service, "embedding"):
             found["loaded" if m.get("family") == family else "skipped"][m["id"]] = {
