@@ -76,7 +76,7 @@ class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = ""
-    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler"]
+    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler", "t2i_adapter"]
     family: str | None = None  # a model family (pipelines/families/)
     description: str = ""
     license: str = ""
@@ -90,7 +90,7 @@ class Entry(BaseModel):
     config: str | None = None  # single-file models: a family's shipped config name (sd15, sdxl) or a diffusers folder
     tiny: bool = False
     stands_in_for: str | None = None
-    conditioner: str | None = Field(default=None, pattern=r"^[\w.-]{1,100}$")  # a ControlNet: the plugin it serves
+    conditioner: str | None = Field(default=None, pattern=r"^[\w.-]{1,100}$")  # a ControlNet/T2I-Adapter: its plugin
     trigger_words: tuple[str, ...] = ()
     allow_pickle: bool = False
     recommended: Recommended | None = None  # steps, guidance, sampler hints (few-step models)
@@ -116,8 +116,10 @@ class Entry(BaseModel):
                              "convert them")
         if self.kind not in ("annotator", "upscaler") and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` ({' or '.join(families.names())})")
-        if self.conditioner is not None and self.kind != "controlnet":
-            raise ValueError("`conditioner` names the plugin a ControlNet serves; only a controlnet has one")
+        if self.conditioner is not None and self.kind not in ("controlnet", "t2i_adapter"):
+            raise ValueError("`conditioner` names the plugin a ControlNet or T2I-Adapter serves; only those have one")
+        if self.kind == "t2i_adapter" and self.file:
+            raise ValueError("a T2I-Adapter is a diffusers folder (config.json and its weights): give `repo` or `path`")
         return self
 
     @field_validator("family")

@@ -74,9 +74,9 @@ class Pipeline:
             req = req.with_(model=self.settings.default_model)
         if req.seed is None:
             req = req.with_(seed=secrets.randbelow(2**32))
+        plan = resolve(req, self.catalog, self.registry)  # what cannot run is refused before any pass
         if req.hires is not None:  # two passes, each a run of its own over the same model cache
             return hires.run(self, req, progress, cancel, preview)
-        plan = resolve(req, self.catalog, self.registry)
         with pixel_budget("this request"):  # every image this request decodes, together
             maps = [self.conditioning.control_map(unit, req.width, req.height) for unit in plan.units]
             init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, req.resize_mode) \

@@ -3,6 +3,7 @@ this request only (a context manager that always takes it off again), the step c
 cancel), and out-of-memory and cancel turned into sdcompose's errors once the run's tensors are freed."""
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import warnings
@@ -97,6 +98,14 @@ class Run:
         self.final["latents"] = tensors.get("latents")
         return tensors
 
+    def step_callback(self, pipe: Any) -> dict[str, Any]:
+        """``on_step`` as the pipeline takes it: ``callback_on_step_end``, or the older ``callback(step, t, latents)``
+        (diffusers' SD1.5 T2I-Adapter pipeline has only that one)."""
+        if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+            return {"callback_on_step_end": self.on_step}
+        return {"callback": lambda step, t, latents: self.on_step(pipe, step, t, {"latents": latents}),
+                "callback_steps": 1}
+
     def denoise(self, maps: list[Image.Image], init: Any, mask: Any) -> tuple[list[np.ndarray], dict, dict]:
         plan, cache = self.plan, self.cache
         req = plan.request
@@ -128,7 +137,7 @@ class Run:
                         self.fast.session(graphed, req.fast, self.device, plan_memory.placement) as fast_report:
                     kwargs = self.call_arguments(pipe, maps, init, mask)  # encodes prompts: after placement, LoRAs
                     with vae_guard.Watch(pipe.vae) as watch:
-                        output = pipe(**kwargs, callback_on_step_end=self.on_step)
+                        output = pipe(**kwargs, **self.step_callback(pipe))
                     images, vae_decode = vae_guard.checked(pipe, watch, output.images, self.final.get("latents"))
         except torch.OutOfMemoryError:
             stopped = "oom"

@@ -1,0 +1,127 @@
+"""T2I-Adapter units: a ControlNet unit whose model is a models.yaml ``t2i_adapter`` runs through diffusers' own
+adapter pipelines, pixel for pixel; what those pipelines cannot run is refused before any work."""
+from __future__ import annotations
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sdcompose
+from conftest import max_diff
+from sdcompose.errors import SdcomposeError
+from sdcompose.pipelines import memory
+from sdcompose.pipelines.resolve import resolve
+from test_reference import DPMPP, SEED, SIZE, STEPS, canny_map, model_dir, ours
+
+CANNY15, DEPTH15, CANNYXL, LINEXL = ("tiny-t2iadapter-canny-sd15", "tiny-t2iadapter-depth-sd15",
+                                     "tiny-t2iadapter-canny-sdxl", "tiny-t2iadapter-lineart-sdxl")
+
+
+def adapter_reference(pipe, family, class_name, adapters, **call):
+    """diffusers' adapter pipeline loaded straight from the tiny folders, with the same seed."""
+    nets = [diffusers.T2IAdapter.from_pretrained(model_dir(pipe, a)) for a in adapters]
+    extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
+    ref = getattr(diffusers, class_name).from_pretrained(
+        model_dir(pipe, f"tiny-{family}"), adapter=nets[0] if len(nets) == 1 else diffusers.MultiAdapter(nets), **extra)
+    ref.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(ref.scheduler.config, **DPMPP)
+    ref.set_progress_bar_config(disable=True)
+    out = ref(prompt="a red fox", negative_prompt="blurry", num_inference_steps=STEPS, guidance_scale=6.0,
+              generator=[torch.Generator("cpu").manual_seed(SEED)], output_type="np", height=SIZE, width=SIZE,
+              **call)
+    return out.images[0]
+
+
+def test_one_sd15_adapter_matches_diffusers(pipe, photo):
+    control = sdcompose.Control("canny", image=photo, weight=0.8, model=CANNY15, resize_mode="just_resize")
+    result = ours(pipe, model="tiny-sd15", controls=[control])
+    expected = adapter_reference(pipe, "sd15", "StableDiffusionAdapterPipeline", [CANNY15], image=canny_map(photo),
+                                 adapter_conditioning_scale=0.8)
+    assert max_diff(result.arrays[0], expected) <= 1e-5
+    plain = ours(pipe, model="tiny-sd15")
+    assert max_diff(result.arrays[0], plain.arrays[0]) > 1e-3, "the T2I-Adapter must change the image"
+    assert result.metadata["models"][CANNY15]["kind"] == "t2i_adapter"
+    assert len(result.metadata["models"][CANNY15]["sha256"]) >= 1
+    assert CANNY15 in pipe.cache.loaded()["t2i_adapter"] and CANNY15 not in pipe.cache.loaded()["controlnet"]
+
+
+def test_two_sdxl_adapters_with_an_end_match_diffusers_multiadapter(pipe, photo):
+    flipped = canny_map(photo).transpose(Image.FLIP_LEFT_RIGHT)
+    controls = [sdcompose.Control("canny", image=photo, weight=1.0, end=0.5, model=CANNYXL, resize_mode="just_resize"),
+                sdcompose.Control("lineart", image=flipped, weight=0.6, end=0.5, model=LINEXL, preprocessed=True)]
+    result = ours(pipe, model="tiny-sdxl", controls=controls)
+    expected = adapter_reference(pipe, "sdxl", "StableDiffusionXLAdapterPipeline", [CANNYXL, LINEXL],
+                                 image=[canny_map(photo), flipped], adapter_conditioning_scale=[1.0, 0.6],
+                                 adapter_conditioning_factor=0.5)
+    assert max_diff(result.arrays[0], expected) <= 1e-5
+
+
+def test_reproduce_gives_identical_pixels(pipe, photo, tmp_path):
+    grey = Image.new("RGB", (SIZE, SIZE), (90, 90, 90))  # a depth map drawn by hand: no depth estimator runs
+    control = sdcompose.Control("depth", image=grey, weight=0.9, model=DEPTH15, preprocessed=True)
+    first = ours(pipe, model="tiny-sd15", controls=[control], seed=11)
+    path = first.save(tmp_path / "t2i.png")[0]
+    again = pipe.reproduce(path)
+    assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
+    assert again.metadata["models"][DEPTH15] == first.metadata["models"][DEPTH15]
+    assert again.metadata["request"]["controls"][0]["model"] == DEPTH15
+
+
+def test_the_memory_planner_counts_the_adapter(pipe, photo):
+    control = sdcompose.Control("canny", image=photo, model=CANNY15)
+    plan = resolve(sdcompose.GenerationRequest(model="tiny-sd15", controls=[control]), pipe.catalog, pipe.registry)
+    modules = pipe.cache.plan_modules(plan)
+    load = memory.workload(modules, SIZE, SIZE, 1, 6.0, torch.float32, "sd15")
+    size = sum(p.numel() * p.element_size() for p in modules["adapter:0"].parameters())
+    assert load.weights["adapter:0"] == size > 0
+    without = memory.workload({k: v for k, v in modules.items() if k != "adapter:0"}, SIZE, SIZE, 1, 6.0,
+                              torch.float32, "sd15")
+    plan_none = memory.MemoryPlan()
+    assert memory.estimate(load, plan_none) - memory.estimate(without, plan_none) >= size
+
+
+MISSING = "/nonexistent/never-read.png"  # a refusal before any work never opens the control image
+
+
+@pytest.mark.parametrize("fields,words", [
+    (dict(controls=[sdcompose.Control("canny", image=MISSING, model=CANNY15)], init_image="photo"),
+     "T2I-Adapters run text-to-image only"),
+    (dict(controls=[sdcompose.Control("canny", image=MISSING, model=CANNY15),
+                    sdcompose.Control("canny", image=MISSING)]), "cannot run in one request"),
+    (dict(controls=[sdcompose.Control("canny", image=MISSING, model=CANNY15, start=0.2)]), "set start to 0"),
+    (dict(controls=[sdcompose.Control("canny", image=MISSING, model=CANNY15, end=0.5)]),
+     "has no adapter_conditioning_factor"),
+    (dict(model="tiny-sdxl", controls=[sdcompose.Control("canny", image=MISSING, model=CANNYXL, end=0.5),
+                                       sdcompose.Control("lineart", image=MISSING, model=LINEXL)]),
+     "give every unit the same end"),
+    (dict(controls=[sdcompose.Control("canny", image=MISSING, model=CANNY15, control_mode="prompt_first")]),
+     "has no control modes"),
+    (dict(controls=[sdcompose.Control("canny", image=MISSING, model=CANNY15)], hires={"scale": 2}),
+     "hires fix cannot run with T2I-Adapter units"),
+    (dict(controls=[sdcompose.Control("canny", image=MISSING, model=CANNYXL)]), "is sdxl; base 'tiny-sd15' is sd15"),
+], ids=["img2img", "mixed", "start", "sd15-end", "ends", "control-mode", "hires", "family"])
+def test_what_adapter_pipelines_cannot_run_is_refused_in_one_sentence(pipe, photo, fields, words):
+    fields = dict(fields)
+    if fields.get("init_image") == "photo":
+        fields["init_image"] = photo
+    fields.setdefault("model", "tiny-sd15")
+    with pytest.raises(SdcomposeError) as caught:
+        pipe.generate("a fox", width=SIZE, height=SIZE, steps=1, **fields)
+    message = str(caught.value)
+    assert words in message and "\n" not in message and "never-read" not in message
+
+
+def test_cli_unit_with_an_adapter_model_then_reproduce(tmp_path, photo, home):
+    from test_cli import cli
+    out = tmp_path / "t2i.png"
+    run = cli("generate", "--model", "tiny-sd15", "--control", f"canny={photo}:weight=0.7:model={CANNY15}",
+              "--seed", "3", "-W", "64", "-H", "64", "--steps", "2", "-o", out, "a", "castle")
+    assert run.returncode == 0, run.stderr
+    again = cli("reproduce", out, "-o", tmp_path / "again.png")
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "again.png")))
+    refused = cli("generate", "--model", "tiny-sd15", "--control", f"canny={photo}:start=0.3:model={CANNY15}",
+                  "-W", "64", "-H", "64", "--steps", "1", "-o", tmp_path / "no.png", "a castle")
+    assert refused.returncode == 2 and "set start to 0" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.png").exists()
