@@ -327,17 +327,18 @@ class Catalog:
         self._add(path, entries, [])
         self.roots.update(dict.fromkeys(entries, package_root))
 
-    def serving(self, conditioner: str, family: str, tiny: bool) -> Entry | None:
+    def serving(self, conditioner: str, family: str, tiny: bool, kind: str = "controlnet") -> Entry | None:
         """The default ControlNet for a conditioner and family: the entry that says ``conditioner: <id>``, from the
         latest file (the user's over a plugin's over the shipped one), tiny or real as asked. A real base falls
-        back to the model a serving tiny entry stands in for, when the user added it without ``conditioner:``."""
+        back to the model a serving tiny entry stands in for, when the user added it without ``conditioner:``.
+        ``kind``: ``t2i_adapter`` for the T2I-Adapter serving it."""
         files = {path: rank for rank, path in enumerate(self.files)}
-        pool = [e for e in self.entries.values() if e.kind == "controlnet" and e.family == family]
+        pool = [e for e in self.entries.values() if e.kind == kind and e.family == family]
         serving = [e for e in pool if e.conditioner == conditioner]
         matches = [e for e in serving if e.tiny == tiny]
         if not matches and not tiny:
             matches = [self.entries[e.stands_in_for] for e in serving
-                       if e.stands_in_for in self.entries and self.entries[e.stands_in_for].kind == "controlnet"]
+                       if e.stands_in_for in self.entries and self.entries[e.stands_in_for].kind == kind]
         if not matches:
             return None
         return max(matches, key=lambda e: files.get(self.origins.get(e.id), -1))

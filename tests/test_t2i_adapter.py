@@ -125,3 +125,46 @@ def test_cli_unit_with_an_adapter_model_then_reproduce(tmp_path, photo, home):
                   "-W", "64", "-H", "64", "--steps", "1", "-o", tmp_path / "no.png", "a castle")
     assert refused.returncode == 2 and "set start to 0" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.png").exists()
+
+
+def test_the_ui_unit_model_list_offers_the_family_t2i_adapters(pipe, tmp_path):
+    from sdcompose.ui.form import Form
+    from sdcompose.ui.handlers import Handlers
+    from sdcompose.ui.sessions import Sessions
+    from sdcompose.ui.widgets import conditioners
+    form = Form(conditioners(pipe)[0], [], 1)
+    handlers = Handlers(pipe, form, Sessions(tmp_path / "out"), ["tiny-sd15", "tiny-sdxl"])
+    _loras, unit, _status = handlers.follow_model("tiny-sdxl", [], CANNYXL)
+    offered = dict((value, label) for label, value in unit["choices"])
+    assert unit["value"] == CANNYXL and "T2I-Adapter" in offered[CANNYXL] and LINEXL in offered
+    assert "tiny-controlnet-canny-sdxl" in offered and CANNY15 not in offered
+    _loras, unit, status = handlers.follow_model("tiny-sd15", [], CANNYXL)
+    assert unit["value"] == "auto" and f"model {CANNYXL} is for sdxl; set to auto" in status
+    kwargs = form.to_kwargs(form.defaults() | {"model": "tiny-sd15", "prompt": "a fox", "cn0_enable": True,
+                                               "cn0_plugin": "canny", "cn0_image": Image.new("RGB", (64, 64)),
+                                               "cn0_model": CANNY15})
+    assert kwargs["controls"][0].model == CANNY15
+
+
+def test_an_a1111_unit_naming_a_t2i_adapter_runs_it(pipe, photo):
+    import base64
+
+    from sdcompose.errors import FieldError
+    from sdcompose.server.a1111_request import plan
+    image = base64.b64encode(photo.read_bytes()).decode()
+
+    def unit(model):
+        return {"prompt": "a red fox", "seed": 5, "width": 64, "height": 64, "steps": 2, "cfg_scale": 6,
+                "alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": model, "image": image,
+                                                              "weight": 0.9}]}}}
+    named = plan(unit("t2iadapter_canny_sd15v2 [c2d6b5f4]"), "txt2img", "tiny-sd15", pipe.catalog).requests[0]
+    assert named.controls[0].model == CANNY15  # the tiny base's stand-in for the family's canny T2I-Adapter
+    by_id = plan(unit(f"{CANNY15} [0123abcd]"), "txt2img", "tiny-sd15", pipe.catalog).requests[0]
+    assert by_id.controls[0].model == CANNY15
+    direct = pipe.run(named.with_(controls=[sdcompose.Control("canny", photo, weight=0.9, model=CANNY15)]))
+    assert np.array_equal(np.asarray(pipe.run(named).images[0]), np.asarray(direct.images[0]))
+    with pytest.raises(FieldError, match="is a T2I-Adapter models.yaml lacks: add a sdxl t2i_adapter entry with "
+                                         "conditioner: pose"):
+        plan(unit("t2i-adapter-openpose-sdxl-1.0") | {"alwayson_scripts": {"controlnet": {"args": [
+            {"module": "openpose", "model": "t2i-adapter-openpose-sdxl-1.0", "image": image}]}}},
+             "txt2img", "tiny-sdxl", pipe.catalog)
