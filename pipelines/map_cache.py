@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from io import BytesIO
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image, PngImagePlugin
 from sdcompose.images import MAX_PIXELS
 from sdcompose.metadata import write_atomic
 
+OURS = re.compile(r"\.?[0-9a-f]{64}\.png(\..*\.partial)?")  # a map, or one being written: nothing else is ever removed
 FORMAT = 1  # bump when what a file holds or how its key is made changes: old files are then simply not found
 DIGEST = "sdcompose-map-sha256"  # the text chunk holding the pixels' sha256
 SUFFIX = ".png"
@@ -91,13 +93,14 @@ class MapCache:
         self.trim()
 
     def trim(self) -> None:
-        """Remove the least recently used files until the folder holds at most ``limit`` bytes."""
+        """Remove the least recently used maps until they take at most ``limit`` bytes (other files in the
+        folder are neither counted nor touched)."""
         files = []
         try:
             with os.scandir(self.folder) as entries:
                 for entry in entries:
                     try:
-                        if entry.is_file(follow_symlinks=False):
+                        if OURS.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                             stat = entry.stat(follow_symlinks=False)
                             files.append((stat.st_mtime_ns, stat.st_size, entry.path))
                     except OSError:  # removed meanwhile by another process

@@ -158,6 +158,7 @@ def noise(seed: int, side: int = 64) -> Image.Image:
 def test_the_folder_stays_under_its_bound_and_the_least_recently_used_go_first(tmp_path):
     one = len(_png(noise(0)))
     cache = MapCache(tmp_path, limit=3 * one + one // 2)  # room for three maps
+    (tmp_path / "notes.txt").write_bytes(bytes(10 * one))  # not the cache's: never counted or removed
     keys = [f"{i:064x}" for i in range(5)]
     for i, key in enumerate(keys[:3]):
         cache.put(key, noise(i))
@@ -165,7 +166,8 @@ def test_the_folder_stays_under_its_bound_and_the_least_recently_used_go_first(t
     assert cache.get(keys[0]) is not None  # used now: the newest
     cache.put(keys[3], noise(3))
     assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted([keys[0], keys[2], keys[3]])
-    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= cache.limit
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.png")) <= cache.limit
+    assert (tmp_path / "notes.txt").exists()
     assert np.array_equal(np.asarray(cache.get(keys[0])), np.asarray(noise(0)))
     assert cache.get(keys[1]) is None
     cache.put(keys[4], noise(4, side=256))  # larger than the whole bound: not kept, and nothing else goes for it
