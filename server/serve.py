@@ -44,14 +44,15 @@ def serve(args: argparse.Namespace, api: bool = True, ui: bool = True) -> int:
         if ui:
             from sdcompose.ui.app import build_app as build_page
             blocks = build_page(pipeline, workdir, save=not args.no_save, outputs=args.outputs, model=args.model,
-                                jobs=jobs if api else None)  # `sdcompose ui`: Gradio's queue, as before
+                                jobs=jobs)
         security = Security(users=users, tokens=tokens, cors_origins=list(args.cors_allow_origin or []))
         app = build_app(Service(pipeline, jobs, getattr(args, "model", None)), security, api=api, ui=blocks)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         parts = ["the web UI at /"] if ui else []
         parts += ["the API at /v1 and /sdapi/v1, its docs at /docs"] if api else []
         print(f"sdcompose: serving on http://{shown}:{args.port} ({'; '.join(parts)})", flush=True)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3, ws="none", lifespan="on")
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, ws="none",
+                                lifespan="on")
         if threading.current_thread() is threading.main_thread():
             # uvicorn shuts down on SIGTERM, then raises the signal again with the handler it found: this one, so
             # the process ends through the clean-up below instead of dying before it
