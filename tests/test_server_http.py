@@ -168,6 +168,10 @@ NESTED = {"prompt": "x", "controls": [{"id": "pose", "image": json.loads("[" * 1
     ("/v1/generate", NESTED, 422, "body"),
     ("/v1/generate", [1, 2], 422, "body"),
     ("/sdapi/v1/txt2img", {"enable_hr": 1}, 422, "enable_hr"),
+    ("/sdapi/v1/txt2img", {"sampler_name": "LCM", "steps": 100}, 422, "steps"),
+    ("/v1/generate", {"scheduler": "lcm", "steps": 100}, 422, "steps"),
+    ("/sdapi/v1/txt2img", {"sampler_name": "LCM", "steps": 8, "enable_hr": True, "hr_second_pass_steps": 40,
+                           "denoising_strength": 0.5}, 422, "hr_second_pass_steps"),
     ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_upscaler": "Magic 16x"}, 422, "hr_upscaler"),
     ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_scale": 9}, 422, "hr_scale"),
     ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_scale": 4, "width": 2048, "height": 2048}, 422, "hr_scale"),
@@ -275,7 +279,7 @@ def test_webuiapi_img2img_inpaint_png_info_models_and_options(live, pipe, photo,
     assert "canny" in api.controlnet_module_list() and "tiny-controlnet-canny-sd15" in api.controlnet_model_list()
 
 
-def test_webuiapi_hires_fix_is_the_python_apis_two_passes(live, pipe):
+def test_webuiapi_hires_fix_is_the_native_apis_two_passes(live):
     api = live.webui()
     result = api.txt2img(prompt="a castle", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Lanczos",
                          hr_second_pass_steps=3, denoising_strength=0.6, **A1111_SMALL)
@@ -283,9 +287,14 @@ def test_webuiapi_hires_fix_is_the_python_apis_two_passes(live, pipe):
     meta = json.loads(result.image.text["sdcompose"])
     assert [(p["pass"], p["width"], p["steps"]) for p in meta["passes"]] == [(1, 64, 2), (2, 128, 3)]
     assert result.info["denoising_strength"] == 0.6 and result.info["extra_generation_params"]["Hires upscale"] == 2
-    direct = pipe.generate(prompt="a castle", seed=4, scheduler="euler_a", guidance=7.0,
-                           hires=sdcompose.Hires(scale=2, upscaler="lanczos", steps=3, denoise=0.6), **SMALL)
-    assert np.array_equal(pixels(result.image), np.asarray(direct.images[0]))
+    # the same request as the native API's hires field: the same pixels from the same server
+    native = live.http.post("/v1/generate", json=dict(prompt="a castle", seed=4, scheduler="euler_a", guidance=7.0,
+                                                      hires={"scale": 2, "upscaler": "lanczos", "steps": 3,
+                                                             "denoise": 0.6}, **SMALL))
+    assert native.status_code == 200, native.text[:300]
+    same = decoded(native.json()["images"][0])
+    assert json.loads(same.text["sdcompose"])["request"] == meta["request"]
+    assert np.array_equal(pixels(result.image), pixels(same))
     # the target size by hr_resize_x (height follows), through an upscaler model named by its models.yaml id
     sized = live.http.post("/sdapi/v1/txt2img", json=dict(prompt="a castle", seed=4, enable_hr=True, hr_resize_x=96,
                                                          hr_upscaler="tiny-upscaler-x2", **A1111_SMALL))
