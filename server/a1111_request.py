@@ -54,8 +54,9 @@ UNIT_FIELDS = {"enabled", "image", "input_image", "mask", "mask_image", "module"
 # the hires fix (txt2img, enable_hr true): honoured; the rest only at "the same as the first pass"
 HIRES = {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
          "denoising_strength"}
-HIRES_SAME = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler"),
-              "hr_scheduler": (None, "", "Use same scheduler"), "hr_prompt": (None, ""), "hr_negative_prompt": (None, ""),
+HIRES_SAME = {"hr_checkpoint_name": (None, "", "Use same checkpoint"),
+              "hr_sampler_name": (None, "", "Use same sampler"), "hr_scheduler": (None, "", "Use same scheduler"),
+              "hr_prompt": (None, ""), "hr_negative_prompt": (None, ""),
               "hr_additional_modules": (None, [], ["Use same choices"]), "firstphase_width": (None, 0),
               "firstphase_height": (None, 0)}
 HR_DENOISE = 0.7  # A1111's (and webuiapi's) denoising_strength for the hires pass

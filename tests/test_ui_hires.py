@@ -45,7 +45,8 @@ def test_a_hires_run_from_the_page_lists_both_passes_and_restores_the_section(pi
     assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(direct.images[0]))
 
 
-def test_a_hires_scale_over_the_size_limit_is_one_sentence_in_the_status_line(handlers):
+def test_a_hires_scale_over_the_size_limit_is_one_sentence_in_the_status_line(pipe, tmp_path):
+    handlers = handlers_for(tmp_path, pipe)
     *_, (*_, status, _, _, _) = run_in_page(handlers, **dict(SMALL, width=2048, height=2048, hires_enable=True,
                                                              hires_scale=4))
     assert status.startswith('<span class="sdc-error">') and "hires scale 4 makes 2048x2048 into 8192x8192" in status

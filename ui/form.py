@@ -38,7 +38,8 @@ UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, file=None, preproces
 LORA_WEIGHT = default(Lora, "weight")
 # Slider ranges, the schema's limits: (low, high) by form field ("unit_*": each ControlNet unit's, "lora": each LoRA's)
 RANGES = {**{name: bounds(_R, name) for name in ("steps", "width", "height", "guidance", "batch", "strength")},
-          **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")}, "lora": bounds(Lora, "weight"),
+          **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")},
+          "lora": bounds(Lora, "weight"),
           **{f"hires_{name}": bounds(Hires, name) for name in ("scale", "steps", "denoise")}}
 EMBEDDED = "<image>"  # an image field restored without decoding the image (Image info shows this)
 SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength",

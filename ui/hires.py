@@ -54,7 +54,8 @@ def upscale_tab(pipeline: Any, handlers: Any) -> None:
                 "result is saved with its metadata.")
     with gr.Row():
         with gr.Column():
-            image = checked_image(label="Image to upscale", sources=["upload", "clipboard"], elem_id="sdc-upscale-image")
+            image = checked_image(label="Image to upscale", sources=["upload", "clipboard"],
+                                  elem_id="sdc-upscale-image")
             model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Upscaler",
                                 elem_id="sdc-upscale-model")
             scale = schema_slider(*upscale.SCALES, value=2, step=0.25, label="Scale", elem_id="sdc-upscale-scale")
