@@ -282,7 +282,8 @@ def test_webuiapi_img2img_inpaint_png_info_models_and_options(live, pipe, photo,
 def test_webuiapi_hires_fix_is_the_native_apis_two_passes(live):
     api = live.webui()
     result = api.txt2img(prompt="a castle", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Lanczos",
-                         hr_second_pass_steps=3, denoising_strength=0.6, **A1111_SMALL)
+                         hr_second_pass_steps=3, denoising_strength=0.6, **A1111_SMALL,
+                         alwayson_scripts={})  # webuiapi keeps the units of its last call in its default dict
     assert result.image.size == (128, 128)
     meta = json.loads(result.image.text["sdcompose"])
     assert [(p["pass"], p["width"], p["steps"]) for p in meta["passes"]] == [(1, 64, 2), (2, 128, 3)]
