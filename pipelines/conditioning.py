@@ -1,5 +1,6 @@
 """Control sources to control maps: decoding a unit's input, running its conditioner plugin, and caching the
-map by content hash and params; annotator weights are fetched only when a plugin asks for one."""
+map by content hash and params (in memory, and on disk between processes: pipelines/map_cache.py); annotator
+weights are fetched only when a plugin asks for one."""
 from __future__ import annotations
 
 import hashlib
@@ -16,17 +17,21 @@ from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_mask, load_rgb, op
 from sdcompose.pipelines import ip_adapters
 from sdcompose.pipelines.catalog import Catalog
 from sdcompose.pipelines.loader import Loader
+from sdcompose.pipelines.map_cache import MapCache, annotator_identity, disk_key
 from sdcompose.pipelines.resolve import Plan, Unit
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
 from sdcompose.plugins.contain import plugin_code
 from sdcompose.request import LIMITS, Control
+from sdcompose.settings import Settings
 
 MAPS_KEPT = 32  # control maps kept in memory between requests
 
 
 class Conditioning:
-    def __init__(self, catalog: Catalog, loader: Loader, device: str, dtype: Any) -> None:
+    def __init__(self, catalog: Catalog, loader: Loader, device: str, dtype: Any,
+                 settings: Settings | None = None) -> None:
         self.catalog, self.loader, self.device, self.dtype = catalog, loader, device, dtype
+        self.disk = MapCache(settings.map_cache, settings.map_cache_bytes()) if settings else MapCache(None, 0)
         self._maps: OrderedDict[str, Image.Image] = OrderedDict()
 
     def inputs(self, plan: Plan) -> tuple[list[Image.Image], Any, Any, list[list[Image.Image]]]:
@@ -54,12 +59,25 @@ class Conditioning:
             key = map_key(control.id, params, source) + (f"@{width}x{height}" if source.data is not None else "")
             image = self._maps.get(key)
             if image is None:
-                image = self._preprocess(unit, source, params, size)
+                image = self._from_disk_or_plugin(key, unit, source, params, size)
                 self._maps[key] = image
                 while len(self._maps) > MAPS_KEPT:
                     self._maps.popitem(last=False)
         if width and height:
             image = fit(image, width, height, control.resize_mode)
+        return image
+
+    def _from_disk_or_plugin(self, key: str, unit: Unit, source: ControlSource, params: dict[str, Any],
+                             size: tuple[int, int] | None) -> Image.Image:
+        """The map from the disk cache, else made by the plugin (and stored, unless it opts out: ``cache_maps``)."""
+        if not getattr(unit.plugin, "cache_maps", True):
+            return self._preprocess(unit, source, params, size)
+        ids = {i: unit.annotators.get(i, i) for i in unit.plugin.annotators}
+        file_key = disk_key(key, unit.plugin, size, self.device, self.dtype, annotator_identity(self.catalog, ids))
+        image = self.disk.get(file_key)
+        if image is None:
+            image = self._preprocess(unit, source, params, size)
+            self.disk.put(file_key, image)
         return image
 
     def _preprocess(self, unit: Unit, source: ControlSource, params: dict[str, Any],

@@ -191,16 +191,18 @@ class Loader:
             return self._controlnet(entry, dtype)
 
     def _controlnet(self, entry: Entry, dtype: torch.dtype):
-        ControlNetModel = families.get(entry.family).controlnet_model()
+        family = families.get(entry.family)
+        ControlNetModel = family.controlnet_model()
         source = self.verified_path(entry)
         try:
             if source.is_file():
                 config = self._config(entry)
-                # A pipeline config folder (a family's shipped one) gives a ControlNet its UNet's architecture.
-                pipeline_folder = not (config / "config.json").is_file() and (config / "unet" / "config.json").is_file()
+                # A pipeline config folder (a family's shipped one) gives a ControlNet its denoiser's architecture.
+                pipeline_folder = not (config / "config.json").is_file() and \
+                    (config / family.denoiser / "config.json").is_file()
                 return ControlNetModel.from_single_file(str(source), config=str(config), torch_dtype=dtype,
                                                         local_files_only=True,
-                                                        **({"subfolder": "unet"} if pipeline_folder else {}))
+                                                        **({"subfolder": family.denoiser} if pipeline_folder else {}))
             return ControlNetModel.from_pretrained(source, torch_dtype=dtype,
                                                    use_safetensors=None if entry.allow_pickle else True,
                                                    local_files_only=True)

@@ -54,6 +54,7 @@ class Workload:
     vae_upcast: bool = False  # the VAE is cast to float32 to decode (SDXL's ``force_upcast``)
     vae_tile: int = 512  # tile size of VAE tiling, in pixels
     calibration: Any = None  # the family's activation terms, GiB per 512x512 image (None: SD1.5's, the constants)
+    denoiser: str = "unet"  # the family's denoising module (``Family.denoiser``): it runs in the denoise phase
 
     @property
     def controlnets(self) -> int:
@@ -133,16 +134,16 @@ def workload(models: dict[str, Any], width: int, height: int, batch: int, guidan
     upcast = bool(spec.vae_may_upcast and getattr(config, "force_upcast", False) and getattr(dtype, "itemsize", 4) == 2)
     return Workload(weights, groups, leaves, width, height, batch, cfg=guidance > 1, calibration=spec.memory,
                     act_bytes=getattr(dtype, "itemsize", 4), vae_upcast=upcast,
-                    vae_tile=int(getattr(config, "sample_size", 512) or 512))
+                    vae_tile=int(getattr(config, "sample_size", 512) or 512), denoiser=spec.denoiser)
 
 
 # ---- the estimate ------------------------------------------------------------------------------
-def _phase(name: str) -> str:
+def _phase(name: str, denoiser: str = "unet") -> str:
     if name.startswith("text_encoder"):
         return "text"
     if name == "vae":
         return "decode"
-    return "denoise" if name.startswith(("unet", "controlnet")) else "all"
+    return "denoise" if name.startswith((denoiser, "controlnet")) else "all"
 
 
 def activations(w: Workload, vae_slicing: bool = False, vae_tiling: bool = False) -> dict[str, float]:
@@ -171,7 +172,7 @@ def estimate(w: Workload, plan: MemoryPlan) -> int:
         for name, size in w.weights.items():
             if name == "vae" and phase == "decode" and w.vae_upcast:
                 size *= 2
-            where = _phase(name)
+            where = _phase(name, w.denoiser)
             if plan.placement == "none" or where == "all" or (plan.placement == "group_offload" and name == "vae"):
                 resident += size  # group offload keeps the (small) VAE on the device: see Placement.attach
             elif plan.placement == "model_offload":

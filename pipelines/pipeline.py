@@ -50,7 +50,7 @@ class Pipeline:
         self.device = str(device or best_device())
         self.dtype = dtype_for(dtype, self.device)
         self.cache = ModelCache(self.loader, self.dtype, keep_models)
-        self.conditioning = Conditioning(self.catalog, self.loader, self.device, self.dtype)
+        self.conditioning = Conditioning(self.catalog, self.loader, self.device, self.dtype, self.settings)
         self.fast_mode = FastMode(self.settings.home / "compile")  # compiled, graph-replayed denoisers for ``fast=True``
         self._lock = threading.Lock()
 

@@ -179,6 +179,7 @@ class Conditioner(Plugin):
     controlnets: ClassVar[dict[str, str]] = {}
     annotators: ClassVar[tuple[str, ...]] = ()
     inputs: ClassVar[tuple[str, ...]] = ("image",)
+    cache_maps: ClassVar[bool] = True  # False: a detector whose map varies run to run is not kept on disk
 
     def preprocess(self, source: ControlSource, ctx: PluginContext, params: dict[str, Any]) -> Any:
         """Return the control map as an RGB PIL image."""

@@ -51,7 +51,8 @@ def serve(args: argparse.Namespace, api: bool = True, ui: bool = True) -> int:
         parts = ["the web UI at /"] if ui else []
         parts += ["the API at /v1 and /sdapi/v1, its docs at /docs"] if api else []
         print(f"sdcompose: serving on http://{shown}:{args.port} ({'; '.join(parts)})", flush=True)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3, ws="none", lifespan="on")
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, ws="none",
+                                lifespan="on")
         if threading.current_thread() is threading.main_thread():
             # uvicorn shuts down on SIGTERM, then raises the signal again with the handler it found: this one, so
             # the process ends through the clean-up below instead of dying before it

@@ -32,7 +32,10 @@ async def finished(job: Job, request: Any = None) -> Job:
     disconnects first, the job is cancelled: nobody is left to take its images."""
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
-    listener = lambda: loop.call_soon_threadsafe(changed.set)  # noqa: E731
+
+    def listener() -> None:  # on the worker thread: wake the event loop once, when the job is finished, not
+        if job.wait(0):      # at every step (each wake-up takes the GIL from the running generation)
+            loop.call_soon_threadsafe(changed.set)
     job.subscribe(listener)
     try:
         while not job.wait(0):

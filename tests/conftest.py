@@ -22,6 +22,9 @@ _HOME.mkdir(parents=True, exist_ok=True)
 os.environ["SDCOMPOSE_HOME"] = str(_HOME)
 os.environ["SDCOMPOSE_MODELS_YAML"] = str(_HOME / "no-user-models.yaml")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The control-map disk cache is off unless a test turns it on with its own folder (tests/test_map_cache.py):
+# tests that count, fail or replace detector runs never see a map another test (or an earlier run) stored.
+os.environ["SDCOMPOSE_MAP_CACHE"] = "off"
 
 # CI replays the same examples every run (a new failing input is found locally, not in a landing).
 settings.register_profile("ci", derandomize=True, print_blob=True)

@@ -198,6 +198,7 @@ NESTED = {"prompt": "x", "controls": [{"id": "pose", "image": json.loads("[" * 1
     ("/sdapi/v1/txt2img", {"promt": "x"}, 422, "promt"),
     ("/sdapi/v1/img2img", {"init_images": ["/etc/passwd"]}, 422, "init_images[0]"),
     ("/sdapi/v1/img2img", {"init_images": []}, 422, "init_images"),
+    ("/sdapi/v1/img2img", {"prompt": "no image"}, 422, "init_images"),
     ("/sdapi/v1/txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": "x"}]}}}, 422,
      "alwayson_scripts.controlnet.args[0].model"),
     ("/sdapi/v1/txt2img", {"alwayson_scripts": {"ADetailer": {"args": [True, {}]}}}, 422, "alwayson_scripts.ADetailer"),
@@ -212,6 +213,9 @@ def test_bad_input_is_a_json_error_naming_the_field(live, path, body, status, fi
 
 def test_broken_and_oversized_bodies_are_refused_and_the_server_keeps_serving(live):
     assert error_of(live.http.post("/v1/generate", content=b"{not json"), 422)["field"] == "body"
+    not_an_image = live.http.post("/v1/generate", data={"request": json.dumps(dict(prompt="x", **SMALL))},
+                                  files={"init_image": ("photo.png", b"hello, not an image", "image/png")})
+    assert error_of(not_an_image, 422)["field"] == "init_image"
     conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
     try:  # a body announced at 2 GB is refused before any of it is read
         conn.putrequest("POST", "/v1/generate")
@@ -290,9 +294,11 @@ def test_webuiapi_interrupts_a_long_run_and_reports_its_progress(live):
         prompt="long", seed=3, width=512, height=512, steps=150, override_settings={"sd_model_checkpoint": "tiny-sd15"})))
     worker.start()
     try:
-        progress = wait_for(lambda: (p := api.get_progress())["state"]["sampling_step"] > 0 and p,
-                            "the long run to report progress", timeout=120)
+        progress = wait_for(lambda: (p := api.get_progress())["state"]["sampling_step"] > 0 and p["current_image"]
+                            and p, "the long run to report progress and a preview", timeout=120)
         assert progress["state"]["sampling_steps"] == 150 and 0 < progress["progress"] < 1
+        preview = decoded(progress["current_image"])  # bare base64, as A1111 sends it: the step's preview
+        assert preview.format == "PNG" and preview.width == preview.height > 0
     finally:
         api.interrupt()
         worker.join(120)
