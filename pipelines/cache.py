@@ -30,6 +30,7 @@ class ModelCache:
         self._bases: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._controlnets: OrderedDict[str, Any] = OrderedDict()
         self._schedulers: dict[tuple[str, str], Any] = {}
+        self._encoders: OrderedDict[str, Any] = OrderedDict()  # IP-Adapter image encoders: the last one used
 
     # ---- what is loaded ------------------------------------------------------------------------
     def loaded(self) -> dict[str, list[str]]:
@@ -45,9 +46,9 @@ class ModelCache:
         return self._controlnets[controlnet_id]
 
     def modules(self) -> list[torch.nn.Module]:
-        """Every loaded module: the bases' networks, then the ControlNets."""
+        """Every loaded module: the bases' networks, then the ControlNets and image encoders."""
         cached = [m for c in self._bases.values() for m in c.values() if isinstance(m, torch.nn.Module)]
-        return cached + list(self._controlnets.values())
+        return cached + list(self._controlnets.values()) + list(self._encoders.values())
 
     # ---- loading -------------------------------------------------------------------------------
     def base(self, entry: Entry) -> dict[str, Any]:
@@ -72,6 +73,14 @@ class ModelCache:
         self._controlnets.move_to_end(entry.id)
         return self._controlnets[entry.id]
 
+    def image_encoder(self, entry: Entry):
+        """An IP-Adapter's CLIP vision encoder; one is kept (ViT-H alone has 632M parameters)."""
+        if entry.id not in self._encoders:
+            self._encoders.clear()
+            free()
+            self._encoders[entry.id] = self.loader.image_encoder(entry, self.dtype).eval().requires_grad_(False)
+        return self._encoders[entry.id]
+
     def plan_modules(self, plan: Plan) -> dict[str, torch.nn.Module]:
         """The cached modules a composition runs, by name (``controlnet:0``, ... for its units), loaded if needed.
 
@@ -81,6 +90,8 @@ class ModelCache:
         modules = {name: m for name, m in components.items() if isinstance(m, torch.nn.Module)}
         keep = max(CONTROLNETS_KEPT, len({u.controlnet.id for u in plan.units}))
         modules.update({f"controlnet:{i}": self.controlnet(u.controlnet, keep) for i, u in enumerate(plan.units)})
+        if plan.ip_adapters:
+            modules["image_encoder"] = self.image_encoder(plan.ip_adapters[0].encoder)
         return modules
 
     def compose(self, plan: Plan, modules: dict[str, torch.nn.Module]):

@@ -76,7 +76,7 @@ class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = ""
-    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler"]
+    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler", "ip_adapter", "image_encoder"]
     family: str | None = None  # a model family (pipelines/families/)
     description: str = ""
     license: str = ""
@@ -94,6 +94,7 @@ class Entry(BaseModel):
     trigger_words: tuple[str, ...] = ()
     allow_pickle: bool = False
     recommended: Recommended | None = None  # steps, guidance, sampler hints (few-step models)
+    image_encoder: str | None = None  # an ip_adapter's CLIP vision encoder: a models.yaml image_encoder id
     found: str | None = None
 
     @model_validator(mode="after")
@@ -114,8 +115,11 @@ class Entry(BaseModel):
             raise ValueError("a textual-inversion embedding is one .safetensors file (name it in `file`, `path` or "
                              "`filename`); .pt and .bin embeddings are pickles, which can run code when loaded: "
                              "convert them")
-        if self.kind not in ("annotator", "upscaler") and self.family is None:
+        if self.kind not in ("annotator", "upscaler", "image_encoder") and self.family is None:
             raise ValueError(f"a {self.kind} needs a `family` ({' or '.join(families.names())})")
+        if (self.kind == "ip_adapter") != (self.image_encoder is not None):
+            raise ValueError("an ip_adapter needs `image_encoder:` (a models.yaml image_encoder id), and only an "
+                             "ip_adapter has one")
         if self.conditioner is not None and self.kind != "controlnet":
             raise ValueError("`conditioner` names the plugin a ControlNet serves; only a controlnet has one")
         return self

@@ -13,11 +13,12 @@ from typing import Any, Callable
 from PIL import Image
 
 from sdcompose.errors import ValidationError
-from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_rgb, open_image, to_rgb
+from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
+from sdcompose.pipelines import ip_adapters
 from sdcompose.pipelines.catalog import Catalog
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.map_cache import MapCache, annotator_identity, disk_key
-from sdcompose.pipelines.resolve import Unit
+from sdcompose.pipelines.resolve import Plan, Unit
 from sdcompose.plugins.api import ControlSource, PluginContext, PluginError, check_params
 from sdcompose.plugins.contain import plugin_code
 from sdcompose.request import LIMITS, Control
@@ -32,6 +33,18 @@ class Conditioning:
         self.catalog, self.loader, self.device, self.dtype = catalog, loader, device, dtype
         self.disk = MapCache(settings.map_cache, settings.map_cache_bytes()) if settings else MapCache(None, 0)
         self._maps: OrderedDict[str, Image.Image] = OrderedDict()
+
+    def inputs(self, plan: Plan) -> tuple[list[Image.Image], Any, Any, list[list[Image.Image]]]:
+        """Every image a request runs on, decoded together under its pixel budget: the control maps, the init
+        image and mask fitted to its size, the IP-Adapter references."""
+        req = plan.request
+        with pixel_budget("this request"):
+            maps = [self.control_map(unit, req.width, req.height) for unit in plan.units]
+            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, req.resize_mode) \
+                if req.init_image is not None else None
+            mask = fit(load_mask(req.mask), req.width, req.height, req.resize_mode) if req.mask is not None else None
+            refs = ip_adapters.references(plan.ip_adapters)
+        return maps, init, mask, refs
 
     def control_map(self, unit: Unit, width: int | None, height: int | None) -> Image.Image:
         """The unit's control map (its plugin's output, or the image itself when ``preprocessed``), fitted to

@@ -18,7 +18,8 @@ from sdcompose.pipelines import families, tiny, weights
 from sdcompose.pipelines.catalog import CONFIGS, Catalog, Entry
 from sdcompose.pipelines.custom_code import refuse_custom_code
 
-HUB_PATTERNS = {"controlnet": ["config.json", "diffusion_pytorch_model.safetensors"]}  # a base's: its family's
+HUB_PATTERNS = {"controlnet": ["config.json", "diffusion_pytorch_model.safetensors"],  # a base's: its family's
+                "image_encoder": ["config.json", "model.safetensors"]}
 
 # Loading patches torch.nn for the whole process while it runs (accelerate's init_empty_weights, used by
 # from_pretrained), so two threads loading at once, for two Pipelines, break each other's modules.
@@ -210,6 +211,18 @@ class Loader:
         except Exception as exc:  # a malformed file or config from a model author: one sentence, not a traceback
             raise ModelError(f"ControlNet {entry.id!r} from {source} did not load: "
                              f"{first_line(exc)}") from None
+
+    def image_encoder(self, entry: Entry, dtype: torch.dtype):
+        """An IP-Adapter's CLIP vision encoder (``CLIPVisionModelWithProjection``), on the CPU in ``dtype``."""
+        from transformers import CLIPVisionModelWithProjection
+        source = self.verified_path(entry)
+        with LOADING:
+            try:
+                return CLIPVisionModelWithProjection.from_pretrained(source, dtype=dtype, local_files_only=True,
+                                                                     use_safetensors=not entry.allow_pickle or None)
+            except Exception as exc:  # a malformed file or config: one sentence
+                raise ModelError(f"image encoder {entry.id!r} from {source} did not load as a CLIP vision model: "
+                                 f"{first_line(exc)}") from None
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:

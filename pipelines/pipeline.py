@@ -10,7 +10,7 @@ from PIL import Image
 
 from sdcompose import infotext
 from sdcompose.errors import ValidationError
-from sdcompose.images import fit, load_mask, load_rgb, pixel_budget
+from sdcompose.images import fit, load_rgb
 from sdcompose.metadata import read_png
 from sdcompose.pipelines import (embeddings, hires, memory, plugin_models, preflight, prompt_encode, record,
                                  reproduce as reproduction, upscale)
@@ -77,16 +77,11 @@ class Pipeline:
         if req.hires is not None:  # two passes, each a run of its own over the same model cache
             return hires.run(self, req, progress, cancel, preview)
         plan = resolve(req, self.catalog, self.registry)
-        with pixel_budget("this request"):  # every image this request decodes, together
-            maps = [self.conditioning.control_map(unit, req.width, req.height) for unit in plan.units]
-            init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, req.resize_mode) \
-                if req.init_image is not None else None
-            mask = fit(load_mask(req.mask), req.width, req.height, req.resize_mode) if req.mask is not None else None
+        given = self.conditioning.inputs(plan)  # control maps, init image, mask, IP-Adapter references
         with self._lock:
             run = Run(plan, self.cache, self.registry, self.fast_mode, self.device, self.dtype, progress, cancel, preview)
-            arrays, report, runtime = run.denoise(maps, init, mask)
-        return record.result(plan, arrays, report, (maps, init, mask), runtime, self.loader, self.registry, self.device,
-                             self.dtype)
+            arrays, report, runtime = run.denoise(*given)
+        return record.result(plan, arrays, report, given, runtime, self.loader, self.registry, self.device, self.dtype)
 
     def reproduce(self, png: Any, strict: bool = True, model: str | None = None) -> Result:
         """Make an sdcompose PNG again from its own metadata and embedded inputs.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdcompose.errors import ModelError, ValidationError, suggest
-from sdcompose.pipelines import embeddings, families
+from sdcompose.pipelines import embeddings, families, ip_adapters
 from sdcompose.prompt_syntax import lora_tags
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.pipelines.plugin_models import annotator_ids, default_controlnet
@@ -34,6 +34,7 @@ class Plan:
     prompt: str = ""  # the prompt to encode: the request's, its <lora:...> tags taken out
     negative: str = ""  # the negative prompt to encode
     embeddings: dict[str, Entry] = field(default_factory=dict)  # textual inversions the prompts name, by name
+    ip_adapters: list[ip_adapters.Unit] = field(default_factory=list)  # one per request IP-Adapter
 
     @property
     def family(self) -> str:
@@ -92,6 +93,7 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
             raise ModelError(f"lora {entry.id!r} is asked for twice (in loras and as a <lora:...> tag, or in two "
                              "tags); give it once")
         plan.loras.append((entry, weight))
+    plan.ip_adapters = ip_adapters.resolve(req.ip_adapters, catalog, base, _same_family)
     return plan
 
 

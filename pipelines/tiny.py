@@ -130,8 +130,76 @@ def _build_upscaler(entry: Entry, out: Path) -> None:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, out / FILES["upscaler"])
 
 
-BUILDERS = {"base": _build_base, "controlnet": _build_controlnet, "lora": _build_lora, "upscaler": _build_upscaler}
-FILES = {"lora": "pytorch_lora_weights.safetensors", "upscaler": "model.safetensors"}  # single-file kinds
+def _build_image_encoder(entry: Entry, out: Path) -> None:
+    """A CLIP vision tower with projection (the class and folder layout of h94/IP-Adapter's image encoders)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, projection_dim=32, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=32, patch_size=8)
+    CLIPVisionModelWithProjection(config).save_pretrained(out, safe_serialization=True)
+
+
+IP_VARIANTS = {"tiny-ip-adapter-sd15": "base", "tiny-ip-adapter-plus-sd15": "plus",
+               "tiny-ip-adapter-full-face-sd15": "full", "tiny-ip-adapter-sdxl": "base"}
+
+
+def _build_ip_adapter(entry: Entry, out: Path) -> None:
+    """An IP-Adapter in h94's single-file layout (``image_proj.*`` and ``ip_adapter.N.to_k_ip/to_v_ip``): the image
+    projection of its variant, built by diffusers and written under the original names, and one key/value pair per
+    cross-attention layer of the family's tiny UNet, numbered as the original numbers them."""
+    from diffusers.models.embeddings import ImageProjection, IPAdapterFullImageProjection, IPAdapterPlusImageProjection
+    from safetensors.torch import save_file
+    unet, encoder = _unet(_family(entry)), {"hidden": 32, "projection": 32}  # the tiny image encoder's widths
+    cross = unet.config.cross_attention_dim
+    variant = IP_VARIANTS[entry.id]
+    if variant == "base":
+        proj = ImageProjection(cross_attention_dim=cross, image_embed_dim=encoder["projection"], num_image_text_embeds=4)
+        names = {"image_embeds.": "proj."}
+    elif variant == "full":
+        proj = IPAdapterFullImageProjection(cross_attention_dim=cross, image_embed_dim=encoder["hidden"])
+        names = {"ff.net.0.proj.": "proj.0.", "ff.net.2.": "proj.2.", "norm.": "proj.3."}
+    else:
+        proj = IPAdapterPlusImageProjection(embed_dims=encoder["hidden"], output_dims=cross, hidden_dims=64, heads=1,
+                                            num_queries=4)
+        names = {}
+    state, weights = {}, proj.state_dict()
+    for key, value in weights.items():
+        state.update(_original_names(key, value, names))
+    for layer in range(len(getattr(proj, "layers", ()))):
+        state[f"image_proj.layers.{layer}.0.to_kv.weight"] = torch.cat(
+            [weights[f"layers.{layer}.attn.to_k.weight"], weights[f"layers.{layer}.attn.to_v.weight"]])
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+        for part in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{key_id}.{part}.weight"] = torch.randn(hidden, cross) * 0.2
+        key_id += 2
+    save_file({k: v.contiguous() for k, v in state.items()}, out / FILES["ip_adapter"])
+
+
+def _original_names(key: str, value: torch.Tensor, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """One diffusers image-projection tensor under IP-Adapter's own key (the inverse of diffusers' conversion)."""
+    if not names:  # plus: the Resampler's PerceiverAttention / FeedForward layout
+        parts = key.split(".")
+        if parts[0] == "layers":
+            layer, rest = parts[1], ".".join(parts[2:])
+            if rest in ("attn.to_k.weight", "attn.to_v.weight"):
+                return {}  # the original fuses them into to_kv (written by the caller)
+            mapping = {"ln0.": "0.norm1.", "ln1.": "0.norm2.", "attn.to_q.": "0.to_q.", "attn.to_out.0.": "0.to_out.",
+                       "ff.0.": "1.0.", "ff.1.net.0.proj.": "1.1.", "ff.1.net.2.": "1.3."}
+            prefix = next(p for p in mapping if rest.startswith(p))
+            key = f"layers.{layer}.{mapping[prefix]}{rest[len(prefix):]}"
+    else:
+        prefix = next((p for p in names if key.startswith(p)), "")
+        key = names.get(prefix, "") + key[len(prefix):] if prefix else key
+    return {f"image_proj.{key}": value}
+
+
+BUILDERS = {"base": _build_base, "controlnet": _build_controlnet, "lora": _build_lora, "upscaler": _build_upscaler,
+            "image_encoder": _build_image_encoder, "ip_adapter": _build_ip_adapter}
+FILES = {"lora": "pytorch_lora_weights.safetensors", "upscaler": "model.safetensors",  # single-file kinds
+         "ip_adapter": "ip-adapter.safetensors"}
 
 
 def ensure(entry: Entry, target: Path) -> Path:

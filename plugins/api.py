@@ -20,10 +20,11 @@ from typing import Any, ClassVar
 
 from sdcompose.errors import PluginError, first_line, quote  # re-exported: a plugin imports them from here
 
-API_VERSION = "2.0"  # 1.1: first_line; 1.2: Upscaler; 2.0: api_version required, ControlNets found by models.yaml
+API_VERSION = "2.1"  # 1.1: first_line; 1.2: Upscaler; 2.0: api_version required, ControlNets found by models.yaml;
+# 2.1: IpAdapterLoader
 API_MAJOR = 2
 
-KINDS = frozenset({"conditioner", "adapter", "upscaler"})
+KINDS = frozenset({"conditioner", "adapter", "upscaler", "ip_adapter"})
 PARAM_TYPES = ("int", "float", "bool", "str", "choice")
 
 
@@ -217,6 +218,30 @@ class Upscaler(Plugin):
         raise NotImplementedError
 
 
+class IpAdapterLoader(Plugin):
+    """Adds image prompts (IP-Adapter) to a composed pipeline for one request.
+
+    The core resolves the models.yaml entries, loads each unit's image encoder and reference images, and calls
+    ``apply`` before denoising, ``set_scales`` before every step (each unit's weight, or 0 outside its start/end),
+    and ``remove`` in a ``finally`` after it, so no request sees another's adapters.
+    """
+
+    kind: ClassVar[str] = "ip_adapter"
+
+    def apply(self, pipe: Any, units: list[dict[str, Any]], ctx: PluginContext) -> dict[str, Any]:
+        """Load ``units`` (each: id, path, entry, encoder (the loaded module), images (RGB PIL), weight, start, end)
+        into ``pipe``; return ``{"arguments": extra pipe(...) keywords, "report": JSON-ready data}``."""
+        raise NotImplementedError
+
+    def set_scales(self, pipe: Any, scales: list[float]) -> None:
+        """Set each unit's scale (one float per unit, in order) for the next step."""
+        raise NotImplementedError
+
+    def remove(self, pipe: Any) -> None:
+        """Return ``pipe``'s shared modules to their state before ``apply`` (also after a failed or partial one)."""
+        raise NotImplementedError
+
+
 def __getattr__(name: str) -> Any:
     if name == "FAMILIES":  # plugin API 1.x: the installed model families' names (pipelines/families/)
         from sdcompose.pipelines import families
@@ -232,5 +257,5 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
 
 
 __all__ = ["API_VERSION", "API_MAJOR", "FAMILIES", "KINDS", "PARAM_TYPES", "Plugin", "Conditioner", "Adapter",
-           "Upscaler", "ParamSpec", "check_params", "ControlSource", "PluginContext", "PluginError", "first_line",
-           "validate_plugin_class"]
+           "Upscaler", "IpAdapterLoader", "ParamSpec", "check_params", "ControlSource", "PluginContext", "PluginError",
+           "first_line", "validate_plugin_class"]

@@ -13,30 +13,57 @@ from typing import Any, Callable, TypeVar
 
 from sdcompose.errors import SdcomposeError, ValidationError, quote
 from sdcompose.request import (ATTENTION_BACKENDS, CONTROL_MODES, MEMORY_MODES, RESIZE_MODES, SCHEDULERS, Control,
-                               GenerationRequest, Hires, Lora, bounds, default)
+                               GenerationRequest, Hires, IpAdapter, Lora, bounds, default)
 from sdcompose.settings import DEFAULT_MODEL, Settings
 
 CONTROL_FIELDS = {"weight": float, "start": float, "end": float, "model": str, "resize_mode": str,
                   "control_mode": str, "preprocessed": lambda v: v.lower() in ("1", "true", "yes")}
 
 
-def parse_control(spec: str) -> Control:
-    """``ID=PATH[:key=value...]``: weight/start/end/model/resize_mode/control_mode/preprocessed, else plugin params."""
+def _split_spec(flag: str, spec: str, usage: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """``ID=PATH[:key=value...]`` as (id, path, options); a path may hold ':' (the first ``key=`` part ends it)."""
     plugin_id, sep, rest = spec.partition("=")
     if not sep or not plugin_id or not rest:
-        raise ValidationError(f"--control {quote(spec)}: expected ID=IMAGE[:key=value...], e.g. canny=photo.png:weight=0.8")
+        raise ValidationError(f"{flag} {quote(spec)}: expected {usage}")
     parts = rest.split(":")
     split = next((i for i, part in enumerate(parts) if i > 0 and "=" in part), len(parts))
-    image, fields, params = ":".join(parts[:split]), {}, {}
+    options = []
     for option in parts[split:]:
         key, eq, value = option.partition("=")
         if not eq:
-            raise ValidationError(f"--control {quote(spec)}: option {quote(option)} is not key=value")
+            raise ValidationError(f"{flag} {quote(spec)}: option {quote(option)} is not key=value")
+        options.append((key, value))
+    return plugin_id, ":".join(parts[:split]), options
+
+
+def parse_control(spec: str) -> Control:
+    """``ID=PATH[:key=value...]``: weight/start/end/model/resize_mode/control_mode/preprocessed, else plugin params."""
+    plugin_id, image, options = _split_spec("--control", spec, "ID=IMAGE[:key=value...], e.g. canny=photo.png:weight=0.8")
+    fields, params = {}, {}
+    for key, value in options:
         try:
             (fields if key in CONTROL_FIELDS else params)[key] = CONTROL_FIELDS.get(key, str)(value)
         except ValueError:
             raise ValidationError(f"--control {quote(spec)}: {key} must be a number, got {quote(value)}") from None
     return Control(plugin_id, image=image, params=params, **fields)
+
+
+def parse_ip_adapter(spec: str) -> IpAdapter:
+    """``ID=IMAGE[:image=IMAGE2...][:weight=W:start=S:end=E]``: more ``image=`` options add references."""
+    model_id, image, options = _split_spec("--ip-adapter", spec, "ID=IMAGE[:image=IMAGE2][:weight=W:start=S:end=E], "
+                                           "e.g. ip-adapter-sd15=ref.png:weight=0.6")
+    images, fields = [image], {}
+    for key, value in options:
+        if key == "image":
+            images.append(value)
+        elif key in ("weight", "start", "end"):
+            try:
+                fields[key] = float(value)
+            except ValueError:
+                raise ValidationError(f"--ip-adapter {quote(spec)}: {key} must be a number, got {quote(value)}") from None
+        else:
+            raise ValidationError(f"--ip-adapter {quote(spec)}: unknown option {quote(key)} (image, weight, start, end)")
+    return IpAdapter(model_id, image=images if len(images) > 1 else image, **fields)
 
 
 def parse_lora(spec: str) -> Lora:
@@ -108,6 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         result = pipe.generate(
             prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
             controls=[parse_control(s) for s in args.control], loras=[parse_lora(s) for s in args.lora],
+            ip_adapters=[parse_ip_adapter(s) for s in args.ip_adapter],
             init_image=args.init_image, strength=args.strength, resize_mode=args.resize_mode, mask=args.mask,
             width=args.width,
             height=args.height, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
@@ -335,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a ControlNet unit; keys: weight, start, end, model, resize_mode ({'|'.join(RESIZE_MODES)}), "
                         f"control_mode ({'|'.join(CONTROL_MODES)}), preprocessed, or the plugin's params")
     g.add_argument("--lora", action="append", default=[], metavar="ID[:WEIGHT]")
+    g.add_argument("--ip-adapter", action="append", default=[], metavar="ID=IMAGE[:k=v...]",
+                   help="an image prompt: a models.yaml IP-Adapter and its reference; keys: image (one more "
+                        "reference), weight, start, end")
     g.add_argument("--trigger-words", action="store_true", help="add the LoRAs' trigger words to the prompt")
     g.add_argument("--clip-skip", type=int, default=1, help="A1111's clip skip (1: the text encoder's last layer)")
     g.add_argument("--literal-prompt", action="store_true",
@@ -401,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="the models.yaml catalogue")
     m.add_argument("action", choices=("list", "check", "scan", "hash"))
     m.add_argument("ids", nargs="*", help="check only these; scan: the folders to preview; hash: the files")
-    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator", "embedding", "upscaler"))
+    m.add_argument("--kind", choices=("base", "controlnet", "lora", "annotator", "embedding", "upscaler", "ip_adapter",
+                                      "image_encoder"))
     m.add_argument("--models", help="extra models.yaml")
     m.add_argument("--folder", action="append", metavar="DIR", help="a model folder indexed in place; repeatable")
     m.add_argument("--download", action="store_true", help="check: download pinned hub models that are missing")

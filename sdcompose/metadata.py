@@ -170,7 +170,7 @@ class EmbeddedInputs(Mapping):
             return open_image(decoded, f"embedded {name}")
 
 
-INPUT_NAMES = re.compile(r"control-\d{1,2}|init_image|mask")
+INPUT_NAMES = re.compile(r"control-\d{1,2}|ip-adapter-\d-\d|init_image|mask")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_KEYS = (KEY, INPUTS_KEY, "parameters", "prompt", "workflow")  # sdcompose's, A1111's and ComfyUI's
 

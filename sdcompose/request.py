@@ -89,6 +89,25 @@ class Lora(_Part):
     weight: float = Field(1.0, ge=-4.0, le=4.0)
 
 
+class IpAdapter(_Part):
+    """An image prompt: a models.yaml IP-Adapter and one or more reference images (pipelines/ip_adapters.py)."""
+
+    id: str = Field(**_ID, description="a models.yaml ip_adapter id")
+    image: Any = Field(None, description="the reference: path, PIL image or array; or a list of them, which "
+                                         "diffusers reads as one prompt")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="set_ip_adapter_scale for this adapter")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the steps where it starts acting")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where it stops acting")
+
+    def images(self) -> list[Any]:
+        return list(self.image) if isinstance(self.image, (list, tuple)) else [self.image]
+
+    def summary(self) -> dict[str, Any]:
+        data = super().summary()
+        data["image"] = ["<image>"] * len(self.images())
+        return data
+
+
 class Hires(_Part):
     """Hires fix: a second pass image-to-image at ``scale`` times the size (pipelines/hires.py)."""
 
@@ -134,6 +153,8 @@ class GenerationRequest(BaseModel):
     prompt_syntax: Literal[SYNTAXES] = Field("a1111", description="a1111: (emphasis:1.2), BREAK, <lora:name:w> "  # type: ignore
                                                                   "tags; literal: the text as written (docs/prompts.md)")
     hires: Hires | None = Field(None, description="hires fix: a second pass at a larger size; None: one pass")
+    ip_adapters: list[IpAdapter] = Field(default_factory=list, max_length=4,
+                                         description="image prompts (IP-Adapter), each with its own weight")
 
     def __init__(self, **fields: Any) -> None:
         try:
@@ -169,6 +190,9 @@ class GenerationRequest(BaseModel):
             fields["controls"] = [{**{k: c[k] for k in _RECORDED_CONTROL}, "image": inputs[f"control-{i}"],
                                    "preprocessed": True} for i, c in enumerate(r["controls"])]
             fields["loras"] = [{"id": x["id"], "weight": x["weight"]} for x in r["loras"]]
+            fields["ip_adapters"] = [{**{k: a[k] for k in ("id", "weight", "start", "end")},
+                                      "image": [inputs[f"ip-adapter-{i}-{j}"] for j in range(len(a["image"]))]}
+                                     for i, a in enumerate(r.get("ip_adapters", ()))]
             fields.update(seed=meta["seed"], batch=1, init_image=inputs.get("init_image"), mask=inputs.get("mask"))
         except (KeyError, TypeError) as exc:
             raise ValidationError(f"the image's metadata lacks {exc}; it cannot be reproduced") from None
@@ -199,11 +223,12 @@ class GenerationRequest(BaseModel):
         data["controls"] = [c.summary() for c in self.controls]
         data["loras"] = [lora.summary() for lora in self.loras]
         data["hires"] = None if self.hires is None else self.hires.summary()
+        data["ip_adapters"] = [a.summary() for a in self.ip_adapters]
         return data
 
 
 _RECORDED = ("prompt", "negative_prompt", "model", "strength", "width", "height", "steps", "guidance", "scheduler")
-_NOT_RECORDED = ("controls", "loras", "init_image", "mask", "seed", "batch")
+_NOT_RECORDED = ("controls", "loras", "init_image", "mask", "seed", "batch", "ip_adapters")
 _RECORDED_CONTROL = ("id", "weight", "start", "end", "params", "model", "resize_mode", "control_mode")
 
 
@@ -228,7 +253,8 @@ LIMITS = dict(size=bounds(R, "width"), size_multiple=limit(R, "width", "multiple
               steps=bounds(R, "steps"), guidance=bounds(R, "guidance"), batch=bounds(R, "batch"),
               prompt_chars=limit(R, "prompt", "max_length"), controls=limit(R, "controls", "max_length"),
               loras=limit(R, "loras", "max_length"), lora_weight=bounds(Lora, "weight"),
-              control_weight=bounds(Control, "weight"), seed=bounds(R, "seed"))
+              control_weight=bounds(Control, "weight"), seed=bounds(R, "seed"),
+              ip_adapters=limit(R, "ip_adapters", "max_length"), references=8)
 del R
 
 
@@ -265,7 +291,7 @@ def _checked(data: Any) -> dict[str, Any]:
     _id("model (a models.yaml id)", req["model"], optional=True)
     if not isinstance(req["add_trigger_words"], bool):
         raise ValidationError(f"add_trigger_words must be true or false, got {_short(req['add_trigger_words'])}")
-    for name in ("controls", "loras"):
+    for name in ("controls", "loras", "ip_adapters"):
         if not isinstance(req[name], (list, tuple)):
             raise ValidationError(f"{name} must be a list, got {type(req[name]).__name__}")
     low, high = LIMITS["size"]
@@ -317,7 +343,30 @@ def _checked(data: Any) -> dict[str, Any]:
     for name, weight in tags:
         _number(f"<lora:{name[:60]}> weight", weight, *LIMITS["lora_weight"])
     req["hires"] = None if req["hires"] is None else _hires(req)
+    if len(req["ip_adapters"]) > LIMITS["ip_adapters"]:
+        raise ValidationError(f"at most {LIMITS['ip_adapters']} IP-Adapters per request, got {len(req['ip_adapters'])}")
+    req["ip_adapters"] = [_ip_adapter(i, a) for i, a in enumerate(req["ip_adapters"])]
+    if req["ip_adapters"] and req["fast"]:
+        raise ValidationError("fast mode does not run IP-Adapters (its CUDA graphs are captured without them): drop "
+                              "fast or the IP-Adapters")
     return req
+
+
+def _ip_adapter(i: int, a: Any) -> IpAdapter:
+    a = _part(IpAdapter, f"ip_adapters[{i}]", a, "sdcompose.IpAdapter(id, image, weight, start, end)")
+    _id(f"ip_adapters[{i}] id", a.id)
+    where = f"ip_adapters[{i}] ({a.id})"
+    images = a.images()
+    if not images or any(image is None for image in images):
+        raise ValidationError(f"{where} needs a reference image")
+    if len(images) > LIMITS["references"]:
+        raise ValidationError(f"{where} has {len(images)} reference images; the limit is {LIMITS['references']}")
+    weight = _number(f"{where} weight", a.weight, *bounds(IpAdapter, "weight"))
+    start = _number(f"{where} start", a.start, *bounds(IpAdapter, "start"))
+    end = _number(f"{where} end", a.end, *bounds(IpAdapter, "end"))
+    if start >= end:
+        raise ValidationError(f"{where} start ({start}) must be below end ({end})")
+    return a.with_(image=images if isinstance(a.image, (list, tuple)) else a.image, weight=weight, start=start, end=end)
 
 
 def _hires(req: dict[str, Any]) -> Hires:

@@ -16,7 +16,7 @@ from sdcompose.request_json import IMAGE_FIELDS, request_from_json as from_json
 
 DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;base64,", re.ASCII)
 JSON_DEPTH = 32  # deeper JSON is refused before it is looked at (pose JSON is about five levels deep)
-PART = re.compile(r"controls\[(\d{1,2})\]\.image")
+PART = re.compile(r"(?P<list>controls|ip_adapters)\[(?P<i>\d{1,2})\]\.image(?:\[(?P<j>\d)\])?")
 
 
 def image_bytes(value: Any, field: str) -> bytes:
@@ -51,20 +51,31 @@ def check_depth(value: Any, field: str = "body", depth: int = 0) -> None:
 
 def request_from_json(data: Any, files: dict[str, bytes] | None = None) -> GenerationRequest:
     """A ``GenerationRequest`` from the native API's JSON body (``sdcompose.request_json``); images come as base64
-    or as ``files`` (multipart parts named ``init_image``, ``mask``, ``controls[N].image``)."""
+    or as ``files`` (multipart parts named ``init_image``, ``mask``, ``controls[N].image``, ``ip_adapters[N].image``
+    or ``ip_adapters[N].image[J]``)."""
     check_depth(data)
     if files and isinstance(data, dict):
         data = dict(data)
         for name, content in files.items():
             part = PART.fullmatch(name)
+            items, i = (data.get(part["list"]), int(part["i"])) if part else (None, 0)
             if name in IMAGE_FIELDS:
                 data[name] = content
-            elif part and isinstance(data.get("controls"), list) and int(part[1]) < len(data["controls"]) \
-                    and isinstance(data["controls"][int(part[1])], dict):
-                data["controls"][int(part[1])] = dict(data["controls"][int(part[1])], image=content)
+            elif isinstance(items, list) and i < len(items) and isinstance(items[i], dict) \
+                    and (part["j"] is None or part["list"] == "ip_adapters"):
+                data[part["list"]] = items = list(items)
+                unit = items[i] = dict(items[i])
+                if part["j"] is None:
+                    unit["image"] = content
+                else:  # one reference of a list: ip_adapters[N].image[J]
+                    refs = list(unit["image"]) if isinstance(unit.get("image"), list) else []
+                    refs += [None] * (int(part["j"]) + 1 - len(refs))
+                    refs[int(part["j"])] = content
+                    unit["image"] = refs
             else:
                 raise FieldError(name, f"multipart part {name[:60]!r} is not an image field of the request "
-                                       "(init_image, mask, or controls[N].image of a listed control)")
+                                       "(init_image, mask, controls[N].image of a listed control, or "
+                                       "ip_adapters[N].image / ip_adapters[N].image[J] of a listed IP-Adapter)")
     return from_json(data, image_bytes)
 
 

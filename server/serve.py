@@ -44,7 +44,7 @@ def serve(args: argparse.Namespace, api: bool = True, ui: bool = True) -> int:
         if ui:
             from sdcompose.ui.app import build_app as build_page
             blocks = build_page(pipeline, workdir, save=not args.no_save, outputs=args.outputs, model=args.model,
-                                jobs=jobs if api else None)  # `sdcompose ui`: Gradio's queue, as before
+                                jobs=jobs)
         security = Security(users=users, tokens=tokens, cors_origins=list(args.cors_allow_origin or []))
         app = build_app(Service(pipeline, jobs, getattr(args, "model", None)), security, api=api, ui=blocks)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -28,14 +28,14 @@ def plugin(version=None, **attrs):
 
 
 @pytest.mark.parametrize("version,match", [
-    (None, "declares no api_version; set api_version = '2.0'"),
-    (2.0, "api_version must be text of the form MAJOR.MINOR such as '2.0', got 2.0"),
+    (None, "declares no api_version; set api_version = '2.1'"),
+    (2.0, "api_version must be text of the form MAJOR.MINOR such as '2.1', got 2.0"),
     ("2", "api_version must be text of the form MAJOR.MINOR"),
     ("v2.0", "api_version must be text of the form MAJOR.MINOR"),
-    ("2.9", "was written for plugin API 2.9, newer than this sdcompose's 2.0 \\(it provides 2.0\\): upgrade"),
+    ("2.9", "was written for plugin API 2.9, newer than this sdcompose's 2.1 \\(it provides 2.1\\): upgrade"),
     ("1.7", "was written for plugin API 1.7, newer than this sdcompose's 1.2"),
-    ("3.0", "was written for plugin API 3.0; this sdcompose provides 2.0: upgrade sdcompose"),
-    ("0.3", "was written for plugin API 0.3; this sdcompose provides 2.0 \\(and 1.x"),
+    ("3.0", "was written for plugin API 3.0; this sdcompose provides 2.1: upgrade sdcompose"),
+    ("0.3", "was written for plugin API 0.3; this sdcompose provides 2.1 \\(and 1.x"),
 ])
 def test_api_version_is_required_and_checked(version, match):
     with pytest.raises(PluginError, match=match):

@@ -93,6 +93,22 @@ def test_generate_answers_the_python_apis_image_with_its_metadata(live, pipe, ph
     assert token.status_code == 200 and token.content.startswith(b"\x89PNG")
 
 
+def test_an_ip_adapter_request_is_the_python_apis_image_as_json_and_multipart(live, pipe, photo):
+    unit = {"id": "tiny-ip-adapter-sd15", "weight": 0.6, "end": 0.8}
+    body = dict(prompt="a fox", seed=3, ip_adapters=[unit | {"image": [data_url(photo)]}], **SMALL)
+    answer = live.http.post("/v1/generate", json=body)
+    assert answer.status_code == 200, answer.text[:300]
+    [image] = [decoded(x) for x in answer.json()["images"]]
+    direct = pipe.generate(prompt="a fox", seed=3, ip_adapters=[sdcompose.IpAdapter(
+        "tiny-ip-adapter-sd15", [photo], weight=0.6, end=0.8)], **SMALL)
+    assert np.array_equal(pixels(image), np.asarray(direct.images[0]))
+    assert answer.json()["metadata"]["request"]["ip_adapters"][0]["weight"] == 0.6
+    multipart = live.http.post("/v1/generate", data={"request": json.dumps(body | {"ip_adapters": [unit]})},
+                               files={"ip_adapters[0].image[0]": ("ref.png", open(photo, "rb"), "image/png")})
+    assert multipart.status_code == 200, multipart.text[:300]
+    assert np.array_equal(pixels(decoded(multipart.json()["images"][0])), pixels(image))
+
+
 def test_a_multipart_upload_is_the_same_request(live, photo):
     request = dict(prompt="a door", seed=4, task=None, strength=0.6, **SMALL)
     request.pop("task")
@@ -165,6 +181,11 @@ NESTED = {"prompt": "x", "controls": [{"id": "pose", "image": json.loads("[" * 1
     ("/v1/generate", {"init_image": "/etc/passwd"}, 422, "init_image"),
     ("/v1/generate", {"controls": [{"id": "canny", "image": "/home/user/photo.png"}]}, 422, "controls[0].image"),
     ("/v1/generate", {"loras": [{"id": "tiny-lora-sd15", "weight": 99}]}, 422, "loras[0].weight"),
+    ("/v1/generate", {"ip_adapters": [{"id": "tiny-ip-adapter-sd15", "image": "/etc/passwd"}]}, 422,
+     "ip_adapters[0].image"),
+    ("/v1/generate", {"ip_adapters": [{"id": "tiny-ip-adapter-sd15", "image": ["/etc/passwd"]}]}, 422,
+     "ip_adapters[0].image[0]"),
+    ("/v1/generate", {"ip_adapters": [{"id": "tiny-ip-adapter-sd15"}]}, 422, "ip_adapters[0].image"),
     ("/v1/generate", NESTED, 422, "body"),
     ("/v1/generate", [1, 2], 422, "body"),
     ("/sdapi/v1/txt2img", {"enable_hr": 1}, 422, "enable_hr"),

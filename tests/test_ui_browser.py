@@ -17,7 +17,7 @@ from PIL import Image
 import sdcompose
 from test_plugins_pose import pose_json
 from test_ui_form import crafted_png
-from test_ui_server import running_ui, wait_for
+from test_ui_server import GATED, gated_env, running_ui, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser,
@@ -31,52 +31,11 @@ def outputs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ui-outputs")
 
 
-GATED = "hold at step 2 until Stop"  # a prompt the server's gate (below) holds, so Stop always lands mid-run
-GATE = f"""
-# Loaded by the test server at start-up (sitecustomize): a run whose prompt is {GATED!r} waits in its step-2
-# preview until its cancel flag is set (at most 120 s). Without it, whether Stop lands before the run's last
-# step is a race that a loaded machine loses: the page shows progress later than the run makes it.
-import sdcompose.pipelines.pipeline as module
-
-generate = module.Pipeline.generate
-
-
-def gated(self, *args, cancel=None, preview=None, **kwargs):
-    if kwargs.get("prompt") == {GATED!r} and cancel is not None and preview is not None:
-        shown = preview
-
-        def preview(step, total, image):
-            shown(step, total, image)
-            if step == 2:
-                cancel.wait(120)
-    return generate(self, *args, cancel=cancel, preview=preview, **kwargs)
-
-
-module.Pipeline.generate = gated
-"""
-
-
 @pytest.fixture(scope="module")
 def url(tmp_path_factory, home, outputs):
     folder = tmp_path_factory.mktemp("ui-browser")
-    (folder / "gate").mkdir()
-    (folder / "gate" / "sitecustomize.py").write_text(GATE)
-    path = os.pathsep.join(filter(None, [str(folder / "gate"), os.environ.get("PYTHONPATH")]))
-    with running_ui(folder / "server.log", "--outputs", str(outputs), env={"PYTHONPATH": path}) as (address, _):
+    with running_ui(folder / "server.log", "--outputs", str(outputs), env=gated_env(folder)) as (address, _):
         yield address
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, home):
-    """The page as `sdcompose serve` mounts it, beside the HTTP APIs, its runs in their one job queue (with the
-    gate above); yields (address, its outputs folder)."""
-    folder = tmp_path_factory.mktemp("ui-served")
-    (folder / "gate").mkdir()
-    (folder / "gate" / "sitecustomize.py").write_text(GATE)
-    path = os.pathsep.join(filter(None, [str(folder / "gate"), os.environ.get("PYTHONPATH")]))
-    with running_ui(folder / "server.log", "--outputs", str(folder / "outputs"), env={"PYTHONPATH": path},
-                    command="serve") as (address, _):
-        yield address, folder / "outputs"
 
 
 @pytest.fixture(scope="module")
@@ -198,33 +157,86 @@ def test_stop_interrupts_a_long_run_and_errors_leave_the_session_working(page):
     assert served_png(page).size == (64, 64)
 
 
-def test_a_queued_run_shows_its_place_and_stop_withdraws_it_from_the_shared_queue(browser, served):
-    address, outputs = served
+def test_a_queued_run_shows_its_place_stop_withdraws_it_and_previews_answer_meanwhile(browser, url, outputs, photo):
+    """Two tabs: A's run holds the device; B's unit preview answers all the same (previews do not wait in the
+    generation queue); B's run waits with its place shown and its Stop withdraws it: it never runs."""
     first, second = (browser.new_page(viewport={"width": 1400, "height": 1150}) for _ in range(2))
     try:
         for page in (first, second):
-            page.goto(address)
+            page.set_default_timeout(120_000)
+            page.goto(url)
             ready(page)
         first.fill("#sdc-prompt textarea", GATED)
-        set_numbers(first, width=512, height=512, steps=150)
+        set_numbers(first, width=64, height=64, steps=20)
         first.click("#sdc-generate")
-        first.get_by_text("of 150").first.wait_for(timeout=120_000)  # held at step 2 until its Stop
+        first.get_by_text("Step 2 of 20").first.wait_for(timeout=120_000)  # held at step 2 until its Stop
+        # the progress bar, its step count and time left stay in view while the step previews arrive
+        first.locator("#sdc-gallery img").first.wait_for(timeout=120_000)
+        first.locator("#sdc-progress .sdc-bar-text").get_by_text("left").wait_for(timeout=120_000)
+        assert first.locator("#sdc-progress .sdc-bar").is_visible() and first.locator("#sdc-gallery img").first.is_visible()
+        assert "preview at step" in first.inner_text("#sdc-gallery")
+
+        set_numbers(second, width=64, height=64)
+        second.click("#sdc-controlnet button.label-wrap")
+        second.click("#sdc-add-unit")
+        second.set_input_files("#sdc-unit-0-image input[type=file]", str(photo))
+        second.wait_for_selector("#sdc-unit-0-image img")
+        second.click("#sdc-unit-0-preview")
+        edges = np.asarray(served_png(second, "#sdc-unit-0-map img").convert("L"))
+        assert edges.shape == (64, 64) and edges.max() > 200, "the preview answers while A's run holds the queue"
+        assert "Step 2 of 20" in first.inner_text("#sdc-progress"), "A's run is still held"
+        second.locator("#sdc-unit-0-enable input").uncheck()
+
         second.fill("#sdc-prompt textarea", "waits its turn")
-        set_numbers(second, width=64, height=64, steps=2)
+        set_numbers(second, steps=2)
+        second.fill("#sdc-seed input", "424242")
         second.click("#sdc-generate")
         second.locator("#sdc-status").get_by_text("Queued: 1 request ahead of this one.").wait_for(timeout=120_000)
+        screenshot(second, "ui-queue.png", full_page=False)
         second.click("#sdc-stop")
         second.locator("#sdc-status").get_by_text("Stopped: cancelled before it started.").wait_for(timeout=120_000)
-        assert "of 150" in first.inner_text("#sdc-progress"), "the first run goes on"
+        assert "of 20" in first.inner_text("#sdc-progress"), "the first run goes on"
         first.click("#sdc-stop")
         first.get_by_text("Stopped: cancelled at step").wait_for(timeout=120_000)
-        assert not outputs.exists() or not any(outputs.rglob("*.png")), "the withdrawn run never ran"
-        second.click("#sdc-generate")  # the queue serves the page on
-        second.get_by_text("1 image(s), seed").first.wait_for(timeout=120_000)
-        assert served_png(second).size == (64, 64)
+        second.fill("#sdc-seed input", "424243")
+        second.click("#sdc-generate")  # the queue serves the page on, in order: the withdrawn run came before
+        second.get_by_text("1 image(s), seed 424243").first.wait_for(timeout=120_000)
+        assert served_png(second).size == (64, 64) and list(outputs.glob("*/*-424243.png"))
+        assert not list(outputs.glob("*/*-424242.png")), "the withdrawn run never ran"
     finally:
         first.close()
         second.close()
+
+
+def test_send_to_buttons_and_reuse_seed_take_the_selected_image_of_a_batch(page, outputs):
+    page.fill("#sdc-prompt textarea", "a batch of two lighthouses")
+    set_numbers(page, width=64, height=64, steps=2, batch=2)
+    page.fill("#sdc-seed input", "70")
+    page.click("#sdc-generate")
+    page.get_by_text("2 image(s), seed 70, 71").wait_for(timeout=120_000)
+    (kept,) = outputs.glob("*/*-71.png")
+    page.locator("#sdc-gallery img").nth(1).click()  # the batch's second image
+    page.locator("#sdc-selected").get_by_text(f"Selected: {kept.name}").wait_for(timeout=120_000)
+    page.fill("#sdc-seed input", "5")
+    page.click("#sdc-reuse-seed")
+    page.wait_for_function("document.querySelector('#sdc-seed input').value === '71'", timeout=120_000)
+
+    page.click("#sdc-send-img2img")
+    page.locator("#sdc-input-settings").wait_for(state="visible", timeout=120_000)  # the Image to image tab
+    assert np.array_equal(pixels(served_png(page, "#sdc-init-image img")), pixels(Image.open(kept)))
+    page.click("#sdc-controlnet button.label-wrap")
+    page.click("#sdc-send-unit")
+    assert page.locator("#sdc-unit-0-enable input").is_checked()
+    assert np.array_equal(pixels(served_png(page, "#sdc-unit-0-image img")), pixels(Image.open(kept)))
+    page.locator("#sdc-unit-0-enable input").uncheck()
+    page.click("#sdc-send-inpaint")
+    page.locator("#sdc-tab-inpaint").wait_for(state="visible", timeout=120_000)
+    page.click("#sdc-generate")  # the editor holds the image (its error asks for the mask, not the image)
+    page.locator("#sdc-status .sdc-error").get_by_text("inpaint needs a mask").wait_for(timeout=120_000)
+    page.click("#sdc-send-info")
+    page.wait_for_function("document.querySelector('#sdc-info-parameters textarea')?.value.includes('Seed: 71')",
+                           timeout=120_000)
+    assert page.dialogs == []
 
 
 def test_image_info_shows_metadata_as_text_and_restores_it(page, tmp_path):

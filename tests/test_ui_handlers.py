@@ -120,7 +120,7 @@ def test_a_run_waiting_in_the_shared_queue_shows_its_place_and_stop_withdraws_it
             if out[2].startswith("Queued"):
                 break
         assert statuses[-1] == "Queued: 1 request ahead of this one.", statuses
-        assert handlers.stop(b) == "Withdrawn from the queue."
+        assert handlers.stop(b) == "Stopped: cancelled before it started."
         *_, (gallery, info, status, seed, bar, paths) = list(second)
         assert status == "Stopped: cancelled before it started." and bar == ""
         assert handlers.stop(b) == "Nothing is running."

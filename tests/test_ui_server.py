@@ -34,6 +34,38 @@ USER, PASSWORD = "tester", "a-long-test-password"
 SMALL = dict(model="tiny-sd15", width=64, height=64, steps=2)
 
 
+GATED = "hold at step 2 until Stop"  # a prompt the server's gate (below) holds, so Stop always lands mid-run
+GATE = f"""
+# Loaded by a test server at start-up (sitecustomize): a run whose prompt is {GATED!r} waits in its step-2
+# preview until its cancel flag is set (at most 120 s). Without it, whether Stop lands before the run's last
+# step is a race that a loaded machine loses: the page shows progress later than the run makes it.
+import sdcompose.pipelines.pipeline as module
+
+generate = module.Pipeline.generate
+
+
+def gated(self, *args, cancel=None, preview=None, **kwargs):
+    if kwargs.get("prompt") == {GATED!r} and cancel is not None and preview is not None:
+        shown = preview
+
+        def preview(step, total, image):
+            shown(step, total, image)
+            if step == 2:
+                cancel.wait(120)
+    return generate(self, *args, cancel=cancel, preview=preview, **kwargs)
+
+
+module.Pipeline.generate = gated
+"""
+
+
+def gated_env(folder: Path) -> dict[str, str]:
+    """The environment of a test server that loads the gate above."""
+    (folder / "gate").mkdir(exist_ok=True)
+    (folder / "gate" / "sitecustomize.py").write_text(GATE)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder / "gate"), os.environ.get("PYTHONPATH")]))}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -108,8 +140,8 @@ class Server:
 def server(tmp_path_factory, home):
     folder = tmp_path_factory.mktemp("ui-server")
     before = set(Path(tempfile.gettempdir()).glob("sdcompose-ui-*"))
-    with running_ui(folder / "server.log", "--auth", f"{USER}:{PASSWORD}", "--outputs", str(folder / "outputs")) \
-            as (url, proc):
+    with running_ui(folder / "server.log", "--auth", f"{USER}:{PASSWORD}", "--outputs", str(folder / "outputs"),
+                    env=gated_env(folder)) as (url, proc):
         server = Server(url, proc, folder / "downloads")
         server.outputs = folder / "outputs"
         (server.workdir,) = set(Path(tempfile.gettempdir()).glob("sdcompose-ui-*")) - before
@@ -337,23 +369,26 @@ def test_load_every_request_answered_none_mixed_memory_flat(server, client):
     print(f"load: {len(requests)} requests from 8 clients in {took:.1f} s; server RSS {before:.0f} -> {after:.0f} MB")
 
 
-def test_one_generation_at_a_time_others_wait_with_their_position_and_stop_interrupts(server):
-    from gradio_client.utils import Status
+def test_one_generation_at_a_time_others_wait_with_their_place_and_stop_withdraws_or_interrupts(server):
+    """Runs wait in the server's one job queue: a waiting run's status says its place, and its client's Stop
+    withdraws it (it never runs); the running one's Stop ends it at its next step."""
     first, second = server.client(), server.client()
     try:
-        long = first.submit(prompt="long", model="tiny-sd15", width=512, height=512, steps=150, seed=1,
-                            api_name="/generate")
-        wait_for(lambda: long.status().progress_data, "the long run to report progress")
-        short = second.submit(prompt="short", seed=2, api_name="/generate", **SMALL)
-        waiting = wait_for(lambda: (s := short.status()).code == Status.IN_QUEUE and s.rank is not None and s,
-                           "the second request to be queued with its position")
-        assert waiting.rank == 0 and waiting.queue_size >= 1, "first in line behind the running generation"
+        long = first.submit(prompt=GATED, model="tiny-sd15", width=64, height=64, steps=20, seed=1,
+                            api_name="/generate")  # held at step 2 until its Stop
+        wait_for(lambda: any(out[2].startswith("Step ") for out in long.outputs()), "the long run's first step",
+                 timeout=120)
+        short = second.submit(prompt="withdrawn", seed=424242, api_name="/generate", **SMALL)
+        wait_for(lambda: any(out[2] == "Queued: 1 request ahead of this one." for out in short.outputs()),
+                 "the second request's place in the queue", timeout=120)
+        assert second.predict(api_name="/stop") == "Stopped: cancelled before it started."
+        assert short.result(timeout=120)[2] == "Stopped: cancelled before it started."
         assert first.predict(api_name="/stop") == "Stopping at the end of this step."
-        stopped = long.result(timeout=30)[-1]
-        assert stopped.startswith("Stopped: cancelled at step") and stopped.endswith("of 150."), stopped
-        started = time.monotonic()
-        assert png_meta(short.result(timeout=60)[0][0]["image"])["request"]["prompt"] == "short"
-        assert time.monotonic() - started < 20
+        stopped = long.result(timeout=120)[2]
+        assert stopped.startswith("Stopped: cancelled at step") and stopped.endswith("of 20."), stopped
+        after = second.predict(prompt="after", seed=424243, api_name="/generate", **SMALL)[0][0]["image"]
+        assert png_meta(after)["request"]["prompt"] == "after"  # the queue is in order: the withdrawn run came before
+        assert not list(server.outputs.glob("*/*-424242.png")), "the withdrawn run never ran"
         assert second.predict(api_name="/stop") == "Nothing is running."
     finally:
         first.close()

@@ -37,7 +37,7 @@ INTRO = ("**sdcompose**: Stable Diffusion with ControlNet conditioners and LoRA 
 TAB_NAMES = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint"}
 # A1111's img2img resize modes, by their names there
 INPUT_RESIZE_MODES = [(mode.replace("_", " ").capitalize(), mode) for mode in RESIZE_MODES]
-WAITING = 16  # page runs in flight at once with a job queue (each waits there; more wait in Gradio's queue)
+WAITING = 16  # page runs in flight at once (each waits in the job queue; more wait in Gradio's queue)
 IMAGE_FIELDS = ("init_image", "inpaint", "mask")  # not kept in the browser's storage, as the units' images
 Add = Callable[[str, Any], Any]
 
@@ -51,8 +51,9 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, 
     for the browser session, under ``workdir`` (default: a temporary folder removed at exit), deleted when its
     tab closes; Gradio serves them from its own cache, so a ``workdir`` outside the system temp folder must be
     in ``launch(allowed_paths=...)``. ``jobs``: the ``sdcompose.server.jobs.JobQueue`` runs wait in (``sdcompose
-    serve`` passes the one its HTTP APIs use): the page shows a run's place in it, and Stop withdraws a waiting
-    run. Without one (``sdcompose ui``) runs wait in Gradio's queue, one at a time.
+    ui`` and ``serve`` pass the one their HTTP APIs use; None: one of the page's own): the page shows a run's
+    place in it, and Stop withdraws a waiting run. A ControlNet unit's preview does not wait there: it answers
+    while a generation runs.
     """
     units = max(1, min(units, LIMITS["controls"]))
     if workdir is None:
@@ -148,6 +149,7 @@ def _results(ui: SimpleNamespace) -> None:
     ui.status = gr.Markdown(elem_id="sdc-status")
     ui.gallery = gr.Gallery(label="Images", columns=2, height=520, object_fit="contain", interactive=False,
                             buttons=["download", "fullscreen"], elem_id="sdc-gallery")
+    ui.selected_line = gr.Markdown(elem_id="sdc-selected")  # what the send-to buttons send
     ui.send = _send_buttons("sdc-send")
     with gr.Accordion("Generation info", open=False):
         ui.info = gr.Code(language="json", label="Metadata", interactive=False)
@@ -179,6 +181,7 @@ def _history(ui: SimpleNamespace) -> None:
     ui.history_where = gr.Markdown(elem_id="sdc-history-where")
     ui.history = gr.Gallery(label="History", columns=6, height=560, object_fit="contain", interactive=False,
                             buttons=["download", "fullscreen"], elem_id="sdc-history")
+    ui.history_selected_line = gr.Markdown(elem_id="sdc-history-selected")
     ui.history_send = _send_buttons("sdc-history-send", restore=True)
 
 
@@ -227,9 +230,8 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
           queue=False)
     ui.forget_form.click(None, None, None, js=browser.forget_form())
     outputs = [ui.gallery, ui.info, ui.status, ui.last_seed]
-    # With the shared job queue, runs wait there (their place shows, Stop withdraws them), not in Gradio's.
-    device = dict(concurrency_limit=1, concurrency_id="device") if handlers.jobs is None else \
-        dict(concurrency_limit=WAITING, concurrency_id="generate")
+    # Runs wait in the job queue (their place shows, Stop withdraws them), not in Gradio's.
+    device = dict(concurrency_limit=WAITING, concurrency_id="generate")
     run = dict(inputs_kwargs=fields, **device)
     ui.api_generate.click(with_fields(handlers.generate, list(fields)), outputs=outputs, api_name="generate",
                           show_progress_on=ui.gallery, **run)
@@ -263,7 +265,7 @@ def _events(demo: gr.Blocks, ui: SimpleNamespace, handlers: Handlers, form: Form
                       api_name=f"unit{i}_conditioner", api_visibility="undocumented")
         names = [name for name in fields if name.startswith(form.unit(i, "")) or name in ("width", "height")]
         preview = dict(fn=with_fields(handlers.previewer(i), names), inputs_kwargs={n: fields[n] for n in names},
-                       outputs=unit["map"], concurrency_limit=1, concurrency_id="device")
+                       outputs=unit["map"], concurrency_limit=1, concurrency_id="preview")
         unit["preview"].click(**preview, api_name=f"preview_unit{i}")
         # A pose file shows the pose it draws as soon as it arrives.
         fields[form.unit(i, "file")].upload(**preview, api_name=f"preview_file{i}", api_visibility="undocumented")
@@ -285,9 +287,12 @@ def _send_events(ui: SimpleNamespace, history: History, handlers: Handlers, form
                  fields: dict[str, Any]) -> None:
     """The galleries' selections, the send-to buttons under both, and the History tab's paging."""
     unit0 = ui.units[0]["group"]
-    for gallery, paths, selected, send in ((ui.gallery, ui.gallery_paths, ui.selected, ui.send),
-                                           (ui.history, ui.history_paths, ui.history_selected, ui.history_send)):
-        gallery.select(history.select, paths, selected, api_visibility="private")
+    for gallery, paths, selected, line, send in (
+            (ui.gallery, ui.gallery_paths, ui.selected, ui.selected_line, ui.send),
+            (ui.history, ui.history_paths, ui.history_selected, ui.history_selected_line, ui.history_send)):
+        gallery.select(history.select, paths, [selected, line], api_visibility="private")
+        # A new listing has nothing selected.
+        gallery.change(lambda: (None, ""), None, [selected, line], api_visibility="private", queue=False)
         send["img2img"].click(history.to_img2img, selected,
                               [fields["init_image"], ui.task, ui.main_tabs, ui.mode_tabs], api_visibility="private")
         send["inpaint"].click(history.to_inpaint, selected, [fields["inpaint"], ui.task, ui.main_tabs, ui.mode_tabs],
@@ -297,8 +302,6 @@ def _send_events(ui: SimpleNamespace, history: History, handlers: Handlers, form
                             ui.main_tabs], api_visibility="private")
         send["info"].click(history.to_info, selected, [ui.info_image, ui.main_tabs], api_visibility="private")
     ui.reuse_seed.click(history.seed_of, [ui.selected, ui.last_seed], fields["seed"], api_visibility="private")
-    # A new run's gallery has nothing selected.
-    ui.gallery.change(lambda: None, None, ui.selected, api_visibility="private", queue=False)
     browse = [ui.history_search, ui.history_page]
     shown = [ui.history, ui.history_paths, ui.history_page, ui.history_where]
     # always_last: a search submitted while the tab's own listing runs is listed after it, not dropped

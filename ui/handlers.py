@@ -25,6 +25,7 @@ from sdcompose.images import pixel_budget
 from sdcompose.metadata import a1111_parameters, read_png
 from sdcompose.outputs import Outputs
 from sdcompose.request import GenerationRequest, validate
+from sdcompose.server.jobs import JobQueue
 
 from . import widgets
 from .form import EMBEDDED as IMAGE, TASKS, Form
@@ -172,11 +173,19 @@ class Handlers:
     def __init__(self, pipeline: Any, form: Form, sessions: Sessions, base_ids: list[str],
                  outputs: Outputs | None = None, jobs: Any = None) -> None:
         """``outputs``: where every image is kept (None: only for the session, in ``sessions``' folders); ``jobs``:
-        the ``sdcompose.server.jobs.JobQueue`` runs wait in (``sdcompose serve`` passes the one its HTTP APIs use;
-        None: each run in its own thread, one at a time by Gradio's queue)."""
+        the ``sdcompose.server.jobs.JobQueue`` runs wait in (``sdcompose ui`` and ``serve`` pass the one their HTTP
+        APIs use; None: a queue of the page's own, started at its first run)."""
         self.pipeline, self.form, self.sessions, self.base_ids = pipeline, form, sessions, base_ids
-        self.outputs, self.jobs = outputs, jobs
+        self.outputs, self._jobs = outputs, jobs
+        self._jobs_lock = threading.Lock()
         self.names = list(form.defaults())
+
+    @property
+    def jobs(self) -> JobQueue:
+        with self._jobs_lock:
+            if self._jobs is None:
+                self._jobs = JobQueue()
+            return self._jobs
 
     # ---- generate and stop -------------------------------------------------------------------
     def generate(self, request: gr.Request, progress: gr.Progress = gr.Progress(), **values: Any) -> Iterator[tuple]:
@@ -241,50 +250,21 @@ class Handlers:
         return result.save(self.sessions.output(session))
 
     def worker(self, session: str | None, job: Callable[[threading.Event, Callable], Any]) -> Iterator[RunEvent]:
-        """``job(cancel, preview)`` in a worker thread, Stop setting ``cancel``: yields its steps (a preview image at
-        most four times a second); returns what the job returns, or None when it was stopped (after yielding the
-        "Stopped" event). Errors are raised again here. With a job queue (``jobs``) the job waits there, behind
-        the HTTP APIs' requests too: its place shows while it waits, and Stop withdraws it (it never runs)."""
-        if self.jobs is not None:
-            return (yield from self._queued(session, job))
-        with self.sessions.cancel_flag(session) as cancel:
-            steps: queue.Queue = queue.Queue()
-            outcome: dict[str, Any] = {}
+        """``job(cancel, preview)`` run by the job queue's worker, Stop setting ``cancel``: yields its place while it
+        waits (behind the HTTP APIs' requests too, under ``sdcompose serve``), then its steps (a preview image at
+        most four times a second); returns what the job returns, or None when it was stopped or withdrawn (after
+        yielding the "Stopped" event). Errors are raised again here. Stop withdraws a waiting job: it never runs.
 
-            def work() -> None:
-                try:
-                    outcome["result"] = job(cancel, lambda step, total, image: steps.put((step, total, image)))
-                except BaseException as exc:  # re-raised below, in the event's own thread
-                    outcome["error"] = exc
-                finally:
-                    steps.put(None)
-
-            thread = threading.Thread(target=work, name="sdcompose-generate", daemon=True)
-            thread.start()
-            try:
-                yield from _steps(iter(steps.get, None))
-            finally:  # the page went away mid-run: stop the worker at its next step
-                if thread.is_alive():
-                    cancel.set()
-            if isinstance(outcome.get("error"), Cancelled):
-                yield _stopped(outcome["error"])
-                return None
-            if "error" in outcome:
-                raise outcome["error"]
-            return outcome["result"]
-
-    def _queued(self, session: str | None, job: Callable[[threading.Event, Callable], Any]) -> Iterator[RunEvent]:
-        """``worker`` through the job queue: the queue's worker thread runs ``job``; its steps and every change of
-        the queued job (its place, its end) reach this generator through one queue."""
+        The queue's worker thread runs ``job``; its steps and every change of the queued job (its place, its end)
+        reach this generator through one queue."""
         items: queue.Queue = queue.Queue()
         changed = object()
         queued = self.jobs.submit(lambda progress, cancel, preview: job(
             cancel, lambda step, total, image: items.put((step, total, image))), label="ui")
 
         def withdraw() -> str:
-            waiting = queued.state == "queued"
             self.jobs.cancel(queued.id)
-            return "withdrawn" if waiting else "stopping"
+            return "withdrawn" if queued.started is None else "stopping"  # never started: it never will
 
         def listen() -> None:
             items.put(changed)
@@ -339,7 +319,8 @@ class Handlers:
         stopped = self.sessions.stop(session_of(request))
         if not stopped:
             return "Nothing is running."
-        return "Stopping at the end of this step." if "stopping" in stopped else "Withdrawn from the queue."
+        # a withdrawn run ends at once with this same line: whichever of the two the page gets last, it reads this
+        return "Stopping at the end of this step." if "stopping" in stopped else "Stopped: cancelled before it started."
 
     def forget(self, request: gr.Request) -> None:
         self.sessions.forget(session_of(request))

@@ -38,9 +38,11 @@ class History:
 
     # ---- the selected image and where it goes ----------------------------------------------------
     @staticmethod
-    def select(paths: list[str] | None, evt: gr.SelectData) -> str | None:
+    def select(paths: list[str] | None, evt: gr.SelectData) -> list:
+        """The image clicked in a gallery. Outputs: its path, the line under the gallery naming it."""
         index = evt.index if isinstance(evt.index, int) else None
-        return paths[index] if paths and index is not None and 0 <= index < len(paths) else None
+        path = paths[index] if paths and index is not None and 0 <= index < len(paths) else None
+        return [path, f"Selected: {escape(Path(path).name)}" if path else ""]
 
     @staticmethod
     def _need(path: str | None) -> bool:

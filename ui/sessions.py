@@ -1,4 +1,4 @@
-"""Per-browser-session state the page needs beside Gradio's: output folders and Stop flags."""
+"""Per-browser-session state the page needs beside Gradio's: output folders and what Stop stops."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ from typing import Callable
 
 
 class Sessions:
-    """Output folders under ``root/<session>`` and the cancel events of each session's running generations."""
+    """Output folders under ``root/<session>`` and how to stop each session's queued or running generations."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -28,13 +28,6 @@ class Sessions:
     def output(self, session: str | None) -> Path:
         """A fresh ``.png`` path in the session's folder (``Result.save`` numbers a batch from it)."""
         return self.folder(session) / f"{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**9:09d}.png"
-
-    @contextmanager
-    def cancel_flag(self, session: str | None) -> Iterator[threading.Event]:
-        """An event that ``stop(session)`` sets while the block runs."""
-        event = threading.Event()
-        with self.running(session, lambda: event.set() or "stopping"):
-            yield event
 
     @contextmanager
     def running(self, session: str | None, stop: Callable[[], str]) -> Iterator[None]:
