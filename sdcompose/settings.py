@@ -13,6 +13,7 @@ from sdcompose.errors import ValidationError
 
 DEFAULT_MODEL = "sd15"  # the base a request without ``model`` uses, unless SDCOMPOSE_MODEL names another
 MAP_CACHE_MB = 256  # the control-map cache's default bound on disk
+OFF = ("off", "0", "no", "false", "none")  # SDCOMPOSE_MAP_CACHE values that turn the cache off
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,13 @@ class Settings:
     def default_model(self) -> str:
         return self.model or DEFAULT_MODEL
 
-
     def map_cache_bytes(self) -> int:
         """The control-map cache's bound in bytes (default 256 MB); a value that is no whole number is refused
         in one sentence, when a Pipeline is made."""
         value = self.map_cache_mb
         if value is None or not value.strip():
             return MAP_CACHE_MB * 2**20
-        megabytes = int(value) if value.strip().isdigit() else -1
-        if megabytes < 0:
+        if not value.strip().isdigit():
             raise ValidationError(f"SDCOMPOSE_MAP_CACHE_MB must be a whole number of megabytes (0 turns the "
                                   f"control-map cache off), got {value!r}")
-        return megabytes * 2**20
-
-
-OFF = ("off", "0", "no", "false", "none")  # SDCOMPOSE_MAP_CACHE values that turn the cache off
+        return int(value) * 2**20
