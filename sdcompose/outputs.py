@@ -84,7 +84,8 @@ class Outputs:
         hidden = save_png(image, meta, inputs, folder / f".{secrets.token_hex(8)}.png")
         try:
             with _locked(folder):  # the number is picked and taken under one lock, across threads and processes
-                target = folder / f"{self._scan_next(folder):05d}-{label or meta['seed']}.png"
+                name = label or meta.get("seed", meta.get("task", "image"))  # an upscale has no seed
+                target = folder / f"{self._scan_next(folder):05d}-{name}.png"
                 os.link(hidden, target)  # fails if the name exists: never overwrites
             return target
         finally:

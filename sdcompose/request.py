@@ -17,7 +17,7 @@ from pydantic import ValidationError as PydanticError
 
 from sdcompose.errors import ValidationError, suggest
 from sdcompose.prompt_syntax import SYNTAXES, check_syntax, lora_tags, parse
-from sdcompose.samplers import IDS as SCHEDULERS, canonical as canonical_sampler
+from sdcompose.samplers import IDS as SCHEDULERS, canonical as canonical_sampler, check_steps
 
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
 CONTROL_MODES = ("balanced", "prompt_first", "control_first")
@@ -320,6 +320,7 @@ def _checked(data: Any) -> dict[str, Any]:
             raise ValidationError(f"seed must be >= 0 (or None for a random seed), got {_short(seed)}")
         req["seed"] = _number("seed", seed, LIMITS["seed"][0], LIMITS["seed"][1] - req["batch"], integer=True)
     req["scheduler"] = canonical_sampler(req["scheduler"])  # an id, or A1111's name ("DPM++ 2M Karras")
+    check_steps(req["scheduler"], req["steps"], req["strength"] if req["init_image"] is not None else 1.0)
     if len(req["controls"]) > LIMITS["controls"]:
         raise ValidationError(f"at most {LIMITS['controls']} controls per request, got {len(req['controls'])}")
     if len(req["loras"]) > LIMITS["loras"]:
@@ -378,6 +379,7 @@ def _hires(req: dict[str, Any]) -> Hires:
     if denoise == 0:
         raise ValidationError("hires denoise must be above 0 (0 would only resize the first pass)")
     _id("hires upscaler", hires.upscaler)
+    check_steps(req["scheduler"], steps or req["steps"], denoise, "hires steps")
     multiple = LIMITS["size_multiple"]
     width, height = (max(multiple, int(req[side] * scale) // multiple * multiple) for side in ("width", "height"))
     high = LIMITS["size"][1]

@@ -51,6 +51,21 @@ def split(sampler_id: str) -> tuple[str, str]:
     raise KeyError(sampler_id)
 
 
+# The few-step samplers pick their steps out of the distilled model's original schedule (diffusers'
+# ``original_inference_steps``, 50): more steps than that schedule holds (times the strength) cannot run.
+FEW_STEP_SCHEDULE = {"lcm": 50, "tcd": 50}
+
+
+def check_steps(sampler_id: str, steps: int, strength: float, what: str = "steps") -> None:
+    """ValidationError if ``sampler_id`` (a valid id) cannot run ``steps`` steps at ``strength``."""
+    name = split(sampler_id)[0]
+    schedule = FEW_STEP_SCHEDULE.get(name)
+    if schedule is not None and steps > int(schedule * strength):
+        at = "" if strength == 1 else f" at strength {strength:g}"
+        raise ValidationError(f"{what} {steps} is too many for the {name} sampler: it takes at most "
+                              f"{int(schedule * strength)}{at} (its schedule holds {schedule}; 4 to 8 is usual)")
+
+
 def canonical(name: object, schedule: str | None = None) -> str:
     """The id for an id or an A1111 sampler name (with an optional A1111 schedule type); one sentence otherwise."""
     if not isinstance(name, str) or not name.strip():

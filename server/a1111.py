@@ -18,6 +18,7 @@ from sdcompose.errors import Cancelled
 from sdcompose.metadata import png_text, a1111_parameters
 
 from . import a1111_names as names
+from .a1111_extras import extras_plan, upscaled_png
 from .a1111_request import checkpoint, plan, whole
 from .answers import b64, error_body, preview_png, result_pngs, status_of, timing
 from .inputs import FieldError, image_bytes
@@ -26,7 +27,9 @@ from .service import Service, finished
 
 # sdcompose's names in validation messages -> A1111's field names
 FIELD_NAMES = (("guidance", "cfg_scale"), ("batch", "batch_size"), ("strength", "denoising_strength"),
-               ("init_image", "init_images[0]"), ("controls", "alwayson_scripts.controlnet.args"))
+               ("init_image", "init_images[0]"), ("controls", "alwayson_scripts.controlnet.args"),
+               ("hires.scale", "hr_scale"), ("hires.steps", "hr_second_pass_steps"),
+               ("hires.denoise", "denoising_strength"), ("hires.upscaler", "hr_upscaler"))
 
 
 def router(service: Service) -> APIRouter:
@@ -164,6 +167,30 @@ def router(service: Service) -> APIRouter:
         return JSONResponse({"info": parameters, "items": {k: v for k, v in text.items() if k == "sdcompose"},
                              "parameters": parse_parameters(parameters)})
 
+    @api.get("/sdapi/v1/upscalers")
+    async def upscalers() -> list[dict[str, Any]]:
+        """A1111's list: its names sdcompose maps (hr_upscaler, upscaler_1), then the models.yaml upscalers by id."""
+        own = [{"name": m["id"], "model_name": m["id"], "model_path": m["id"], "model_url": None, "scale": None}
+               for m in _entries(service, "upscaler")]
+        mapped = [{"name": name, "model_name": None if ours == "lanczos" else ours, "model_path": None,
+                   "model_url": None, "scale": None} for name, ours in names.HR_UPSCALERS.items()]
+        return mapped + own
+
+    @api.post("/sdapi/v1/extra-single-image")
+    async def extra_single_image(request: Request) -> JSONResponse:
+        """One image enlarged ``upscaling_resize`` times by ``upscaler_1`` (tile by tile), PNG with its metadata."""
+        try:
+            payload = await json_body(request)
+            source, model, scale = extras_plan(payload, service.pipeline.catalog)
+            job = await finished(service.submit_call(
+                lambda progress, cancel, preview: upscaled_png(service.pipeline, source, model, scale, cancel),
+                "extras"), request)
+            if job.state != "done":
+                raise job.error
+        except Exception as exc:  # noqa: BLE001
+            return a1111_error(exc)
+        return JSONResponse({"html_info": "", "image": b64(job.result)})
+
     @api.get("/controlnet/version")
     async def controlnet_version() -> dict[str, int]:
         return {"version": 2}
@@ -257,8 +284,10 @@ def info(todo: Any, results: list[Any], interrupted: bool) -> dict[str, Any]:
             "cfg_scale": first.guidance, "steps": first.steps, "batch_size": first.batch, "restore_faces": False,
             "face_restoration_model": None, "sd_model_name": first.model, "sd_model_hash": None, "sd_vae_name": None,
             "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-            "denoising_strength": first.strength if first.init_image is not None else None,
-            "extra_generation_params": {}, "index_of_first_image": 0,
+            "denoising_strength": first.strength if first.init_image is not None else
+            first.hires.denoise if first.hires else None, "extra_generation_params": {} if first.hires is None else {
+                "Hires upscale": first.hires.scale, "Hires steps": first.hires.steps,
+                "Hires upscaler": first.hires.upscaler}, "index_of_first_image": 0,
             "infotexts": [a1111_parameters(meta) for meta in metas], "styles": [],
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
             "is_using_inpainting_conditioning": False, "interrupted": interrupted, "version": f"sdcompose {__version__}"}

@@ -30,6 +30,13 @@ NO_PREPROCESSOR = ("none", "None", "")
 MODEL_KINDS = (("canny", "canny"), ("depth", "depth"), ("openpose", "pose"), ("pose", "pose"),
                ("softedge", "softedge"), ("hed", "softedge"), ("lineart", "lineart"), ("tile", "tile"),
                ("shuffle", "shuffle"), ("mlsd", "mlsd"), ("normal", "normal"), ("scribble", "scribble"))
+# A1111's hires-fix upscaler names (hr_upscaler) -> sdcompose's: "lanczos" or a models.yaml upscaler id. Latent
+# upscaling is not in sdcompose: the Latent names resize the decoded image (Lanczos) before the second pass.
+HR_UPSCALERS = {"Latent": "lanczos", "Latent (antialiased)": "lanczos", "Latent (bicubic)": "lanczos",
+                "Latent (bicubic antialiased)": "lanczos", "Latent (nearest)": "lanczos",
+                "Latent (nearest-exact)": "lanczos", "None": "lanczos", "Lanczos": "lanczos",
+                "R-ESRGAN 4x+": "realesrgan-x4plus", "R-ESRGAN 4x+ Anime6B": "realesrgan-x4plus-anime",
+                "R-ESRGAN 2x+": "realesrgan-x2plus"}
 RESIZE_MODES = {"Just Resize": "just_resize", "Crop and Resize": "crop_and_resize",
                 "Resize and Fill": "resize_and_fill", "Scale to Fit (Inner Fit)": "crop_and_resize",
                 "Envelope (Outer Fit)": "resize_and_fill", 0: "just_resize", 1: "crop_and_resize",
@@ -78,3 +85,15 @@ def choice(table: dict, value: Any, field: str) -> str:
         names = [k for k in table if isinstance(k, str)]
         raise FieldError(field, f"{field} {str(value)[:80]!r} is not one of {', '.join(names)} (or 0-2)")
     return table[value]
+
+
+def hr_upscaler(value: Any, catalog: Any, field: str = "hr_upscaler") -> str:
+    """sdcompose's upscaler for an A1111 upscaler name (``HR_UPSCALERS``) or a models.yaml upscaler id or file name."""
+    if isinstance(value, str) and value in HR_UPSCALERS:
+        return HR_UPSCALERS[value]
+    entry = catalog.find(model_name(value), "upscaler") if isinstance(value, str) and value else None
+    if entry is None:
+        known = list(HR_UPSCALERS) + [i for i, e in catalog.entries.items() if e.kind == "upscaler"]
+        raise FieldError(field, f"{field} {quote(value)} is not an upscaler sdcompose has "
+                                f"(GET /sdapi/v1/upscalers lists them){suggest(str(value), known)}")
+    return entry.id

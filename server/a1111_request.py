@@ -17,7 +17,8 @@ from sdcompose.errors import SdcomposeError
 from sdcompose.images import load_mask
 from sdcompose.pipelines.resolve import lora_by_name
 from sdcompose.prompt_syntax import lora_tags
-from sdcompose.request import LIMITS, Control, GenerationRequest, Lora
+from sdcompose.pipelines.hires import target_size
+from sdcompose.request import LIMITS, Control, GenerationRequest, Hires, Lora, bounds
 
 from . import a1111_names as names
 from .inputs import FieldError, image_bytes
@@ -25,18 +26,16 @@ from .inputs import FieldError, image_bytes
 # accepted whatever their value: they change nothing in the picture (or are read elsewhere)
 NO_EFFECT = {"save_images", "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
              "eta", "s_tmax", "include_init_images", "image_cfg_scale", "comments", "force_task_id", "infotext",
-             "sampler_index", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
-             "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
-             "hr_additional_modules", "firstphase_width", "firstphase_height", "script_args", "subseed",
+             "sampler_index", "script_args", "subseed",
              "refiner_switch_at", "inpaint_full_res_padding", "mask_round", "user", "disable_extra_networks"}
 # accepted only at these values (A1111's defaults, and what webuiapi sends); anything else is refused
-AT_DEFAULT = {"enable_hr": (False, None), "restore_faces": (False, None), "tiling": (False, None),
+AT_DEFAULT = {"restore_faces": (False, None), "tiling": (False, None),
               "styles": ([], None), "subseed_strength": (0, 0.0, None), "seed_resize_from_h": (-1, 0, None),
               "seed_resize_from_w": (-1, 0, None), "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None),
               "s_noise": (1, 1.0, None), "script_name": (None, ""), "refiner_checkpoint": (None, ""),
               "initial_noise_multiplier": (1, 1.0, None), "resize_mode": (0, None), "latent_mask": (None, ""),
               "firstpass_image": (None, ""), "sampler_index": ()}
-WHY = {"enable_hr": "hires fix is not in sdcompose yet", "restore_faces": "sdcompose has no face restorer",
+WHY = {"restore_faces": "sdcompose has no face restorer",
        "tiling": "sdcompose has no seamless tiling", "styles": "sdcompose has no saved styles",
        "subseed_strength": "variation seeds are not in sdcompose", "resize_mode": "img2img resizes with 0 (Just resize)",
        "script_name": "A1111 scripts do not run in sdcompose", "refiner_checkpoint": "sdcompose has no refiner pass"}
@@ -52,6 +51,15 @@ UNIT_NO_EFFECT = {"low_vram", "lowvram", "processor_res", "pixel_perfect", "hr_o
                   "pulid_mode", "animatediff_batch", "batch_mask_dir", "batch_modifiers", "batch_image_dir"}
 UNIT_FIELDS = {"enabled", "image", "input_image", "mask", "mask_image", "module", "model", "weight", "guidance_start",
                "guidance_end", "control_mode", "resize_mode", "threshold_a", "threshold_b"} | UNIT_NO_EFFECT
+# the hires fix (txt2img, enable_hr true): honoured; the rest only at "the same as the first pass"
+HIRES = {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+         "denoising_strength"}
+HIRES_SAME = {"hr_checkpoint_name": (None, "", "Use same checkpoint"),
+              "hr_sampler_name": (None, "", "Use same sampler"), "hr_scheduler": (None, "", "Use same scheduler"),
+              "hr_prompt": (None, ""), "hr_negative_prompt": (None, ""),
+              "hr_additional_modules": (None, [], ["Use same choices"]), "firstphase_width": (None, 0),
+              "firstphase_height": (None, 0)}
+HR_DENOISE = 0.7  # A1111's (and webuiapi's) denoising_strength for the hires pass
 MAX_IMAGES = 64
 
 
@@ -70,7 +78,7 @@ def plan(payload: Any, task: str, default_model: str, catalog: Any) -> Plan:
         raise FieldError("body", "the body must be a JSON object")
     known = HONOURED | NO_EFFECT | set(AT_DEFAULT) | (IMG2IMG if task == "img2img" else set())
     if task == "txt2img":
-        known |= {"denoising_strength"}  # for hires fix only
+        known |= HIRES | set(HIRES_SAME)
     for key, value in payload.items():
         if key not in known:
             from sdcompose.errors import suggest
@@ -90,6 +98,8 @@ def plan(payload: Any, task: str, default_model: str, catalog: Any) -> Plan:
                 scheduler=names.scheduler_id(sampler, schedule), batch=whole(p("batch_size", 1), "batch_size"))
     if task == "img2img":
         base |= _img2img(payload)
+    else:
+        base["hires"] = _hires(payload, base, catalog)
     base["controls"] = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog)
     n_iter = whole(p("n_iter", 1), "n_iter")
     if not 1 <= n_iter or n_iter * base["batch"] > MAX_IMAGES:
@@ -155,6 +165,40 @@ def _loras(prompt: str, catalog: Any, apply: bool) -> tuple[str, list[Lora]]:
     except SdcomposeError as exc:
         raise FieldError("prompt", f"prompt: {exc} (GET /sdapi/v1/loras lists the LoRAs)") from None
     return re.sub(r"[ \t]{2,}", " ", text).strip(), loras
+
+
+def _hires(payload: dict, base: dict[str, Any], catalog: Any) -> Hires | None:
+    """A1111's hires fix as sdcompose's ``Hires``; None while ``enable_hr`` is false (the hr_* fields then change
+    nothing). The target size is ``hr_scale`` times the size, or ``hr_resize_x``/``hr_resize_y`` (one of them 0:
+    the other side follows the aspect ratio)."""
+    p = payload.get
+    enable = p("enable_hr", False)
+    if enable is not None and not isinstance(enable, bool):
+        raise FieldError("enable_hr", f"enable_hr must be true or false, got {str(enable)[:60]!r}")
+    if not enable:
+        return None
+    for key, same in HIRES_SAME.items():
+        if key in payload and not _at(p(key), same) and not (key == "hr_prompt" and p(key) == p("prompt")) \
+                and not (key == "hr_negative_prompt" and p(key) == p("negative_prompt", "")):
+            raise FieldError(key, f"{key}={str(p(key))[:60]} is not supported (sdcompose's second pass uses the "
+                                  f"first pass's); leave it at {same[-1]!r}")
+    low, high = bounds(Hires, "scale")
+    size = base["width"], base["height"]
+    resize = [whole(p(f"hr_resize_{axis}", 0) or 0, f"hr_resize_{axis}") for axis in "xy"]
+    field = "hr_scale" if not any(resize) else "hr_resize_x" if resize[0] else "hr_resize_y"
+    scale = p("hr_scale", 2.0) if field == "hr_scale" else max(resize[0] / size[0], resize[1] / size[1])
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+        raise FieldError(field, f"{field} must make the second pass {low:g} to {high:g} times the first "
+                                f"({size[0]}x{size[1]}), got {str(p(field))[:60]!r}")
+    hires = Hires(scale=float(scale), upscaler=names.hr_upscaler(p("hr_upscaler", "Latent"), catalog),
+                  steps=whole(p("hr_second_pass_steps", 0), "hr_second_pass_steps"),
+                  denoise=p("denoising_strength", HR_DENOISE))
+    target = target_size(*size, hires.scale)
+    if any(resize) and any(r and r != t for r, t in zip(resize, target)):
+        raise FieldError(field, f"hr_resize_x x hr_resize_y {resize[0]}x{resize[1]}: sdcompose scales "
+                                f"{size[0]}x{size[1]} keeping its aspect ratio, to {target[0]}x{target[1]} here; "
+                                "give that size, or one side and 0 for the other")
+    return hires
 
 
 def _img2img(payload: dict) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sdcompose.errors import FieldError
 from sdcompose.images import MAX_BYTES
-from sdcompose.request import Control, GenerationRequest
+from sdcompose.request import Control, GenerationRequest, Hires
 from sdcompose.request_json import IMAGE_FIELDS, request_from_json as from_json
 
 DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;base64,", re.ASCII)
@@ -96,6 +96,8 @@ def field_of(exc: BaseException) -> str | None:
     sub = match["sub"]
     if "[" in name and sub in set(Control.model_fields) | {"id", "weight"}:
         return f"{name}.{sub}"
+    if name == "hires" and sub in Hires.model_fields:
+        return f"hires.{sub}"
     return name
 
 

@@ -188,7 +188,24 @@ NESTED = {"prompt": "x", "controls": [{"id": "pose", "image": json.loads("[" * 1
     ("/v1/generate", {"ip_adapters": [{"id": "tiny-ip-adapter-sd15"}]}, 422, "ip_adapters[0].image"),
     ("/v1/generate", NESTED, 422, "body"),
     ("/v1/generate", [1, 2], 422, "body"),
-    ("/sdapi/v1/txt2img", {"enable_hr": True}, 422, "enable_hr"),
+    ("/sdapi/v1/txt2img", {"enable_hr": 1}, 422, "enable_hr"),
+    ("/sdapi/v1/txt2img", {"sampler_name": "LCM", "steps": 100}, 422, "steps"),
+    ("/v1/generate", {"scheduler": "lcm", "steps": 100}, 422, "steps"),
+    ("/sdapi/v1/txt2img", {"sampler_name": "LCM", "steps": 8, "enable_hr": True, "hr_second_pass_steps": 40,
+                           "denoising_strength": 0.5}, 422, "hr_second_pass_steps"),
+    ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_upscaler": "Magic 16x"}, 422, "hr_upscaler"),
+    ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_scale": 9}, 422, "hr_scale"),
+    ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_scale": 4, "width": 2048, "height": 2048}, 422, "hr_scale"),
+    ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_resize_x": 200, "hr_resize_y": 100}, 422, "hr_resize_x"),
+    ("/sdapi/v1/txt2img", {"enable_hr": True, "denoising_strength": 0}, 422, "denoising_strength"),
+    ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_second_pass_steps": 9999}, 422, "hr_second_pass_steps"),
+    ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_prompt": "another picture"}, 422, "hr_prompt"),
+    ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_sampler_name": "DDIM"}, 422, "hr_sampler_name"),
+    ("/sdapi/v1/extra-single-image", {"image": NOT_AN_IMAGE, "upscaler_1": "tiny-upscaler-x2"}, 422, "image"),
+    ("/sdapi/v1/extra-single-image", {"image": PNG_BOMB, "upscaler_1": "tiny-upscaler-x2"}, 422, "image"),
+    ("/sdapi/v1/extra-single-image", {"image": NOT_AN_IMAGE, "upscaler_1": "GFPGAN"}, 422, "upscaler_1"),
+    ("/sdapi/v1/extra-single-image", {"image": NOT_AN_IMAGE, "gfpgan_visibility": 1}, 422, "gfpgan_visibility"),
+    ("/sdapi/v1/extra-single-image", {"image": NOT_AN_IMAGE, "upscaling_resize": 20}, 422, "upscaling_resize"),
     ("/sdapi/v1/txt2img", {"restore_faces": True}, 422, "restore_faces"),
     ("/sdapi/v1/txt2img", {"styles": ["cinematic"]}, 422, "styles"),
     ("/sdapi/v1/txt2img", {"sampler_name": "Restart"}, 422, "sampler_name"),
@@ -204,7 +221,7 @@ NESTED = {"prompt": "x", "controls": [{"id": "pose", "image": json.loads("[" * 1
     ("/sdapi/v1/txt2img", {"alwayson_scripts": {"ADetailer": {"args": [True, {}]}}}, 422, "alwayson_scripts.ADetailer"),
 ])
 def test_bad_input_is_a_json_error_naming_the_field(live, path, body, status, field):
-    base = dict(SMALL) if path.startswith("/v1") else dict(A1111_SMALL)
+    base = dict(SMALL) if path.startswith("/v1") else {} if "extra" in path else dict(A1111_SMALL)
     payload = base | body if isinstance(body, dict) else body
     error = error_of(live.http.post(path, json=payload), status)
     assert error["field"] == field, error
@@ -285,6 +302,45 @@ def test_webuiapi_img2img_inpaint_png_info_models_and_options(live, pipe, photo,
     api.util_set_model("tiny-sd15")
     assert {s["name"] for s in api.get_samplers()} >= {"Euler a", "DPM++ 2M"}
     assert "canny" in api.controlnet_module_list() and "tiny-controlnet-canny-sd15" in api.controlnet_model_list()
+
+
+def test_webuiapi_hires_fix_is_the_native_apis_two_passes(live):
+    api = live.webui()
+    result = api.txt2img(prompt="a castle", seed=4, enable_hr=True, hr_scale=2, hr_upscaler="Lanczos",
+                         hr_second_pass_steps=3, denoising_strength=0.6, **A1111_SMALL,
+                         alwayson_scripts={})  # webuiapi keeps the units of its last call in its default dict
+    assert result.image.size == (128, 128)
+    meta = json.loads(result.image.text["sdcompose"])
+    assert [(p["pass"], p["width"], p["steps"]) for p in meta["passes"]] == [(1, 64, 2), (2, 128, 3)]
+    assert result.info["denoising_strength"] == 0.6 and result.info["extra_generation_params"]["Hires upscale"] == 2
+    # the same request as the native API's hires field: the same pixels from the same server
+    native = live.http.post("/v1/generate", json=dict(prompt="a castle", seed=4, scheduler="euler_a", guidance=7.0,
+                                                      hires={"scale": 2, "upscaler": "lanczos", "steps": 3,
+                                                             "denoise": 0.6}, **SMALL))
+    assert native.status_code == 200, native.text[:300]
+    same = decoded(native.json()["images"][0])
+    assert json.loads(same.text["sdcompose"])["request"] == meta["request"]
+    assert np.array_equal(pixels(result.image), pixels(same))
+    # the target size by hr_resize_x (height follows), through an upscaler model named by its models.yaml id
+    sized = live.http.post("/sdapi/v1/txt2img", json=dict(prompt="a castle", seed=4, enable_hr=True, hr_resize_x=96,
+                                                         hr_upscaler="tiny-upscaler-x2", **A1111_SMALL))
+    assert sized.status_code == 200, sized.text[:300]
+    image = decoded(sized.json()["images"][0])
+    assert image.size == (96, 96)
+    assert json.loads(image.text["sdcompose"])["passes"][1]["upscaler"] == "tiny-upscaler-x2"
+
+
+def test_webuiapi_lists_upscalers_and_upscales_one_image_as_the_python_api(live, pipe, photo):
+    api = live.webui()
+    listed = [u["name"] for u in api.get_upscalers()]
+    assert {"Lanczos", "R-ESRGAN 4x+", "tiny-upscaler-x2"} <= set(listed)
+    answer = api.extra_single_image(image=Image.open(photo), upscaler_1="tiny-upscaler-x2", upscaling_resize=2)
+    direct = pipe.upscale(photo, model="tiny-upscaler-x2", scale=2)
+    assert answer.image.size == (192, 160)
+    assert np.array_equal(pixels(answer.image), np.asarray(direct.images[0]))
+    assert "tiny-upscaler-x2" in json.loads(answer.image.text["sdcompose"])["models"]
+    assert api.extra_single_image(image=Image.open(photo), upscaler_1="Lanczos", upscaling_resize=1.5).image.size == \
+        (144, 120)
 
 
 def test_webuiapi_interrupts_a_long_run_and_reports_its_progress(live):

@@ -73,12 +73,17 @@ def set_numbers(page, **values):
 
 
 def pick(page, selector, text):
-    """Choose the option of the dropdown ``selector`` that matches ``text`` (typed into its filter)."""
+    """Choose the option of the dropdown ``selector`` that matches ``text`` (typed into its filter), and wait until
+    the page holds it (the input shows its label, or a multiselect shows its token)."""
     box = page.locator(f"{selector} input")
     box.fill(text)
+    page.locator(f"{selector} [role=option]").first.wait_for(timeout=120_000)  # the filtered list is open
     box.press("Enter")
     box.press("Escape")
     box.blur()  # the next click focuses it again, which opens its options
+    wait_for(lambda: box.input_value().startswith(text) or any(
+        token.startswith(text) for token in page.locator(f"{selector} .token span").all_inner_texts()),
+        lambda: f"{selector} to hold {text!r} (it shows {box.input_value()!r})", timeout=120)
 
 
 def options(page, selector) -> list[str]:
@@ -286,8 +291,11 @@ def test_lora_and_controlnet_choices_follow_the_model(page):
     pick(page, "#sdc-unit-0-model", "tiny-controlnet-canny-sd15")
     assert chosen_loras(page) == ["tiny-lora-sd15"]
     pick(page, "#sdc-model", "tiny-sdxl")
-    page.get_by_text("LoRA tiny-lora-sd15 is for sd15; cleared. ControlNet unit 1: model tiny-controlnet-canny-sd15 "
-                     "is for sd15; set to auto.").wait_for(timeout=120_000)
+    notes = ("LoRA tiny-lora-sd15 is for sd15; cleared. ControlNet unit 1: model tiny-controlnet-canny-sd15 is for "
+             "sd15; set to auto.")
+    wait_for(lambda: notes in page.inner_text("#sdc-status"), lambda: f"the notes; the status line shows "
+             f"{page.inner_text('#sdc-status')!r}, unit 1's model {page.input_value('#sdc-unit-0-model input')!r}",
+             timeout=120)
     assert chosen_loras(page) == [] and page.input_value("#sdc-unit-0-model input").startswith("auto ")
     offered = options(page, "#sdc-loras")
     assert "tiny-lora-sdxl" in offered and "tiny-lora-sd15" not in offered

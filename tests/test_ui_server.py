@@ -395,10 +395,12 @@ def test_one_generation_at_a_time_others_wait_with_their_place_and_stop_withdraw
         second.close()
 
 
-def wait_for(check, what: str, timeout: float = 60):
+def wait_for(check, what, timeout: float = 60):
+    """``check()``'s first true result, polled; ``what`` (a string, or a callable that describes the state seen)
+    names it when the wait fails."""
     deadline = time.monotonic() + timeout
     while not (result := check()):
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            pytest.fail(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(0.05)
     return result

@@ -25,6 +25,7 @@ from .numbers import schema_slider
 from .form import LORA_WEIGHT, RANGES, TASKS, Form
 from .assist import Assist
 from .handlers import Handlers, with_fields
+from .hires import hires_section, upscale_tab
 from .history import History
 from .plot import PlotRun, plot_controls
 from .sessions import Sessions
@@ -97,6 +98,8 @@ def build_app(pipeline: Any, workdir: str | Path | None = None, units: int = 3, 
                 _history(ui)
             with gr.Tab("Image info", id="info"):
                 _image_info(ui)
+            with gr.Tab("Upscale", id="upscale"):
+                upscale_tab(pipeline, handlers)
             with gr.Tab("Plugins", id="plugins"):
                 gr.Dataframe(widgets.plugin_table(pipeline), interactive=False,
                              headers=["id", "kind", "families", "version", "package", "status", "error"])
@@ -121,6 +124,7 @@ def _form(ui: SimpleNamespace, add: Add, pipeline: Any, form: Form, loras: list[
     with gr.Tabs(selected=defaults["task"]) as ui.mode_tabs:
         _mode_tabs(add, ui.task)
     ui.random_seed, ui.reuse_seed, ui.input_settings, ui.input_size = _settings(add, defaults)
+    hires_section(add, pipeline, defaults)
     with gr.Accordion("ControlNet", open=False, elem_id="sdc-controlnet"):
         ui.units = [_control_unit(add, i, pipeline, form, defaults) for i in range(form.units)]
         ui.add_unit = gr.Button("Add ControlNet unit", size="sm", elem_id="sdc-add-unit")

@@ -17,25 +17,30 @@ from PIL import Image
 
 from sdcompose.errors import PluginError, ValidationError, quote
 from sdcompose.images import MAX_BYTES, open_image, to_rgb
-from sdcompose.request import Control, GenerationRequest, Lora, bounds, default
+from sdcompose.request import Control, GenerationRequest, Hires, Lora, bounds, default
 
 TASKS = ("txt2img", "img2img", "inpaint")
 RANDOM_SEED = -1
 _R = GenerationRequest
+# The hires fix (text to image only): off, else ``Hires`` from the hires_* fields, the schema's defaults
+HIRES_DEFAULTS = {"hires_enable": False, **{f"hires_{name}": default(Hires, name) for name in Hires.model_fields}}
 DEFAULTS = dict(task="txt2img", prompt=default(_R, "prompt"), negative_prompt=default(_R, "negative_prompt"),
                 model=None, scheduler=default(_R, "scheduler"), steps=default(_R, "steps"),
                 guidance=default(_R, "guidance"), width=default(_R, "width"), height=default(_R, "height"),
                 seed=RANDOM_SEED, batch=default(_R, "batch"), strength=default(_R, "strength"),
                 resize_mode=default(_R, "resize_mode"), init_image=None,
                 inpaint=None, mask=None, loras=[], add_trigger_words=default(_R, "add_trigger_words"),
-                memory=default(_R, "memory"), attention=default(_R, "attention"), vram="", fast=default(_R, "fast"))
+                memory=default(_R, "memory"), attention=default(_R, "attention"), vram="", fast=default(_R, "fast"),
+                **HIRES_DEFAULTS)
 UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, file=None, preprocessed=default(Control, "preprocessed"),
                      model="auto", **{name: default(Control, name) for name in (
                          "weight", "start", "end", "resize_mode", "control_mode")})
 LORA_WEIGHT = default(Lora, "weight")
 # Slider ranges, the schema's limits: (low, high) by form field ("unit_*": each ControlNet unit's, "lora": each LoRA's)
 RANGES = {**{name: bounds(_R, name) for name in ("steps", "width", "height", "guidance", "batch", "strength")},
-          **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")}, "lora": bounds(Lora, "weight")}
+          **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")},
+          "lora": bounds(Lora, "weight"),
+          **{f"hires_{name}": bounds(Hires, name) for name in ("scale", "steps", "denoise")}}
 EMBEDDED = "<image>"  # an image field restored without decoding the image (Image info shows this)
 SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength",
            "resize_mode", "memory", "attention", "fast")
@@ -118,6 +123,9 @@ class Form:
         if task != "txt2img":  # strength and the resize mode apply only to an input image
             kwargs["strength"] = values.get("strength", DEFAULTS["strength"])
             kwargs["resize_mode"] = values.get("resize_mode") or DEFAULTS["resize_mode"]
+        if task == "txt2img" and values.get("hires_enable"):
+            kwargs["hires"] = Hires(**{name: values[f"hires_{name}"] for name in Hires.model_fields
+                                       if values.get(f"hires_{name}") is not None})
         if task == "img2img":
             if values.get("init_image") is None:
                 raise ValidationError("image to image needs an input image: upload one in the Image to image tab")
@@ -173,6 +181,9 @@ class Form:
         values.update({name: getattr(request, name) for name in SCALARS})
         values.update(seed=request.seed, add_trigger_words=request.add_trigger_words, task=request.task,
                       vram=_size_text(request.vram))
+        if request.hires is not None:
+            values.update(hires_enable=True,
+                          **{f"hires_{name}": getattr(request.hires, name) for name in Hires.model_fields})
         if request.init_image is not None:
             init = keep("init_image", request.init_image)
             if values["task"] == "inpaint":
