@@ -19,7 +19,7 @@ from sdcompose.pipelines.catalog import Catalog
 from sdcompose.pipelines.conditioning import Conditioning, target_size
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
-from sdcompose.pipelines.resolve import Unit, base_by_name, resolve
+from sdcompose.pipelines.resolve import Unit, base_by_name, resolve, upscaler_by_name
 from sdcompose.pipelines.run import Run, loaded_adapter
 from sdcompose.plugins.api import PluginContext
 from sdcompose.plugins.contain import plugin_code
@@ -120,7 +120,8 @@ class Pipeline:
                                   "(in its text chunks or EXIF): was it saved without them?")
         return infotext.to_request(
             infotext.parse(found.text["parameters"]), lambda name, digest: base_by_name(self.catalog, name, digest),
-            lambda name: record.resolves(self.catalog, name), model, record.embedding_names(self.catalog))
+            lambda name: record.resolves(self.catalog, name), model, record.embedding_names(self.catalog),
+            lambda name: upscaler_by_name(self.catalog, name))
 
     def preprocess(self, plugin_id: str, image: Any, width: int | None = None, height: int | None = None,
                    resize_mode: str = "crop_and_resize", **params: Any) -> Image.Image:

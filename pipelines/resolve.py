@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdcompose.errors import ModelError, ValidationError, suggest
+from sdcompose.infotext import HR_UPSCALERS
 from sdcompose.pipelines import embeddings, families, ip_adapters
 from sdcompose.prompt_syntax import lora_tags
 from sdcompose.pipelines.catalog import Catalog, Entry
@@ -111,6 +112,15 @@ def named(catalog: Catalog, name: str | None, kind: str) -> Entry | None:
     if found is not None:
         return found
     return next((e for e in catalog.entries.values() if e.kind == kind and name in e.stems()), None)
+
+
+def upscaler_by_name(catalog: Catalog, name: str) -> str | None:
+    """The upscaler an A1111 hires upscaler name means (``infotext.HR_UPSCALERS``: "lanczos" for its resizes), or
+    a models.yaml upscaler by id or file name; None if neither."""
+    if name in HR_UPSCALERS:
+        return HR_UPSCALERS[name]
+    entry = named(catalog, name, "upscaler")
+    return entry.id if entry is not None else None
 
 
 def lora_by_name(catalog: Catalog, name: str) -> Entry:

@@ -31,8 +31,16 @@ MODULES = {"canny": "canny", "depth": "depth_anything_v2", "pose": "openpose", "
 RESIZE = {"just_resize": "Just Resize", "crop_and_resize": "Crop and Resize", "resize_and_fill": "Resize and Fill"}
 CONTROL = {"balanced": "Balanced", "prompt_first": "My prompt is more important",
            "control_first": "ControlNet is more important"}
+# A1111's hires-fix upscaler names -> sdcompose's: "lanczos" or a models.yaml upscaler id. Latent upscaling is
+# not in sdcompose: the Latent names resize the decoded image (Lanczos) before the second pass.
+HR_UPSCALERS = {"Latent": "lanczos", "Latent (antialiased)": "lanczos", "Latent (bicubic)": "lanczos",
+                "Latent (bicubic antialiased)": "lanczos", "Latent (nearest)": "lanczos",
+                "Latent (nearest-exact)": "lanczos", "None": "lanczos", "Lanczos": "lanczos",
+                "R-ESRGAN 4x+": "realesrgan-x4plus", "R-ESRGAN 4x+ Anime6B": "realesrgan-x4plus-anime",
+                "R-ESRGAN 2x+": "realesrgan-x2plus"}
+HIRES_FIELDS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler")
 USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip",
-        "Denoising strength")  # Denoising strength: reported as dropped, with why
+        "Denoising strength", *HIRES_FIELDS)  # Denoising strength without hires fields: dropped, with why
 NOT_SETTINGS = ("Version", "Lora hashes", "Emphasis")  # describe the image; nothing to restore
 
 
@@ -75,6 +83,11 @@ def write(meta: dict[str, Any]) -> str:
         fields["Denoising strength"] = req["strength"]
     if req.get("clip_skip", 1) > 1:
         fields["Clip skip"] = req["clip_skip"]
+    hires = req.get("hires")
+    if hires:  # A1111's hires fix fields; Hires steps 0 (the first pass's count) is left out, as A1111 does
+        fields |= {"Denoising strength": hires["denoise"], "Hires upscale": hires["scale"],
+                   "Hires steps": hires["steps"] or None,
+                   "Hires upscaler": "Lanczos" if hires["upscaler"] == HR_UPSCALERS["Lanczos"] else hires["upscaler"]}
     controlnets = [model_id for model_id, info in models.items() if info.get("kind") == "controlnet"]
     for i, control in enumerate(req["controls"]):
         used = controlnets[i] if len(controlnets) == len(req["controls"]) else None
@@ -160,12 +173,14 @@ class Restored:
 
 def to_request(params: dict[str, str], find_model: Callable[[str | None, str | None], str | None],
                find_lora: Callable[[str], bool], model: str | None = None,
-               embeddings: Collection[str] = ()) -> Restored:
+               embeddings: Collection[str] = (), find_upscaler: Callable[[str], str | None] = HR_UPSCALERS.get
+               ) -> Restored:
     """Request fields from parsed A1111 parameters (``parse``).
 
     ``find_model(name, short_hash)``: a base model id here, or None; ``find_lora(name)``: whether a
     ``<lora:name>`` tag resolves; ``model``: use this base whatever the text says; ``embeddings``: the
-    textual-inversion names known here (``TI hashes`` naming others are listed as dropped).
+    textual-inversion names known here (``TI hashes`` naming others are listed as dropped);
+    ``find_upscaler(name)``: the upscaler a ``Hires upscaler`` name means here, or None.
     """
     if not any(key in params for key in ("Steps", "Sampler", "Seed")):
         raise ValidationError("the image's parameters text is not A1111 settings (no 'Steps: ..., Sampler: ...' line)")
@@ -194,9 +209,11 @@ def to_request(params: dict[str, str], find_model: Callable[[str | None, str | N
     number("Size-1", "width", int)
     number("Size-2", "height", int)
     number("Clip skip", "clip_skip", int)
-    if "Denoising strength" in params:
-        dropped.append(f"Denoising strength: {params['Denoising strength'][:20]} (img2img or hires fix: the source "
-                       "image is not in the file)")
+    if any(key in params for key in HIRES_FIELDS):
+        out["hires"] = _hires(params, out, find_upscaler, dropped)
+    elif "Denoising strength" in params:
+        dropped.append(f"Denoising strength: {params['Denoising strength'][:20]} (img2img: the source image is not "
+                       "in the file)")
     for name in ("width", "height"):
         step = LIMITS["size_multiple"]
         if name in out and out[name] % step:
@@ -217,6 +234,29 @@ def to_request(params: dict[str, str], find_model: Callable[[str | None, str | N
         else:
             dropped.append(f"{key}: {value[:80]}")
     return Restored(out, dropped)
+
+
+def _hires(params: dict[str, str], out: dict[str, Any], find_upscaler: Callable[[str], str | None],
+           dropped: list[str]) -> dict[str, Any]:
+    """The request's ``hires`` from A1111's hires fix fields (its ``Denoising strength`` is the second pass's); the
+    scale from ``Hires upscale``, or from ``Hires resize: WxH`` over the first pass's size."""
+    hires: dict[str, Any] = {}
+    number = _numbers(params, hires, dropped)
+    number("Hires upscale", "scale", float)
+    number("Hires steps", "steps", int)
+    number("Denoising strength", "denoise", float)
+    resize = _SIZE.match(params.get("Hires resize", ""))
+    if resize and "scale" not in hires and out.get("width") and out.get("height"):
+        hires["scale"] = max(int(resize[1]) / out["width"], int(resize[2]) / out["height"])
+    name = params.get("Hires upscaler", "Latent")
+    found = find_upscaler(name)
+    if found is None:
+        dropped.append(f"Hires upscaler: {name[:80]} (no such upscaler here; used lanczos)")
+    elif name.startswith("Latent"):
+        dropped.append(f"Hires upscaler: {name[:80]} (sdcompose has no latent upscale: the first pass is resized "
+                       "with lanczos)")
+    hires["upscaler"] = found or HR_UPSCALERS["Lanczos"]
+    return hires
 
 
 def _missing_embeddings(ti_hashes: str, known: Collection[str]) -> list[str]:

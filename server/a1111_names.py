@@ -9,6 +9,8 @@ from typing import Any
 
 from sdcompose import samplers
 from sdcompose.errors import ValidationError, quote, suggest
+from sdcompose.infotext import HR_UPSCALERS
+from sdcompose.pipelines.resolve import upscaler_by_name
 
 from .inputs import FieldError
 
@@ -34,13 +36,6 @@ IP_ADAPTER_MODULES = ("ip-adapter_clip_sd15", "ip-adapter_clip_h", "ip-adapter_c
 MODEL_KINDS = (("canny", "canny"), ("depth", "depth"), ("openpose", "pose"), ("pose", "pose"),
                ("softedge", "softedge"), ("hed", "softedge"), ("lineart", "lineart"), ("tile", "tile"),
                ("shuffle", "shuffle"), ("mlsd", "mlsd"), ("normal", "normal"), ("scribble", "scribble"))
-# A1111's hires-fix upscaler names (hr_upscaler) -> sdcompose's: "lanczos" or a models.yaml upscaler id. Latent
-# upscaling is not in sdcompose: the Latent names resize the decoded image (Lanczos) before the second pass.
-HR_UPSCALERS = {"Latent": "lanczos", "Latent (antialiased)": "lanczos", "Latent (bicubic)": "lanczos",
-                "Latent (bicubic antialiased)": "lanczos", "Latent (nearest)": "lanczos",
-                "Latent (nearest-exact)": "lanczos", "None": "lanczos", "Lanczos": "lanczos",
-                "R-ESRGAN 4x+": "realesrgan-x4plus", "R-ESRGAN 4x+ Anime6B": "realesrgan-x4plus-anime",
-                "R-ESRGAN 2x+": "realesrgan-x2plus"}
 RESIZE_MODES = {"Just Resize": "just_resize", "Crop and Resize": "crop_and_resize",
                 "Resize and Fill": "resize_and_fill", "Scale to Fit (Inner Fit)": "crop_and_resize",
                 "Envelope (Outer Fit)": "resize_and_fill", 0: "just_resize", 1: "crop_and_resize",
@@ -93,11 +88,9 @@ def choice(table: dict, value: Any, field: str) -> str:
 
 def hr_upscaler(value: Any, catalog: Any, field: str = "hr_upscaler") -> str:
     """sdcompose's upscaler for an A1111 upscaler name (``HR_UPSCALERS``) or a models.yaml upscaler id or file name."""
-    if isinstance(value, str) and value in HR_UPSCALERS:
-        return HR_UPSCALERS[value]
-    entry = catalog.find(model_name(value), "upscaler") if isinstance(value, str) and value else None
-    if entry is None:
+    found = upscaler_by_name(catalog, model_name(value)) if isinstance(value, str) and value else None
+    if found is None:
         known = list(HR_UPSCALERS) + [i for i, e in catalog.entries.items() if e.kind == "upscaler"]
         raise FieldError(field, f"{field} {quote(value)} is not an upscaler sdcompose has "
                                 f"(GET /sdapi/v1/upscalers lists them){suggest(str(value), known)}")
-    return entry.id
+    return found
