@@ -90,7 +90,7 @@ def plan(payload: Any, task: str, default_model: str, catalog: Any) -> Plan:
                 scheduler=names.scheduler_id(sampler, schedule), batch=whole(p("batch_size", 1), "batch_size"))
     if task == "img2img":
         base |= _img2img(payload)
-    base["controls"] = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog)
+    base["controls"] = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog, model)
     n_iter = whole(p("n_iter", 1), "n_iter")
     if not 1 <= n_iter or n_iter * base["batch"] > MAX_IMAGES:
         raise FieldError("n_iter", f"n_iter x batch_size must be between 1 and {MAX_IMAGES}")
@@ -189,7 +189,7 @@ def _img2img(payload: dict) -> dict[str, Any]:
     return out
 
 
-def _units(scripts: Any, init_image: bytes | None, catalog: Any) -> list[Control]:
+def _units(scripts: Any, init_image: bytes | None, catalog: Any, model: str) -> list[Control]:
     if not isinstance(scripts, dict):
         raise FieldError("alwayson_scripts", "alwayson_scripts must be an object")
     controls: list[Control] = []
@@ -203,13 +203,23 @@ def _units(scripts: Any, init_image: bytes | None, catalog: Any) -> list[Control
                                                              "scripts but ControlNet")
             continue
         for i, unit in enumerate(args):
-            control = _unit(unit, f"alwayson_scripts.controlnet.args[{i}]", init_image, catalog)
+            control = _unit(unit, f"alwayson_scripts.controlnet.args[{i}]", init_image, catalog, model)
             if control is not None:
                 controls.append(control)
     return controls
 
 
-def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Control | None:
+def _t2i_adapter(catalog: Any, base_id: str, plugin: str, field: str, name: str) -> Any:
+    """The models.yaml T2I-Adapter serving ``plugin`` for the base's family (its tiny one for a tiny base)."""
+    base = catalog.get(base_id, "base")
+    found = catalog.serving(plugin, base.family, base.tiny, kind="t2i_adapter")
+    if found is None:
+        raise FieldError(field, f"{field} {name[:80]!r} is a T2I-Adapter models.yaml lacks: add a {base.family} "
+                                f"t2i_adapter entry with conditioner: {plugin} (docs/plugins.md, T2I-Adapters)")
+    return found
+
+
+def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any, model_id_of_base: str) -> Control | None:
     if not isinstance(unit, dict):
         raise FieldError(where, f"{where} must be an object (a ControlNet unit)")
     for key in unit:
@@ -224,7 +234,7 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Cont
         raise FieldError(f"{where}.module", f"{where}: module and model must be names")
     preprocessed = module in names.NO_PREPROCESSOR
     model_id = names.model_name(model)
-    entry = catalog.find(model_id, "controlnet") if model_id else None
+    entry = (catalog.find(model_id, "controlnet") or catalog.find(model_id, "t2i_adapter")) if model_id else None
     own = entry is not None  # a models.yaml id or a file in a model folder: used as it is
     kind = names.conditioner_for_model(model_id)
     if model_id in ("", "None", "none") or (not own and kind is None):
@@ -243,6 +253,9 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Cont
     else:
         raise FieldError(f"{where}.module", f"{where}.module {module[:80]!r} is not one sdcompose has "
                                             "(GET /controlnet/module_list lists them)")
+    if not own and names.is_t2i_adapter(model_id):  # A1111's T2I-Adapter name: the base family's serving entry
+        entry = _t2i_adapter(catalog, model_id_of_base, plugin, f"{where}.model", model_id)
+        own = True
     if plugin == "canny":
         for key, param, default in (("threshold_a", "low_threshold", 100), ("threshold_b", "high_threshold", 200)):
             value = unit.get(key, default)
