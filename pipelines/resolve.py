@@ -104,11 +104,11 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
 
 def base_by_name(catalog: Catalog, name: str | None, short_hash: str | None) -> str | None:
     """The base model an A1111 infotext means: by its ``Model hash``, id or file name; or None."""
-    entry = (catalog.by_hash(short_hash, "base") if short_hash else None) or _named(catalog, name, "base")
+    entry = (catalog.by_hash(short_hash, "base") if short_hash else None) or named(catalog, name, "base")
     return entry.id if entry is not None else None
 
 
-def _named(catalog: Catalog, name: str | None, kind: str) -> Entry | None:
+def named(catalog: Catalog, name: str | None, kind: str) -> Entry | None:
     """By id or scanned file name (Catalog.find), else a models.yaml ``file:``/``path:`` entry's file name."""
     if not name:
         return None
@@ -120,7 +120,7 @@ def _named(catalog: Catalog, name: str | None, kind: str) -> Entry | None:
 
 def lora_by_name(catalog: Catalog, name: str) -> Entry:
     """The LoRA a ``<lora:name:w>`` tag means: a models.yaml id, or the file name (with or without extension)."""
-    found = _named(catalog, name, "lora")
+    found = named(catalog, name, "lora")
     if found is not None:
         return found
     loras = catalog.ids("lora")

@@ -174,7 +174,7 @@ def router(service: Service) -> APIRouter:
 
     @api.get("/controlnet/module_list")
     async def controlnet_modules() -> dict[str, Any]:
-        return {"module_list": ["none", *names.MODULES], "module_detail": {}}
+        return {"module_list": ["none", *names.MODULES, *names.IP_ADAPTER_MODULES], "module_detail": {}}
 
     @api.post("/controlnet/detect")
     async def detect(request: Request) -> JSONResponse:

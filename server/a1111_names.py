@@ -26,6 +26,10 @@ MODULES: dict[str, tuple[str, dict[str, Any]]] = {
     "scribble_hed": ("scribble", {"detector": "hed"}), "scribble_pidinet": ("scribble", {"detector": "pidinet"}),
 }
 NO_PREPROCESSOR = ("none", "None", "")
+# sd-webui-controlnet's IP-Adapter modules (its CLIP vision preprocessors): such a unit is an image prompt
+# (``ip_adapters``); the encoder is the one the models.yaml IP-Adapter names, whichever of these is sent.
+IP_ADAPTER_MODULES = ("ip-adapter_clip_sd15", "ip-adapter_clip_h", "ip-adapter_clip_g", "ip-adapter_clip_sdxl",
+                      "ip-adapter_clip_sdxl_plus_vith")
 # words in a ControlNet model's name -> the conditioner it was trained for (for module "none")
 MODEL_KINDS = (("canny", "canny"), ("depth", "depth"), ("openpose", "pose"), ("pose", "pose"),
                ("softedge", "softedge"), ("hed", "softedge"), ("lineart", "lineart"), ("tile", "tile"),

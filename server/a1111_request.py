@@ -15,9 +15,9 @@ from PIL import ImageFilter, ImageOps
 
 from sdcompose.errors import SdcomposeError
 from sdcompose.images import load_mask
-from sdcompose.pipelines.resolve import lora_by_name
+from sdcompose.pipelines.resolve import lora_by_name, named
 from sdcompose.prompt_syntax import lora_tags
-from sdcompose.request import LIMITS, Control, GenerationRequest, Lora
+from sdcompose.request import LIMITS, Control, GenerationRequest, IpAdapter, Lora
 
 from . import a1111_names as names
 from .inputs import FieldError, image_bytes
@@ -90,7 +90,9 @@ def plan(payload: Any, task: str, default_model: str, catalog: Any) -> Plan:
                 scheduler=names.scheduler_id(sampler, schedule), batch=whole(p("batch_size", 1), "batch_size"))
     if task == "img2img":
         base |= _img2img(payload)
-    base["controls"] = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog, model)
+    units = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog, model)
+    base["controls"] = [u for u in units if isinstance(u, Control)]
+    base["ip_adapters"] = [u for u in units if isinstance(u, IpAdapter)]  # sd-webui-controlnet's ip-adapter units
     n_iter = whole(p("n_iter", 1), "n_iter")
     if not 1 <= n_iter or n_iter * base["batch"] > MAX_IMAGES:
         raise FieldError("n_iter", f"n_iter x batch_size must be between 1 and {MAX_IMAGES}")
@@ -189,10 +191,10 @@ def _img2img(payload: dict) -> dict[str, Any]:
     return out
 
 
-def _units(scripts: Any, init_image: bytes | None, catalog: Any, model: str) -> list[Control]:
+def _units(scripts: Any, init_image: bytes | None, catalog: Any, model: str) -> list[Control | IpAdapter]:
     if not isinstance(scripts, dict):
         raise FieldError("alwayson_scripts", "alwayson_scripts must be an object")
-    controls: list[Control] = []
+    controls: list[Control | IpAdapter] = []
     for name, script in scripts.items():
         args = script.get("args", []) if isinstance(script, dict) else None
         if not isinstance(args, list):
@@ -219,7 +221,8 @@ def _t2i_adapter(catalog: Any, base_id: str, plugin: str, field: str, name: str)
     return found
 
 
-def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any, model_id_of_base: str) -> Control | None:
+def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any,
+          model_id_of_base: str) -> Control | IpAdapter | None:
     if not isinstance(unit, dict):
         raise FieldError(where, f"{where} must be an object (a ControlNet unit)")
     for key in unit:
@@ -232,6 +235,8 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any, model_i
     module, model = unit.get("module", "none"), unit.get("model", "None")
     if not isinstance(module, str) or not isinstance(model, str):
         raise FieldError(f"{where}.module", f"{where}: module and model must be names")
+    if module in names.IP_ADAPTER_MODULES:  # sd-webui-controlnet runs IP-Adapters as ControlNet units
+        return _ip_adapter(unit, where, module, model, init_image, catalog)
     preprocessed = module in names.NO_PREPROCESSOR
     model_id = names.model_name(model)
     entry = (catalog.find(model_id, "controlnet") or catalog.find(model_id, "t2i_adapter")) if model_id else None
@@ -260,17 +265,7 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any, model_i
         for key, param, default in (("threshold_a", "low_threshold", 100), ("threshold_b", "high_threshold", 200)):
             value = unit.get(key, default)
             params[param] = whole(value if value not in (None, -1) else default, f"{where}.{key}")
-    image = unit.get("image", unit.get("input_image"))
-    if isinstance(image, dict):  # newer clients: {"image": ..., "mask": ...}
-        if image.get("mask"):
-            raise FieldError(f"{where}.image.mask", f"{where}: ControlNet unit masks are not supported by sdcompose")
-        image = image.get("image")
-    if image:
-        data = image_bytes(image, f"{where}.image")
-    elif init_image is not None:
-        data = init_image  # as sd-webui-controlnet: img2img's image when the unit has none
-    else:
-        raise FieldError(f"{where}.image", f"{where}.image is missing (a base64 image)")
+    data = _image(unit, where, init_image)
     return Control(plugin, image=data, weight=unit.get("weight", 1.0), start=unit.get("guidance_start", 0.0),
                    end=unit.get("guidance_end", 1.0), params=params, preprocessed=preprocessed,
                    model=entry.id if own else None,  # None: the conditioner's ControlNet for the base family
@@ -279,3 +274,30 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any, model_i
                    control_mode=names.choice(names.CONTROL_MODES, unit.get("control_mode", "Balanced"),
                                              f"{where}.control_mode"))
 
+
+def _image(unit: dict[str, Any], where: str, init_image: bytes | None) -> bytes:
+    """A unit's image bytes: its own, else img2img's image (as sd-webui-controlnet does)."""
+    image = unit.get("image", unit.get("input_image"))
+    if isinstance(image, dict):  # newer clients: {"image": ..., "mask": ...}
+        if image.get("mask"):
+            raise FieldError(f"{where}.image.mask", f"{where}: ControlNet unit masks are not supported by sdcompose")
+        image = image.get("image")
+    if image:
+        return image_bytes(image, f"{where}.image")
+    if init_image is not None:
+        return init_image
+    raise FieldError(f"{where}.image", f"{where}.image is missing (a base64 image)")
+
+
+def _ip_adapter(unit: dict[str, Any], where: str, module: str, model: str, init_image: bytes | None,
+                catalog: Any) -> IpAdapter:
+    """An ``ip-adapter_clip_*`` unit as an image prompt: its model (``ip-adapter_sd15 [6a3f6166]``) names a
+    models.yaml IP-Adapter by id or file name; the unit's image is the reference."""
+    model_id = names.model_name(model)
+    entry = named(catalog, model_id, "ip_adapter") if model_id else None
+    if entry is None:
+        raise FieldError(f"{where}.model", f"{where}.model {model_id[:80]!r} is not an IP-Adapter sdcompose has "
+                                           f"(module {module[:60]!r} needs one: a models.yaml ip_adapter id or file "
+                                           "name)")
+    return IpAdapter(entry.id, image=_image(unit, where, init_image), weight=unit.get("weight", 1.0),
+                     start=unit.get("guidance_start", 0.0), end=unit.get("guidance_end", 1.0))

@@ -196,3 +196,20 @@ def test_an_unknown_id_is_one_sentence_before_loading(reference_image):
         fresh.generate(model="tiny-sd15", width=64, height=64, steps=1,
                        ip_adapters=[sdcompose.IpAdapter("ip-adapter-nope", reference_image)])
     assert "\n" not in str(info.value) and fresh.cache.loaded()["base"] == []
+
+
+def test_the_ui_form_reads_and_restores_its_ip_adapter_section(reference_image, tmp_path):
+    from sdcompose.ui.form import Form
+    form = Form()
+    values = form.defaults() | dict(ip_enable=True, ip_model="tiny-ip-adapter-sd15", ip_image=reference_image,
+                                    ip_weight=0.4, ip_end=0.6)
+    [adapter] = form.to_kwargs(values)["ip_adapters"]
+    assert (adapter.id, adapter.weight, adapter.start, adapter.end) == ("tiny-ip-adapter-sd15", 0.4, 0.0, 0.6)
+    with pytest.raises(sdcompose.ValidationError, match="upload a reference image in the IP-Adapter section"):
+        form.to_kwargs(values | {"ip_image": None})
+    assert form.to_kwargs(values | {"ip_enable": False})["ip_adapters"] == []
+    meta = {"request": sdcompose.GenerationRequest(ip_adapters=[adapter]).summary(), "seed": 3}
+    restored, warnings = form.from_metadata(meta, {"ip-adapter-0-0": reference_image},
+                                            lambda name, image: f"/stored/{name}.png")
+    assert restored["ip_enable"] and restored["ip_image"] == "/stored/ip-adapter-0-0.png" and warnings == []
+    assert (restored["ip_model"], restored["ip_weight"], restored["ip_end"]) == ("tiny-ip-adapter-sd15", 0.4, 0.6)

@@ -202,6 +202,9 @@ NESTED = {"prompt": "x", "controls": [{"id": "pose", "image": json.loads("[" * 1
     ("/sdapi/v1/txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": "x"}]}}}, 422,
      "alwayson_scripts.controlnet.args[0].model"),
     ("/sdapi/v1/txt2img", {"alwayson_scripts": {"ADetailer": {"args": [True, {}]}}}, 422, "alwayson_scripts.ADetailer"),
+    ("/sdapi/v1/txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"module": "ip-adapter_clip_sd15",
+                                                                         "model": "ip-adapter_nope [1234abcd]"}]}}},
+     422, "alwayson_scripts.controlnet.args[0].model"),
 ])
 def test_bad_input_is_a_json_error_naming_the_field(live, path, body, status, field):
     base = dict(SMALL) if path.startswith("/v1") else dict(A1111_SMALL)
@@ -243,13 +246,15 @@ def test_the_catalogue_plugins_and_docs_are_served(live):
 
 
 # ---- the AUTOMATIC1111-compatible API through webuiapi ------------------------------------------------------
+# Calls with ControlNet units pass their own alwayson_scripts: webuiapi's default dict is shared between calls and
+# would carry the unit into every later txt2img of the module.
 def test_webuiapi_txt2img_with_a_controlnet_unit_matches_the_python_api(live, pipe, photo):
     import webuiapi
     api = live.webui()
     unit = webuiapi.ControlNetUnit(image=Image.open(photo), module="canny", model="control_v11p_sd15_canny [d14c016b]",
                                    weight=0.9, threshold_a=50, threshold_b=150)
     result = api.txt2img(prompt="a red fox <lora:tiny-lora-sd15:0.6>", seed=5, sampler_name="DPM++ 2M",
-                         scheduler="Karras", cfg_scale=6, controlnet_units=[unit], **A1111_SMALL)
+                         scheduler="Karras", cfg_scale=6, controlnet_units=[unit], alwayson_scripts={}, **A1111_SMALL)
     meta = json.loads(result.image.text["sdcompose"])
     assert meta["request"]["scheduler"] == "dpmpp_2m_karras" and meta["request"]["prompt"] == "a red fox"
     assert meta["request"]["loras"] == [{"id": "tiny-lora-sd15", "weight": 0.6}]
@@ -259,6 +264,23 @@ def test_webuiapi_txt2img_with_a_controlnet_unit_matches_the_python_api(live, pi
                                "canny", photo, weight=0.9, params={"low_threshold": 50, "high_threshold": 150},
                                resize_mode="resize_and_fill")], **SMALL)
     assert np.array_equal(pixels(result.image), np.asarray(direct.images[0]))
+
+
+def test_an_sd_webui_controlnet_ip_adapter_unit_is_an_image_prompt(live, pipe, photo):
+    import webuiapi
+    api = live.webui()
+    unit = webuiapi.ControlNetUnit(image=Image.open(photo), module="ip-adapter_clip_sd15",
+                                   model="tiny-ip-adapter-sd15 [6a3f6166]", weight=0.6, guidance_end=0.8)
+    result = api.txt2img(prompt="a fox", seed=3, sampler_name="DPM++ 2M", controlnet_units=[unit],
+                         alwayson_scripts={}, **A1111_SMALL)
+    meta = json.loads(result.image.text["sdcompose"])
+    assert meta["request"]["controls"] == [] and meta["request"]["ip_adapters"] == [
+        {"id": "tiny-ip-adapter-sd15", "image": ["<image>"], "weight": 0.6, "start": 0.0, "end": 0.8}]
+    assert meta["request"]["scheduler"] == "dpmpp_2m_karras"  # A1111's Automatic schedule for DPM++ 2M is Karras
+    direct = pipe.generate(prompt="a fox", seed=3, scheduler="dpmpp_2m_karras", guidance=7.0, ip_adapters=[
+        sdcompose.IpAdapter("tiny-ip-adapter-sd15", photo, weight=0.6, end=0.8)], **SMALL)
+    assert np.array_equal(pixels(result.image), np.asarray(direct.images[0]))
+    assert "ip-adapter_clip_sd15" in live.http.get("/controlnet/module_list").json()["module_list"]
 
 
 def test_webuiapi_img2img_inpaint_png_info_models_and_options(live, pipe, photo, mask):

@@ -505,3 +505,21 @@ def test_an_xyz_plot_runs_as_one_job_and_shows_its_labelled_grid(page, outputs):
     assert len(list(outputs.glob("*/*-8.png"))) == 4, "each cell kept as its own PNG"
     screenshot(page, "ui-xyz.png", full_page=False)
     assert page.dialogs == []
+
+
+def test_generate_with_an_ip_adapter(page, photo):
+    page.fill("#sdc-prompt textarea", "a fox in the snow")
+    set_numbers(page, width=64, height=64, steps=2)
+    page.click("#sdc-ip-adapter button.label-wrap")
+    page.check("#sdc-ip-enable input")
+    pick(page, "#sdc-ip-model", "tiny-ip-adapter-sd15")
+    page.set_input_files("#sdc-ip-image input[type=file]", str(photo))
+    page.wait_for_selector("#sdc-ip-image img")
+    set_numbers(page, **{"ip-weight": 0.7})
+    page.click("#sdc-generate")
+    page.get_by_text("1 image(s), seed").wait_for(timeout=120_000)
+    meta = json.loads(served_png(page).text["sdcompose"])
+    [adapter] = meta["request"]["ip_adapters"]
+    assert adapter["id"] == "tiny-ip-adapter-sd15" and adapter["weight"] == 0.7
+    assert "tiny-image-encoder" in meta["models"]
+    assert page.dialogs == []

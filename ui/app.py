@@ -128,6 +128,7 @@ def _form(ui: SimpleNamespace, add: Add, pipeline: Any, form: Form, loras: list[
         if broken:
             gr.Markdown("Plugins that could not be used (see the Plugins tab):\n" + broken)
     _loras(add, loras, form)
+    _ip_adapter(add, pipeline, defaults)
     ui.plot_fields, ui.plot_run = plot_controls()
     _performance(add, defaults)
     ui.forget_form = gr.Button("Reset the form (it is kept in this browser)", size="sm", variant="secondary",
@@ -431,6 +432,21 @@ def _loras(add: Add, loras: list[Any], form: Form) -> None:
                                                    info=f"trigger words: {', '.join(entry.trigger_words)}"
                                                    if entry.trigger_words else None, visible=False))
         add("add_trigger_words", gr.Checkbox(False, label="Add the chosen LoRAs' trigger words to the prompt"))
+
+
+def _ip_adapter(add: Add, pipeline: Any, defaults: dict[str, Any]) -> None:
+    """One image prompt: an IP-Adapter of the catalogue (family shown), its reference image, weight, start and end."""
+    choices = widgets.ip_adapter_choices(pipeline)
+    with gr.Accordion("IP-Adapter", open=False, elem_id="sdc-ip-adapter"):
+        add("ip_enable", gr.Checkbox(defaults["ip_enable"], label="Use an image prompt", elem_id="sdc-ip-enable"))
+        add("ip_model", gr.Dropdown(choices, value=choices[0][1] if choices else None, label="IP-Adapter",
+                                    elem_id="sdc-ip-model"))
+        add("ip_image", checked_image(label="Reference image", sources=["upload", "clipboard"], height=200,
+                                      elem_id="sdc-ip-image"))
+        with gr.Row():
+            for name, label in (("weight", "Weight"), ("start", "Start"), ("end", "End")):
+                add(f"ip_{name}", gr.Slider(*RANGES[f"ip_{name}"], value=defaults[f"ip_{name}"], step=0.05,
+                                            label=label, elem_id=f"sdc-ip-{name}"))
 
 
 def _performance(add: Add, defaults: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdcompose.errors import PluginError, ValidationError, quote
 from sdcompose.images import MAX_BYTES, open_image, to_rgb
-from sdcompose.request import Control, GenerationRequest, Lora, bounds, default
+from sdcompose.request import Control, GenerationRequest, IpAdapter, Lora, bounds, default
 
 TASKS = ("txt2img", "img2img", "inpaint")
 RANDOM_SEED = -1
@@ -28,14 +28,17 @@ DEFAULTS = dict(task="txt2img", prompt=default(_R, "prompt"), negative_prompt=de
                 seed=RANDOM_SEED, batch=default(_R, "batch"), strength=default(_R, "strength"),
                 resize_mode=default(_R, "resize_mode"), init_image=None,
                 inpaint=None, mask=None, loras=[], add_trigger_words=default(_R, "add_trigger_words"),
-                memory=default(_R, "memory"), attention=default(_R, "attention"), vram="", fast=default(_R, "fast"))
+                memory=default(_R, "memory"), attention=default(_R, "attention"), vram="", fast=default(_R, "fast"),
+                ip_enable=False, ip_model=None, ip_image=None,
+                **{f"ip_{name}": default(IpAdapter, name) for name in ("weight", "start", "end")})
 UNIT_DEFAULTS = dict(enable=False, plugin=None, image=None, file=None, preprocessed=default(Control, "preprocessed"),
                      model="auto", **{name: default(Control, name) for name in (
                          "weight", "start", "end", "resize_mode", "control_mode")})
 LORA_WEIGHT = default(Lora, "weight")
 # Slider ranges, the schema's limits: (low, high) by form field ("unit_*": each ControlNet unit's, "lora": each LoRA's)
 RANGES = {**{name: bounds(_R, name) for name in ("steps", "width", "height", "guidance", "batch", "strength")},
-          **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")}, "lora": bounds(Lora, "weight")}
+          **{f"unit_{name}": bounds(Control, name) for name in ("weight", "start", "end")}, "lora": bounds(Lora, "weight"),
+          **{f"ip_{name}": bounds(IpAdapter, name) for name in ("weight", "start", "end")}}
 EMBEDDED = "<image>"  # an image field restored without decoding the image (Image info shows this)
 SCALARS = ("prompt", "negative_prompt", "model", "width", "height", "steps", "guidance", "scheduler", "strength",
            "resize_mode", "memory", "attention", "fast")
@@ -50,7 +53,7 @@ class Rejected:
 
 
 FIELD_TITLES = {"init_image": "the input image", "mask": "the mask", "image": "the control image",
-                "file": "the control file"}
+                "file": "the control file", "ip_image": "the IP-Adapter reference"}
 
 
 def field_title(name: str) -> str:
@@ -115,6 +118,7 @@ class Form:
             if not isinstance(lora_id, str) or lora_id not in self.loras:
                 raise ValidationError(f"no LoRA {quote(lora_id)} on offer; pick from {', '.join(self.loras) or 'none'}")
             kwargs["loras"].append(Lora(lora_id, values.get(self.lora(lora_id), LORA_WEIGHT)))
+        kwargs["ip_adapters"] = _ip_adapters(values)
         if task != "txt2img":  # strength and the resize mode apply only to an input image
             kwargs["strength"] = values.get("strength", DEFAULTS["strength"])
             kwargs["resize_mode"] = values.get("resize_mode") or DEFAULTS["resize_mode"]
@@ -186,6 +190,12 @@ class Form:
                 values[self.lora(lora.id)] = lora.weight
             else:
                 warnings.append(f"LoRA {lora.id!r} is not in this server's models.yaml; left out")
+        for index, adapter in enumerate(request.ip_adapters):
+            if index == 0:  # the page has one IP-Adapter section
+                values.update(ip_enable=True, ip_model=adapter.id, ip_image=keep("ip-adapter-0-0", adapter.images()[0]),
+                              **{f"ip_{name}": getattr(adapter, name) for name in ("weight", "start", "end")})
+            if index > 0 or len(adapter.images()) > 1:
+                warnings.append("the image used more IP-Adapter references than this page's one; the first was kept")
         units = []
         for index, control in enumerate(request.controls):
             if control.id in self.conditioners:
@@ -207,6 +217,21 @@ class Form:
                     except PluginError as exc:
                         warnings.append(f"ControlNet unit {i + 1} ({control.id}): {exc}; left at its default")
         return values, warnings
+
+
+def _ip_adapters(values: dict[str, Any]) -> list[IpAdapter]:
+    """The page's one IP-Adapter section as the request's list (empty when it is off)."""
+    if not values.get("ip_enable"):
+        return []
+    image = values.get("ip_image")
+    if isinstance(image, Rejected):
+        raise ValidationError(f"{field_title('ip_image')}: {image.reason}")
+    if not values.get("ip_model"):
+        raise ValidationError("IP-Adapter: pick an adapter in the IP-Adapter section (or switch it off)")
+    if image is None:
+        raise ValidationError("IP-Adapter: upload a reference image in the IP-Adapter section (or switch it off)")
+    return [IpAdapter(values["ip_model"], image, **{name: values.get(f"ip_{name}", DEFAULTS[f"ip_{name}"])
+                                                    for name in ("weight", "start", "end")})]
 
 
 def _unique_slugs(ids: Any) -> dict[str, str]:

@@ -78,6 +78,11 @@ def lora_models(pipeline: Any, family: str | None = None) -> list[Any]:
     return [e for e in pipeline.catalog.entries.values() if e.kind == "lora" and family in (None, e.family)]
 
 
+def ip_adapter_choices(pipeline: Any) -> list[tuple[str, str]]:
+    """Dropdown choices ``(label, id)`` for the catalogue's IP-Adapters, family shown."""
+    return [(f"{e.id} ({e.family})", e.id) for e in pipeline.catalog.entries.values() if e.kind == "ip_adapter"]
+
+
 def lora_choices(loras: list[Any]) -> list[tuple[str, str]]:
     """Dropdown choices ``(label, id)`` for LoRA entries, family and trigger words shown."""
     def label(entry: Any) -> str:
