@@ -1,8 +1,8 @@
-"""The weights one ``Pipeline`` keeps loaded between requests: base models' components, ControlNets,
-schedulers, and where the memory plan last put them.
+"""The weights one ``Pipeline`` keeps loaded between requests: base models' components, ControlNets and
+T2I-Adapters, schedulers, and where the memory plan last put them.
 
-Bases are kept least recently used first, ``keep_models`` of them; ControlNets up to ``CONTROLNETS_KEPT``
-(more while one request needs more). ``loaded()`` says what is in memory, by id, for tests, benchmarks and
+Bases are kept least recently used first, ``keep_models`` of them; ControlNets and T2I-Adapters together up to
+``CONTROLNETS_KEPT`` (more while one request needs more). ``loaded()`` says what is in memory, by id, for tests, benchmarks and
 a router choosing a worker.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sdcompose.pipelines import compose, memory, schedulers
+from sdcompose.pipelines import compose, memory, schedulers, t2i
 from sdcompose.pipelines.catalog import Entry
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Plan
@@ -28,21 +28,24 @@ class ModelCache:
         self.loader, self.dtype, self.keep_models = loader, dtype, keep_models
         self.placement = memory.Placement()  # where each cached module is now (device, offload hooks)
         self._bases: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._controlnets: OrderedDict[str, Any] = OrderedDict()
+        self._controlnets: OrderedDict[str, Any] = OrderedDict()  # ControlNets and T2I-Adapters, by id
+        self._adapter_ids: set[str] = set()  # which of them are T2I-Adapters
         self._schedulers: dict[tuple[str, str], Any] = {}
         self._encoders: OrderedDict[str, Any] = OrderedDict()  # IP-Adapter image encoders: the last one used
 
     # ---- what is loaded ------------------------------------------------------------------------
     def loaded(self) -> dict[str, list[str]]:
-        """The ids in memory by kind, least recently used first: ``{"base": [...], "controlnet": [...]}``."""
-        return {"base": list(self._bases), "controlnet": list(self._controlnets)}
+        """The ids in memory by kind, least recently used first: ``{"base": [...], "controlnet": [...],
+        "t2i_adapter": [...]}``."""
+        return {"base": list(self._bases), "controlnet": [i for i in self._controlnets if i not in self._adapter_ids],
+                t2i.KIND: [i for i in self._controlnets if i in self._adapter_ids]}
 
     def components(self, base_id: str) -> dict[str, Any]:
         """A loaded base's diffusers components by name (``unet``, ``vae``, ``scheduler``, ...); KeyError if not loaded."""
         return self._bases[base_id]
 
     def controlnet_module(self, controlnet_id: str) -> torch.nn.Module:
-        """A loaded ControlNet; KeyError if not loaded."""
+        """A loaded ControlNet or T2I-Adapter; KeyError if not loaded."""
         return self._controlnets[controlnet_id]
 
     def modules(self) -> list[torch.nn.Module]:
@@ -67,9 +70,13 @@ class ModelCache:
     def controlnet(self, entry: Entry, keep: int = CONTROLNETS_KEPT):
         if entry.id not in self._controlnets:
             while len(self._controlnets) >= keep:
-                self._controlnets.popitem(last=False)
+                self._adapter_ids.discard(self._controlnets.popitem(last=False)[0])
                 free()
-            self._controlnets[entry.id] = self.loader.controlnet(entry, self.dtype).eval().requires_grad_(False)
+            adapter = t2i.is_adapter(entry)
+            load = self.loader.adapter if adapter else self.loader.controlnet
+            self._controlnets[entry.id] = load(entry, self.dtype).eval().requires_grad_(False)
+            if adapter:
+                self._adapter_ids.add(entry.id)
         self._controlnets.move_to_end(entry.id)
         return self._controlnets[entry.id]
 
@@ -82,23 +89,25 @@ class ModelCache:
         return self._encoders[entry.id]
 
     def plan_modules(self, plan: Plan) -> dict[str, torch.nn.Module]:
-        """The cached modules a composition runs, by name (``controlnet:0``, ... for its units), loaded if needed.
+        """The cached modules a composition runs, by name (``controlnet:0``, ... for its units; ``adapter:0``, ... for
+        T2I-Adapter units), loaded if needed.
 
         The ControlNet cache grows to hold every ControlNet of the plan, so none of them is evicted while
         the plan loads the next."""
         components = self.base(plan.base)
         modules = {name: m for name, m in components.items() if isinstance(m, torch.nn.Module)}
         keep = max(CONTROLNETS_KEPT, len({u.controlnet.id for u in plan.units}))
-        modules.update({f"controlnet:{i}": self.controlnet(u.controlnet, keep) for i, u in enumerate(plan.units)})
+        modules.update({f"{unit_module(u)}:{i}": self.controlnet(u.controlnet, keep) for i, u in enumerate(plan.units)})
         if plan.ip_adapters:
             modules["image_encoder"] = self.image_encoder(plan.ip_adapters[0].encoder)
         return modules
 
     def compose(self, plan: Plan, modules: dict[str, torch.nn.Module]):
         """The diffusers pipeline over ``modules`` (from ``plan_modules(plan)``): the very modules the memory plan places."""
-        controlnets = [modules[f"controlnet:{i}"] for i in range(len(plan.units))]
-        return compose.build(plan.family, plan.request.task, self._bases[plan.base.id], controlnets,
-                             [unit.control.control_mode for unit in plan.units])
+        nets = [modules[f"{unit_module(u)}:{i}"] for i, u in enumerate(plan.units)]
+        return compose.build(plan.family, plan.request.task, self._bases[plan.base.id], nets,
+                             [unit.control.control_mode for unit in plan.units],
+                             adapters=any(t2i.is_adapter(u.controlnet) for u in plan.units))
 
     def besides(self, modules: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
         """The cached modules a composition does not use (the memory plan moves them off the device)."""
@@ -116,6 +125,11 @@ class ModelCache:
     def drop(self, base_id: str) -> None:
         """Forget a base whose weights may have been changed: the next request loads it afresh."""
         self._bases.pop(base_id, None)
+
+
+def unit_module(unit: Any) -> str:
+    """A unit's module name in a composition, before its index: ``controlnet`` or ``adapter``."""
+    return "adapter" if t2i.is_adapter(unit.controlnet) else "controlnet"
 
 
 def free() -> None:

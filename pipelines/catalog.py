@@ -76,7 +76,8 @@ class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = ""
-    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler", "ip_adapter", "image_encoder"]
+    kind: Literal["base", "controlnet", "lora", "annotator", "embedding", "upscaler", "ip_adapter", "image_encoder",
+                  "t2i_adapter"]
     family: str | None = None  # a model family (pipelines/families/)
     description: str = ""
     license: str = ""
@@ -90,7 +91,7 @@ class Entry(BaseModel):
     config: str | None = None  # single-file models: a family's shipped config name (sd15, sdxl) or a diffusers folder
     tiny: bool = False
     stands_in_for: str | None = None
-    conditioner: str | None = Field(default=None, pattern=r"^[\w.-]{1,100}$")  # a ControlNet: the plugin it serves
+    conditioner: str | None = Field(default=None, pattern=r"^[\w.-]{1,100}$")  # a ControlNet/T2I-Adapter: its plugin
     trigger_words: tuple[str, ...] = ()
     allow_pickle: bool = False
     recommended: Recommended | None = None  # steps, guidance, sampler hints (few-step models)
@@ -120,8 +121,10 @@ class Entry(BaseModel):
         if (self.kind == "ip_adapter") != (self.image_encoder is not None):
             raise ValueError("an ip_adapter needs `image_encoder:` (a models.yaml image_encoder id), and only an "
                              "ip_adapter has one")
-        if self.conditioner is not None and self.kind != "controlnet":
-            raise ValueError("`conditioner` names the plugin a ControlNet serves; only a controlnet has one")
+        if self.conditioner is not None and self.kind not in ("controlnet", "t2i_adapter"):
+            raise ValueError("`conditioner` names the plugin a ControlNet or T2I-Adapter serves; only those have one")
+        if self.kind == "t2i_adapter" and self.file:
+            raise ValueError("a T2I-Adapter is a diffusers folder (config.json and its weights): give `repo` or `path`")
         return self
 
     @field_validator("family")
@@ -329,17 +332,18 @@ class Catalog:
         self._add(path, entries, [])
         self.roots.update(dict.fromkeys(entries, package_root))
 
-    def serving(self, conditioner: str, family: str, tiny: bool) -> Entry | None:
+    def serving(self, conditioner: str, family: str, tiny: bool, kind: str = "controlnet") -> Entry | None:
         """The default ControlNet for a conditioner and family: the entry that says ``conditioner: <id>``, from the
         latest file (the user's over a plugin's over the shipped one), tiny or real as asked. A real base falls
-        back to the model a serving tiny entry stands in for, when the user added it without ``conditioner:``."""
+        back to the model a serving tiny entry stands in for, when the user added it without ``conditioner:``.
+        ``kind``: ``t2i_adapter`` for the T2I-Adapter serving it."""
         files = {path: rank for rank, path in enumerate(self.files)}
-        pool = [e for e in self.entries.values() if e.kind == "controlnet" and e.family == family]
+        pool = [e for e in self.entries.values() if e.kind == kind and e.family == family]
         serving = [e for e in pool if e.conditioner == conditioner]
         matches = [e for e in serving if e.tiny == tiny]
         if not matches and not tiny:
             matches = [self.entries[e.stands_in_for] for e in serving
-                       if e.stands_in_for in self.entries and self.entries[e.stands_in_for].kind == "controlnet"]
+                       if e.stands_in_for in self.entries and self.entries[e.stands_in_for].kind == kind]
         if not matches:
             return None
         return max(matches, key=lambda e: files.get(self.origins.get(e.id), -1))

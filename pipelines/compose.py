@@ -11,14 +11,16 @@ from typing import Any
 from sdcompose.pipelines import families
 
 
-def build(family: str, task: str, components: dict[str, Any], controlnets: list[Any], control_modes: list[str] = ()):
-    """A diffusers pipeline over shared modules (no copies), progress bar off.
+def build(family: str, task: str, components: dict[str, Any], controlnets: list[Any], control_modes: list[str] = (),
+          adapters: bool = False):
+    """A diffusers pipeline over shared modules (no copies), progress bar off; with ``adapters``, ``controlnets``
+    are T2I-Adapters and the family's adapter pipeline runs them (one, or a ``MultiAdapter``).
 
     A unit whose control mode is not ``balanced`` makes every unit a ``ModedControlNet`` in a
     ``MultiControlNetModel`` (see control_modes.py).
     """
     spec = families.get(family)
-    cls = spec.pipeline_class(task, bool(controlnets))
+    cls = spec.adapter_pipeline_class(task) if adapters else spec.pipeline_class(task, bool(controlnets))
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {name: components.get(name) for name in accepted if name != "self"
               and accepted[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -26,7 +28,10 @@ def build(family: str, task: str, components: dict[str, Any], controlnets: list[
     for flag in ("requires_safety_checker", "add_watermarker"):  # no checker to require; no invisible watermark
         if flag in accepted:
             kwargs[flag] = False
-    moded = any(mode != "balanced" for mode in control_modes)
+    moded = not adapters and any(mode != "balanced" for mode in control_modes)
+    if adapters:
+        kwargs["adapter"] = controlnets[0] if len(controlnets) == 1 else spec.multi_adapter()(controlnets)
+        controlnets = []
     if moded:
         from sdcompose.pipelines.control_modes import wrap
         controlnets = wrap(controlnets, list(control_modes))
@@ -61,7 +66,10 @@ def call_arguments(pipe: Any, req: Any, control_maps: list[Any], init: Any, mask
         kw.update(image=init, strength=req.strength)
     if mask is not None:
         kw["mask_image"] = mask
-    if control_maps:
+    if control_maps and hasattr(pipe, "adapter"):
+        from sdcompose.pipelines import t2i
+        kw.update(t2i.call_arguments(pipe, control_maps, controls))
+    elif control_maps:
         single = not hasattr(pipe.controlnet, "nets")  # one plain ControlNet, not a MultiControlNetModel
         kw[families.get(family).control_image_args[req.task]] = control_maps[0] if single else control_maps
         kw["controlnet_conditioning_scale"] = controls[0].weight if single else [c.weight for c in controls]

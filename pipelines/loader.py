@@ -19,6 +19,7 @@ from sdcompose.pipelines.catalog import CONFIGS, Catalog, Entry
 from sdcompose.pipelines.custom_code import refuse_custom_code
 
 HUB_PATTERNS = {"controlnet": ["config.json", "diffusion_pytorch_model.safetensors"],  # a base's: its family's
+                "t2i_adapter": ["config.json", "diffusion_pytorch_model.safetensors"],
                 "image_encoder": ["config.json", "model.safetensors"]}
 
 # Loading patches torch.nn for the whole process while it runs (accelerate's init_empty_weights, used by
@@ -223,6 +224,18 @@ class Loader:
             except Exception as exc:  # a malformed file or config: one sentence
                 raise ModelError(f"image encoder {entry.id!r} from {source} did not load as a CLIP vision model: "
                                  f"{first_line(exc)}") from None
+
+
+    def adapter(self, entry: Entry, dtype: torch.dtype):
+        """A T2I-Adapter (a diffusers folder)."""
+        with LOADING:
+            source = self.verified_path(entry)
+            try:
+                return families.get(entry.family).adapter_model().from_pretrained(
+                    source, torch_dtype=dtype, use_safetensors=None if entry.allow_pickle else True,
+                    local_files_only=True)
+            except Exception as exc:  # a malformed folder from a model author: one sentence, not a traceback
+                raise ModelError(f"T2I-Adapter {entry.id!r} from {source} did not load: {first_line(exc)}") from None
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:

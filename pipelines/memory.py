@@ -43,7 +43,7 @@ CONTROLNET = 0.0250 * GIB  # one ControlNet's residuals (+ its running sum), wit
 class Workload:
     """What a request puts on the device: module sizes and the shape of the work."""
 
-    weights: dict[str, int]  # bytes per module name (unet, vae, text_encoder, controlnet:0, ...)
+    weights: dict[str, int]  # bytes per module name (unet, vae, text_encoder, controlnet:0, adapter:0, ...)
     groups: dict[str, int]  # bytes resident under block-level group offload (unmatched + two largest blocks)
     leaves: dict[str, int]  # largest single layer, in bytes (sequential offload)
     width: int
@@ -143,7 +143,7 @@ def _phase(name: str, denoiser: str = "unet") -> str:
         return "text"
     if name == "vae":
         return "decode"
-    return "denoise" if name.startswith((denoiser, "controlnet")) else "all"
+    return "denoise" if name.startswith((denoiser, "controlnet", "adapter")) else "all"  # adapter: a T2I-Adapter
 
 
 def activations(w: Workload, vae_slicing: bool = False, vae_tiling: bool = False) -> dict[str, float]:

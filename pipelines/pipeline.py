@@ -74,9 +74,9 @@ class Pipeline:
             req = req.with_(model=self.settings.default_model)
         if req.seed is None:
             req = req.with_(seed=secrets.randbelow(2**32))
+        plan = resolve(req, self.catalog, self.registry)  # what cannot run is refused before any pass
         if req.hires is not None:  # two passes, each a run of its own over the same model cache
             return hires.run(self, req, progress, cancel, preview)
-        plan = resolve(req, self.catalog, self.registry)
         given = self.conditioning.inputs(plan)  # control maps, init image, mask, IP-Adapter references
         with self._lock:
             run = Run(plan, self.cache, self.registry, self.fast_mode, self.device, self.dtype, progress, cancel, preview)

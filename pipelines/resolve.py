@@ -9,7 +9,7 @@ from typing import Any
 
 from sdcompose.errors import ModelError, ValidationError, suggest
 from sdcompose.infotext import HR_UPSCALERS
-from sdcompose.pipelines import embeddings, families, ip_adapters
+from sdcompose.pipelines import embeddings, families, ip_adapters, t2i
 from sdcompose.prompt_syntax import lora_tags
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.pipelines.plugin_models import annotator_ids, default_controlnet
@@ -22,7 +22,7 @@ from sdcompose.request import Control, GenerationRequest
 class Unit:
     control: Control
     plugin: Any
-    controlnet: Entry
+    controlnet: Entry  # the unit's network: a ControlNet, or a T2I-Adapter (pipelines/t2i.py)
     annotators: dict[str, str] = field(default_factory=dict)  # declared id -> the entry used (a tiny stand-in)
 
 
@@ -76,11 +76,15 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
     plan = Plan(request=req, base=base)
     for control in req.controls:
         plugin = registry.get(control.id, "conditioner")
-        if plugin.families and base.family not in plugin.families:
+        named = catalog.entries.get(control.model) if control.model else None
+        kind = t2i.KIND if named is not None and t2i.is_adapter(named) else "controlnet"
+        # a plugin's families are those its ControlNets serve; a T2I-Adapter unit's family is the adapter's own
+        if kind == "controlnet" and plugin.families and base.family not in plugin.families:
             raise PluginError(f"conditioner {control.id!r} supports {', '.join(sorted(plugin.families))}; "
                               f"base {base.id!r} is {base.family}: pick a base of a supported family")
-        entry = catalog.get(control.model or default_controlnet(catalog, plugin, base), "controlnet")
-        _same_family("ControlNet", entry, base, f"pick an {base.family} ControlNet or an {entry.family} base")
+        what = "T2I-Adapter" if kind == t2i.KIND else "ControlNet"
+        entry = catalog.get(control.model or default_controlnet(catalog, plugin, base), kind)
+        _same_family(what, entry, base, f"pick an {base.family} {what} or an {entry.family} base")
         plan.units.append(Unit(control, plugin, entry, annotator_ids(catalog, plugin, base.tiny)))
     plan.prompt, tags = lora_tags(req.prompt, req.prompt_syntax)
     plan.negative = req.negative_prompt
@@ -95,6 +99,7 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
                              "tags); give it once")
         plan.loras.append((entry, weight))
     plan.ip_adapters = ip_adapters.resolve(req.ip_adapters, catalog, base, _same_family)
+    t2i.check(plan)
     return plan
 
 

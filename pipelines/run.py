@@ -4,6 +4,7 @@ IP-Adapter) applied for this request only (a context manager that always takes t
 the run's tensors are freed."""
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import warnings
@@ -123,6 +124,14 @@ class Run:
             self.adapters.scales(step + 1)
         return tensors
 
+    def step_callback(self, pipe: Any) -> dict[str, Any]:
+        """``on_step`` as the pipeline takes it: ``callback_on_step_end``, or the older ``callback(step, t, latents)``
+        (diffusers' SD1.5 T2I-Adapter pipeline has only that one)."""
+        if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+            return {"callback_on_step_end": self.on_step}
+        return {"callback": lambda step, t, latents: self.on_step(pipe, step, t, {"latents": latents}),
+                "callback_steps": 1}
+
     def denoise(self, maps: list[Image.Image], init: Any, mask: Any,
                 refs: list[list[Image.Image]] = ()) -> tuple[list[np.ndarray], dict, dict]:
         plan, cache = self.plan, self.cache
@@ -159,7 +168,7 @@ class Run:
                     kwargs = self.call_arguments(pipe, maps, init, mask)  # encodes prompts: after placement, LoRAs
                     kwargs.update(self.adapters.arguments)
                     with vae_guard.Watch(pipe.vae) as watch:
-                        output = pipe(**kwargs, callback_on_step_end=self.on_step)
+                        output = pipe(**kwargs, **self.step_callback(pipe))
                     images, vae_decode = vae_guard.checked(pipe, watch, output.images, self.final.get("latents"))
         except torch.OutOfMemoryError:
             stopped = "oom"

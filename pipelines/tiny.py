@@ -109,6 +109,16 @@ def _build_controlnet(entry: Entry, out: Path) -> None:
     controlnet.save_pretrained(out, safe_serialization=True)
 
 
+def _build_t2i_adapter(entry: Entry, out: Path) -> None:
+    """A T2I-Adapter whose features fit the tiny UNet's two down blocks: 32 channels after the first block's
+    downsample, 64 at the same size in the second. That is the SDXL adapter's layout (``full_adapter_xl``: the
+    pixels unshuffled 16x, the first two feature maps at one size), so both families' tiny UNets take it."""
+    channels = tuple(_family(entry).tiny_denoiser["block_out_channels"])
+    families.get(entry.family).adapter_model()(in_channels=3, channels=channels, num_res_blocks=1,
+                                               downscale_factor=16, adapter_type="full_adapter_xl") \
+        .save_pretrained(out, safe_serialization=True)
+
+
 def _build_lora(entry: Entry, out: Path) -> None:
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
@@ -196,8 +206,8 @@ def _original_names(key: str, value: torch.Tensor, names: dict[str, str]) -> dic
     return {f"image_proj.{key}": value}
 
 
-BUILDERS = {"base": _build_base, "controlnet": _build_controlnet, "lora": _build_lora, "upscaler": _build_upscaler,
-            "image_encoder": _build_image_encoder, "ip_adapter": _build_ip_adapter}
+BUILDERS = {"base": _build_base, "controlnet": _build_controlnet, "t2i_adapter": _build_t2i_adapter, "lora": _build_lora,
+            "upscaler": _build_upscaler, "image_encoder": _build_image_encoder, "ip_adapter": _build_ip_adapter}
 FILES = {"lora": "pytorch_lora_weights.safetensors", "upscaler": "model.safetensors",  # single-file kinds
          "ip_adapter": "ip-adapter.safetensors"}
 

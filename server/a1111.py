@@ -197,7 +197,7 @@ def router(service: Service) -> APIRouter:
 
     @api.get("/controlnet/model_list")
     async def controlnet_models() -> dict[str, list[str]]:
-        return {"model_list": [m["id"] for m in _entries(service, "controlnet")]}
+        return {"model_list": [m["id"] for kind in ("controlnet", "t2i_adapter") for m in _entries(service, kind)]}
 
     @api.get("/controlnet/module_list")
     async def controlnet_modules() -> dict[str, Any]:

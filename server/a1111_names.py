@@ -74,6 +74,11 @@ def model_name(value: str) -> str:
     return re.sub(r"\s*\[[0-9a-fA-F]{6,}\]$", "", str(value)).strip()
 
 
+def is_t2i_adapter(name: str) -> bool:
+    """``t2iadapter_canny_sd15v2``, ``t2i-adapter-canny-sdxl-1.0``: a TencentARC T2I-Adapter's name."""
+    return re.search(r"t2i[-_]?adapter", name.lower()) is not None
+
+
 def conditioner_for_model(name: str) -> str | None:
     lowered = name.lower()
     return next((plugin for word, plugin in MODEL_KINDS if word in lowered), None)

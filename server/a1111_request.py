@@ -100,7 +100,7 @@ def plan(payload: Any, task: str, default_model: str, catalog: Any) -> Plan:
         base |= _img2img(payload)
     else:
         base["hires"] = _hires(payload, base, catalog)
-    units = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog)
+    units = _units(p("alwayson_scripts") or {}, base.get("init_image"), catalog, model)
     base["controls"] = [u for u in units if isinstance(u, Control)]
     base["ip_adapters"] = [u for u in units if isinstance(u, IpAdapter)]  # sd-webui-controlnet's ip-adapter units
     n_iter = whole(p("n_iter", 1), "n_iter")
@@ -235,7 +235,7 @@ def _img2img(payload: dict) -> dict[str, Any]:
     return out
 
 
-def _units(scripts: Any, init_image: bytes | None, catalog: Any) -> list[Control | IpAdapter]:
+def _units(scripts: Any, init_image: bytes | None, catalog: Any, model: str) -> list[Control | IpAdapter]:
     if not isinstance(scripts, dict):
         raise FieldError("alwayson_scripts", "alwayson_scripts must be an object")
     controls: list[Control | IpAdapter] = []
@@ -249,13 +249,24 @@ def _units(scripts: Any, init_image: bytes | None, catalog: Any) -> list[Control
                                                              "scripts but ControlNet")
             continue
         for i, unit in enumerate(args):
-            control = _unit(unit, f"alwayson_scripts.controlnet.args[{i}]", init_image, catalog)
+            control = _unit(unit, f"alwayson_scripts.controlnet.args[{i}]", init_image, catalog, model)
             if control is not None:
                 controls.append(control)
     return controls
 
 
-def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Control | IpAdapter | None:
+def _t2i_adapter(catalog: Any, base_id: str, plugin: str, field: str, name: str) -> Any:
+    """The models.yaml T2I-Adapter serving ``plugin`` for the base's family (its tiny one for a tiny base)."""
+    base = catalog.get(base_id, "base")
+    found = catalog.serving(plugin, base.family, base.tiny, kind="t2i_adapter")
+    if found is None:
+        raise FieldError(field, f"{field} {name[:80]!r} is a T2I-Adapter models.yaml lacks: add a {base.family} "
+                                f"t2i_adapter entry with conditioner: {plugin} (docs/plugins.md, T2I-Adapters)")
+    return found
+
+
+def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any,
+          model_id_of_base: str) -> Control | IpAdapter | None:
     if not isinstance(unit, dict):
         raise FieldError(where, f"{where} must be an object (a ControlNet unit)")
     for key in unit:
@@ -272,7 +283,7 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Cont
         return _ip_adapter(unit, where, module, model, init_image, catalog)
     preprocessed = module in names.NO_PREPROCESSOR
     model_id = names.model_name(model)
-    entry = catalog.find(model_id, "controlnet") if model_id else None
+    entry = (catalog.find(model_id, "controlnet") or catalog.find(model_id, "t2i_adapter")) if model_id else None
     own = entry is not None  # a models.yaml id or a file in a model folder: used as it is
     kind = names.conditioner_for_model(model_id)
     if model_id in ("", "None", "none") or (not own and kind is None):
@@ -291,6 +302,9 @@ def _unit(unit: Any, where: str, init_image: bytes | None, catalog: Any) -> Cont
     else:
         raise FieldError(f"{where}.module", f"{where}.module {module[:80]!r} is not one sdcompose has "
                                             "(GET /controlnet/module_list lists them)")
+    if not own and names.is_t2i_adapter(model_id):  # A1111's T2I-Adapter name: the base family's serving entry
+        entry = _t2i_adapter(catalog, model_id_of_base, plugin, f"{where}.model", model_id)
+        own = True
     if plugin == "canny":
         for key, param, default in (("threshold_a", "low_threshold", 100), ("threshold_b", "high_threshold", 200)):
             value = unit.get(key, default)

@@ -129,7 +129,7 @@ def test_family_mismatch_is_refused_before_loading(home):
         pipe.generate(model="tiny-sd15", controls=[sdcompose.Control("canny", image=np.zeros((8, 8, 3), np.uint8),
                                                                      model="tiny-controlnet-canny-sdxl")],
                       width=64, height=64, steps=1)
-    assert pipe.cache.loaded() == {"base": [], "controlnet": []}
+    assert pipe.cache.loaded() == {"base": [], "controlnet": [], "t2i_adapter": []}
 
 
 def test_five_controlnets_in_one_request_are_each_loaded_once_and_run(home, photo):

@@ -20,7 +20,7 @@ def one_sentence(message: str) -> None:
 
 
 def nothing_loaded(p, home) -> None:
-    assert p.cache.loaded() == {"base": [], "controlnet": []}
+    assert p.cache.loaded() == {"base": [], "controlnet": [], "t2i_adapter": []}
     assert not (home / "models").exists(), sorted(str(x) for x in (home / "models").rglob("*"))
 
 

@@ -64,9 +64,13 @@ def family_of(pipeline: Any, model_id: str | None) -> str | None:
 
 
 def controlnet_models(pipeline: Any, family: str | None = None) -> list[tuple[str, str]]:
-    """ControlNet model choices ``(label, id)``: auto, then the catalogue's ControlNets of ``family`` (all: None)."""
-    entries = [e for e in pipeline.catalog.entries.values() if e.kind == "controlnet" and family in (None, e.family)]
-    return [("auto (the conditioner's own for the base)", "auto")] + [(f"{e.id} ({e.family})", e.id) for e in entries]
+    """A unit's model choices ``(label, id)``: auto, then the catalogue's ControlNets of ``family`` (all: None), then
+    its T2I-Adapters (a unit whose model is one runs through it instead of a ControlNet)."""
+    def of(kind: str) -> list[Any]:
+        return [e for e in pipeline.catalog.entries.values() if e.kind == kind and family in (None, e.family)]
+    return [("auto (the conditioner's own for the base)", "auto")] + [(f"{e.id} ({e.family})", e.id) for e in
+                                                                       of("controlnet")] + \
+        [(f"{e.id} ({e.family}, T2I-Adapter)", e.id) for e in of("t2i_adapter")]
 
 
 def lora_models(pipeline: Any, family: str | None = None) -> list[Any]:

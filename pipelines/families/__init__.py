@@ -38,6 +38,9 @@ class Family:
     vae_may_upcast: bool = False  # the VAE may ask to decode in float32 (``force_upcast``): the memory plan counts it
     controlnet_class: str = "ControlNetModel"
     multi_controlnet_class: str = "MultiControlNetModel"
+    adapter_pipelines: Mapping[str, str] = field(default_factory=dict)  # task -> pipeline class with T2I-Adapters
+    adapter_class: str = "T2IAdapter"
+    multi_adapter_class: str = "MultiAdapter"
     control_image_args: Mapping[str, str] = field(default_factory=lambda: dict(CONTROL_IMAGE))  # task -> argument
     denoiser: str = "unet"  # the component that denoises (and that CUDA graphs replay)
     latent_channels: int = 4
@@ -59,6 +62,19 @@ class Family:
             with_ = " with ControlNets" if controlnets else ""
             raise ModelError(f"the {self.name} family has no {task} pipeline{with_}")
         return _diffusers(self.pipelines[key])
+
+    def adapter_pipeline_class(self, task: str) -> Any:
+        """The diffusers pipeline class for ``task`` with T2I-Adapters; ModelError if diffusers has none."""
+        if task not in self.adapter_pipelines:
+            raise ModelError(f"T2I-Adapters run text-to-image only: diffusers has no {self.name} {task} pipeline "
+                             "with T2I-Adapters (use a ControlNet for this unit instead)")
+        return _diffusers(self.adapter_pipelines[task])
+
+    def adapter_model(self) -> Any:
+        return _diffusers(self.adapter_class)
+
+    def multi_adapter(self) -> Any:
+        return _diffusers(self.multi_adapter_class)
 
     def controlnet_model(self) -> Any:
         return _diffusers(self.controlnet_class)

@@ -32,6 +32,7 @@ SD15 = Family(
                ("txt2img", True): "StableDiffusionControlNetPipeline",
                ("img2img", True): "StableDiffusionControlNetImg2ImgPipeline",
                ("inpaint", True): "StableDiffusionControlNetInpaintPipeline"},
+    adapter_pipelines={"txt2img": "StableDiffusionAdapterPipeline"},
     # the latent-to-RGB approximation other SD front ends use for live previews
     preview=(((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
               (-0.2120, -0.2616, -0.7177)), (0.0, 0.0, 0.0)),

@@ -37,6 +37,7 @@ SDXL = Family(
                ("txt2img", True): "StableDiffusionXLControlNetPipeline",
                ("img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
                ("inpaint", True): "StableDiffusionXLControlNetInpaintPipeline"},
+    adapter_pipelines={"txt2img": "StableDiffusionXLAdapterPipeline"},
     preview=(((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
               (-0.3165, -0.2492, -0.2188)), (0.1084, -0.0175, -0.0011)),
     hub_patterns=HUB_PATTERNS, vae_scaling=VAE_SCALING, vae_may_upcast=True,
