@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
@@ -45,9 +46,10 @@ def test_a1111_png_reproduced_with_dropped_fields_listed(tmp_path, home):
     assert run.returncode == 0, run.stderr
     assert "made again from AUTOMATIC1111 settings (best effort" in run.stderr
     dropped = run.stderr.split("dropped: ", 1)[1]
-    for name in ("Hires upscale: 2", "Hires upscaler: Latent", "ControlNet 0 (Module: canny", "TI hashes",
-                 "Denoising strength: 0.7"):
+    for name in ("Hires upscaler: Latent (sdcompose has no latent upscale", "ControlNet 0 (Module: canny",
+                 "TI hashes"):
         assert name in dropped
+    assert "Hires upscale: 2" not in dropped and "Denoising strength" not in dropped  # the hires fix is restored
     with Image.open(tmp_path / "again.png") as image:
         meta = json.loads(image.text["sdcompose"])
     req = meta["request"]
@@ -57,6 +59,8 @@ def test_a1111_png_reproduced_with_dropped_fields_listed(tmp_path, home):
     assert (req["width"], req["height"], req["model"], req["clip_skip"]) == (64, 64, "tiny-sd15", 2)
     assert "tiny-lora-sd15" in meta["models"] and meta["lora_report"]  # the tag became the LoRA
     assert meta["reproduced_from"]["tool"] == "AUTOMATIC1111"
+    assert req["hires"] == {"scale": 2.0, "upscaler": "lanczos", "steps": 0, "denoise": 0.7}  # A1111's hires fix
+    assert [(p["pass"], p["width"]) for p in meta["passes"]] == [(1, 64), (2, 128)]
 
 
 def test_own_parameters_chunk_is_a1111s_format(pipe, tmp_path, photo):
@@ -81,6 +85,29 @@ def test_own_parameters_chunk_is_a1111s_format(pipe, tmp_path, photo):
     assert unit["Resize Mode"] == "Crop and Resize" and unit["Model"].startswith("tiny-controlnet")
     # and sdcompose's own reproduce still reads its JSON chunk, not this text
     assert pipe.reproduce(path).metadata.get("reproduced_from") is None
+
+
+def test_a_hires_image_tells_a1111_its_hires_fix_and_reads_it_back(pipe, tmp_path):
+    """The parameters chunk carries A1111's hires fields (Denoising strength is the second pass's); reading that
+    text alone (as from an A1111 image) gives the same hires fix, and so the same pixels."""
+    result = pipe.generate("a castle", model="tiny-sd15", width=64, height=64, steps=2, seed=5,
+                           hires=sdcompose.Hires(scale=1.5, upscaler="tiny-upscaler-x2", steps=3, denoise=0.4))
+    path = result.save(tmp_path / "hires.png")[0]
+    with Image.open(path) as image:
+        text = image.text["parameters"]
+    assert ", Denoising strength: 0.4, Hires upscale: 1.5, Hires steps: 3, Hires upscaler: tiny-upscaler-x2," in text
+    params = infotext.parse(text)
+    restored = pipe.restored(infotext.Found("AUTOMATIC1111", {"parameters": text}))
+    assert restored.fields["hires"] == {"scale": 1.5, "steps": 3, "denoise": 0.4, "upscaler": "tiny-upscaler-x2"}
+    assert not [d for d in restored.dropped if d.startswith(("Hires", "Denoising"))], restored.dropped
+    again = pipe.generate(**restored.fields)
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(result.images[0]))
+    lanczos = infotext.to_request(params | {"Hires upscaler": "Lanczos"}, lambda *_: "tiny-sd15", lambda _: True)
+    assert lanczos.fields["hires"]["upscaler"] == "lanczos" and not lanczos.dropped
+    resized = infotext.to_request({k: v for k, v in params.items() if k != "Hires upscale"} | {
+        "Hires resize": "128x128", "Hires upscaler": "4x-UltraSharp"}, lambda *_: "tiny-sd15", lambda _: True)
+    assert resized.fields["hires"]["scale"] == 2.0
+    assert "Hires upscaler: 4x-UltraSharp (no such upscaler here; used lanczos)" in resized.dropped
 
 
 def test_an_independent_reader_sees_a1111_settings(pipe, tmp_path):
@@ -160,9 +187,10 @@ def test_image_info_shows_and_restores_an_a1111_png(pipe, tmp_path):
     text, shown, values = handlers.image_info(str(source))
     assert A1111_TEXT in text  # the raw text, always
     shown = json.loads(shown)
-    assert shown["tool"] == "AUTOMATIC1111" and any(d.startswith("Hires upscale") for d in shown["dropped"])
+    assert shown["tool"] == "AUTOMATIC1111" and any(d.startswith("Hires upscaler: Latent") for d in shown["dropped"])
     assert (values["prompt"], values["seed"], values["steps"], values["scheduler"]) == \
         (A1111_TEXT.split("\n")[0], 1234, 3, "dpmpp_2m_karras")
+    assert (values["hires_enable"], values["hires_scale"], values["hires_denoise"]) == (True, 2.0, 0.7)
     restored = dict(zip(handlers.names, handlers.restore(None, str(source))))
     assert (restored["model"], restored["negative_prompt"], restored["guidance"]) == ("tiny-sd15", "blurry, lowres", 7.0)
     comfy = png_with(tmp_path / "comfy.png", prompt=json.dumps(COMFY_PROMPT))
