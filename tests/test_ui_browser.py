@@ -275,7 +275,8 @@ def test_image_info_reads_and_restores_an_a1111_png(page, tmp_path):
     page.wait_for_function(f"document.querySelector('#sdc-prompt textarea').value === {json.dumps(prompt)}")
     assert page.input_value("#sdc-seed input") == "1234"
     assert page.input_value("#sdc-steps input[type=number]") == "3"
-    assert page.locator("#sdc-hires-enable input").is_checked()  # A1111's hires fix, restored
+    page.click("#sdc-hires button.label-wrap")  # A1111's hires fix, restored
+    assert page.locator("#sdc-hires-enable input").is_checked()
     assert page.input_value("#sdc-hires-scale input[type=number]") == "2"
     assert page.dialogs == []
 
