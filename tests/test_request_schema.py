@@ -8,7 +8,7 @@ import json
 import pytest
 
 import sdcompose
-from sdcompose.request import SCHEDULERS, Control, GenerationRequest, Lora, bounds, default
+from sdcompose.request import SCHEDULERS, Control, GenerationRequest, IpAdapter, Lora, bounds, default
 
 NUMBERS = ("steps", "width", "height", "guidance", "batch", "strength")
 
@@ -60,7 +60,11 @@ def test_ui_defaults_and_slider_ranges_are_the_schemas(pipe, tmp_path):
     assert LORA_WEIGHT == default(Lora, "weight")
     demo = build_app(pipe, tmp_path, units=1)
     sliders = {block.label: (block.minimum, block.maximum) for block in demo.blocks.values()
-               if isinstance(block, gr.Slider)}
+               if isinstance(block, gr.Slider) and not (block.elem_id or "").startswith("sdc-ip-")}
+    ip_sliders = {block.elem_id: (block.minimum, block.maximum) for block in demo.blocks.values()
+                  if isinstance(block, gr.Slider) and (block.elem_id or "").startswith("sdc-ip-")}
+    for name in ("weight", "start", "end"):  # the IP-Adapter section's
+        assert ip_sliders[f"sdc-ip-{name}"] == bounds(IpAdapter, name), name
     labels = {"Steps": "steps", "Width": "width", "Height": "height", "CFG scale": "guidance", "Batch size": "batch"}
     for label, name in labels.items():
         assert sliders[label] == bounds(GenerationRequest, name), label
