@@ -77,8 +77,8 @@ def pick(page, selector, text):
     the page holds it (the input shows its label, or a multiselect shows its token)."""
     box = page.locator(f"{selector} input")
     box.fill(text)
-    page.locator(f"{selector} [role=option]").first.wait_for(timeout=120_000)  # the filtered list is open
-    box.press("Enter")
+    # clicked, as a user does: Enter picks the list's active option, which a loaded browser may not have set yet
+    page.locator(f"{selector} [role=option][aria-label^={json.dumps(text)}]").first.click(timeout=120_000)
     box.press("Escape")
     box.blur()  # the next click focuses it again, which opens its options
     wait_for(lambda: box.input_value().startswith(text) or any(
