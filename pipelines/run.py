@@ -50,6 +50,7 @@ class Adapters:
         self.images = images  # (ip plugin, references, image encoder) when the request has IP-Adapters
         self.arguments: dict[str, Any] = {}  # extra pipe(...) keywords (the IP-Adapters' reference images)
         self.applied: list[Any] = []  # the plugins whose remove() runs at the end
+        self._lora_pipe: Any = None  # a LoRA-capable view of ``pipe`` when it has no LoRA methods (_target)
 
     def __enter__(self) -> "Adapters":
         return self
@@ -71,11 +72,21 @@ class Adapters:
         self.scales(0)
         return lora, dict(done["report"])
 
+    def _target(self, plugin: Any) -> Any:
+        """The pipeline ``plugin`` works on: the LoRA plugin needs diffusers' LoRA methods, which SD1.5's T2I-Adapter
+        pipeline lacks; the family's text-to-image pipeline over the same modules has them (the LoRA layers live in
+        the shared UNet and text encoder)."""
+        if plugin is not self.adapter or hasattr(self.pipe, "load_lora_weights"):
+            return self.pipe
+        if self._lora_pipe is None:
+            self._lora_pipe = families.get(self.plan.family).pipeline_class("txt2img").from_pipe(self.pipe)
+        return self._lora_pipe
+
     def _apply(self, plugin: Any, given: list[dict[str, Any]], what: str) -> dict[str, Any]:
         self.applied.append(plugin)  # removed at the end even when apply fails half-way
         with plugin_code(what, oom=True):
             try:
-                return plugin.apply(self.pipe, given, self.ctx)
+                return plugin.apply(self._target(plugin), given, self.ctx)
             except BaseException:  # the base's weights may be half changed: load it afresh next time
                 self.cache.drop(self.plan.base.id)
                 raise
@@ -92,7 +103,7 @@ class Adapters:
         for plugin in reversed(self.applied):
             try:
                 with plugin_code(f"{plugin.kind} plugin {plugin.id!r} could not remove its weights"):
-                    plugin.remove(self.pipe)
+                    plugin.remove(self._target(plugin))
             except PluginError as exc:
                 self.cache.drop(base_id)
                 free()

@@ -56,6 +56,20 @@ def test_one_sd15_adapter_matches_diffusers(pipe, photo):
     assert CANNY15 in pipe.cache.loaded()["t2i_adapter"] and CANNY15 not in pipe.cache.loaded()["controlnet"]
 
 
+def test_loras_before_and_with_a_sd15_adapter(pipe, photo):
+    """SD1.5's T2I-Adapter pipeline has no LoRA methods: LoRAs go through the family's text-to-image pipeline over
+    the same modules, so a LoRA an earlier request left fused is taken off, and a LoRA runs with the adapter."""
+    control = sdcompose.Control("canny", image=photo, weight=0.8, model=CANNY15, resize_mode="just_resize")
+    lora = sdcompose.Lora("tiny-lora-sd15", 0.9)
+    alone = ours(pipe, model="tiny-sd15", controls=[control])
+    ours(pipe, model="tiny-sd15", loras=[lora])  # fused, and kept fused for a next request with the same LoRA
+    assert np.array_equal(ours(pipe, model="tiny-sd15", controls=[control]).arrays[0], alone.arrays[0])
+    with_lora = ours(pipe, model="tiny-sd15", controls=[control], loras=[lora])
+    assert max_diff(with_lora.arrays[0], alone.arrays[0]) > 1e-3, "the LoRA must change the image"
+    assert "tiny-lora-sd15" in with_lora.metadata["models"]
+    assert np.array_equal(ours(pipe, model="tiny-sd15", controls=[control]).arrays[0], alone.arrays[0])
+
+
 def test_two_sdxl_adapters_with_an_end_match_diffusers_multiadapter(pipe, photo):
     flipped = canny_map(photo).transpose(Image.FLIP_LEFT_RIGHT)
     controls = [sdcompose.Control("canny", image=photo, weight=1.0, end=0.5, model=CANNYXL, resize_mode="just_resize"),
