@@ -13,11 +13,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from sdcompose.request import LIMITS
+from sdcompose.request import LANCZOS, LIMITS
 from sdcompose.result import Result
-
-LANCZOS = "lanczos"  # an image resize, no model: the upscaler when none is named
-
 
 def target_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The pass-2 size: the request's scaled and rounded down to the size multiple (as the request checks it)."""

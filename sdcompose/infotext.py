@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection
 from sdcompose import samplers
 from sdcompose.errors import ValidationError, suggest
 from sdcompose.prompt_syntax import TAG
-from sdcompose.request import LIMITS
+from sdcompose.request import LANCZOS, LIMITS
 
 MAX_PARAMETERS = 100_000  # characters of parameters text read (A1111 prompts are a few thousand at most)
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -33,9 +33,9 @@ CONTROL = {"balanced": "Balanced", "prompt_first": "My prompt is more important"
            "control_first": "ControlNet is more important"}
 # A1111's hires-fix upscaler names -> sdcompose's: "lanczos" or a models.yaml upscaler id. Latent upscaling is
 # not in sdcompose: the Latent names resize the decoded image (Lanczos) before the second pass.
-HR_UPSCALERS = {"Latent": "lanczos", "Latent (antialiased)": "lanczos", "Latent (bicubic)": "lanczos",
-                "Latent (bicubic antialiased)": "lanczos", "Latent (nearest)": "lanczos",
-                "Latent (nearest-exact)": "lanczos", "None": "lanczos", "Lanczos": "lanczos",
+HR_UPSCALERS = {"Latent": LANCZOS, "Latent (antialiased)": LANCZOS, "Latent (bicubic)": LANCZOS,
+                "Latent (bicubic antialiased)": LANCZOS, "Latent (nearest)": LANCZOS,
+                "Latent (nearest-exact)": LANCZOS, "None": LANCZOS, "Lanczos": LANCZOS,
                 "R-ESRGAN 4x+": "realesrgan-x4plus", "R-ESRGAN 4x+ Anime6B": "realesrgan-x4plus-anime",
                 "R-ESRGAN 2x+": "realesrgan-x2plus"}
 HIRES_FIELDS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler")
@@ -87,7 +87,7 @@ def write(meta: dict[str, Any]) -> str:
     if hires:  # A1111's hires fix fields; Hires steps 0 (the first pass's count) is left out, as A1111 does
         fields |= {"Denoising strength": hires["denoise"], "Hires upscale": hires["scale"],
                    "Hires steps": hires["steps"] or None,
-                   "Hires upscaler": "Lanczos" if hires["upscaler"] == HR_UPSCALERS["Lanczos"] else hires["upscaler"]}
+                   "Hires upscaler": "Lanczos" if hires["upscaler"] == LANCZOS else hires["upscaler"]}
     controlnets = [model_id for model_id, info in models.items() if info.get("kind") == "controlnet"]
     for i, control in enumerate(req["controls"]):
         used = controlnets[i] if len(controlnets) == len(req["controls"]) else None
@@ -255,7 +255,7 @@ def _hires(params: dict[str, str], out: dict[str, Any], find_upscaler: Callable[
     elif name.startswith("Latent"):
         dropped.append(f"Hires upscaler: {name[:80]} (sdcompose has no latent upscale: the first pass is resized "
                        "with lanczos)")
-    hires["upscaler"] = found or HR_UPSCALERS["Lanczos"]
+    hires["upscaler"] = found or LANCZOS
     return hires
 
 

@@ -108,11 +108,14 @@ class IpAdapter(_Part):
         return data
 
 
+LANCZOS = "lanczos"  # the hires/extras upscaler that is an image resize, no model (the default)
+
+
 class Hires(_Part):
     """Hires fix: a second pass image-to-image at ``scale`` times the size (pipelines/hires.py)."""
 
     scale: float = Field(2.0, ge=1.0, le=4.0, description="the second pass's size over the first's (hr_scale)")
-    upscaler: str = Field("lanczos", **_ID, description="lanczos, or a models.yaml upscaler id (hr_upscaler)")
+    upscaler: str = Field(LANCZOS, **_ID, description="lanczos, or a models.yaml upscaler id (hr_upscaler)")
     steps: int = Field(0, ge=0, le=500, description="second-pass steps; 0: the request's (hr_second_pass_steps)")
     denoise: float = Field(0.5, ge=0.0, le=1.0, description="second-pass denoising strength")
 

@@ -16,6 +16,7 @@ from sdcompose import __version__
 from sdcompose import samplers as sampler_table
 from sdcompose.errors import Cancelled
 from sdcompose.metadata import png_text, a1111_parameters
+from sdcompose.request import LANCZOS
 
 from . import a1111_names as names
 from .a1111_extras import extras_plan, upscaled_png
@@ -172,7 +173,7 @@ def router(service: Service) -> APIRouter:
         """A1111's list: its names sdcompose maps (hr_upscaler, upscaler_1), then the models.yaml upscalers by id."""
         own = [{"name": m["id"], "model_name": m["id"], "model_path": m["id"], "model_url": None, "scale": None}
                for m in _entries(service, "upscaler")]
-        mapped = [{"name": name, "model_name": None if ours == "lanczos" else ours, "model_path": None,
+        mapped = [{"name": name, "model_name": None if ours == LANCZOS else ours, "model_path": None,
                    "model_url": None, "scale": None} for name, ours in names.HR_UPSCALERS.items()]
         return mapped + own
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from sdcompose.errors import SdcomposeError
 from sdcompose.images import load_rgb
+from sdcompose.request import LANCZOS
 from sdcompose.pipelines import upscale
 
 from . import a1111_names as names
@@ -59,7 +60,7 @@ def extras_plan(payload: Any, catalog: Any) -> tuple[Image.Image, str, float]:
 
 def upscaled_png(pipeline: Any, image: Image.Image, model: str, scale: float, cancel: Any) -> bytes:
     """The PNG bytes of ``source`` enlarged ``scale`` times by ``model`` (or Lanczos)."""
-    if model != "lanczos":
+    if model != LANCZOS:
         return result_pngs(pipeline.upscale(image, model=model, scale=scale, cancel=cancel))[0]
     size = upscale.target_size(image.size, scale)
     buf = io.BytesIO()

@@ -14,7 +14,7 @@ import gradio as gr
 
 from sdcompose.errors import ValidationError
 from sdcompose.pipelines import upscale
-from sdcompose.pipelines.hires import LANCZOS
+from sdcompose.request import LANCZOS
 
 from .form import RANGES, Rejected
 from .handlers import error_line, errors_in_page, session_of
