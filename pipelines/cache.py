@@ -98,8 +98,9 @@ class ModelCache:
         modules = {name: m for name, m in components.items() if isinstance(m, torch.nn.Module)}
         keep = max(CONTROLNETS_KEPT, len({u.controlnet.id for u in plan.units}))
         modules.update({f"{unit_module(u)}:{i}": self.controlnet(u.controlnet, keep) for i, u in enumerate(plan.units)})
-        if plan.ip_adapters:
-            modules["image_encoder"] = self.image_encoder(plan.ip_adapters[0].encoder)
+        shared = {name: entry for use in plan.adapters for name, entry in use.modules.items()}  # one per name
+        if "image_encoder" in shared:  # adapter_uses.MODULES: the shared modules adapters' entries name
+            modules["image_encoder"] = self.image_encoder(shared["image_encoder"])
         return modules
 
     def compose(self, plan: Plan, modules: dict[str, torch.nn.Module]):

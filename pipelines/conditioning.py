@@ -14,7 +14,7 @@ from PIL import Image
 
 from sdcompose.errors import ValidationError
 from sdcompose.images import MAX_BYTES, MAX_PIXELS, fit, load_mask, load_rgb, open_image, pixel_budget, to_rgb
-from sdcompose.pipelines import ip_adapters
+from sdcompose.pipelines import adapter_uses
 from sdcompose.pipelines.catalog import Catalog
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.map_cache import MapCache, annotator_identity, disk_key
@@ -36,14 +36,14 @@ class Conditioning:
 
     def inputs(self, plan: Plan) -> tuple[list[Image.Image], Any, Any, list[list[Image.Image]]]:
         """Every image a request runs on, decoded together under its pixel budget: the control maps, the init
-        image and mask fitted to its size, the IP-Adapter references."""
+        image and mask fitted to its size, the adapters' references (one list per adapter use)."""
         req = plan.request
         with pixel_budget("this request"):
             maps = [self.control_map(unit, req.width, req.height) for unit in plan.units]
             init = fit(load_rgb(req.init_image, "init_image"), req.width, req.height, req.resize_mode) \
                 if req.init_image is not None else None
             mask = fit(load_mask(req.mask), req.width, req.height, req.resize_mode) if req.mask is not None else None
-            refs = ip_adapters.references(plan.ip_adapters)
+            refs = adapter_uses.references(plan.adapters)
         return maps, init, mask, refs
 
     def control_map(self, unit: Unit, width: int | None, height: int | None) -> Image.Image:

@@ -42,15 +42,18 @@ def run(pipe: Any, req: Any, progress: Callable[[int, int], None] | None = None,
         controls = [c.with_(image=first.inputs[f"control-{k}"], preprocessed=True) for k, c in enumerate(req.controls)]
         refs = [a.with_(image=[first.inputs[f"ip-adapter-{k}-{j}"] for j in range(len(a.images()))])
                 for k, a in enumerate(req.ip_adapters)]  # decoded once, in pass 1
+        uses = [a.with_(image=[first.inputs[f"adapter-{k}-{j}"] for j in range(len(a.images()))] or None)
+                for k, a in enumerate(req.adapters)]
         second = pipe.run(req.with_(hires=None, init_image=big, strength=hires.denoise, width=width, height=height,
-                                    steps=steps, seed=req.seed + i, batch=1, controls=controls, ip_adapters=refs),
+                                    steps=steps, seed=req.seed + i, batch=1, controls=controls, ip_adapters=refs,
+                                    adapters=uses),
                           progress=counted(req.steps + i * steps), cancel=cancel)
         images += second.images
         arrays += second.arrays
         per_image.append(_record(req, first.per_image[i], second.per_image[0], hires, upscaled_with))
     shared = {k: v for k, v in per_image[0].items() if k not in ("seed", "image_index")}
     shared["seeds"] = first.metadata["seeds"]
-    inputs = {k: v for k, v in first.inputs.items() if k.startswith(("control-", "ip-adapter-"))}
+    inputs = {k: v for k, v in first.inputs.items() if k.startswith(("control-", "ip-adapter-", "adapter-"))}
     return Result(images=images, metadata=shared, per_image=per_image, arrays=arrays, inputs=inputs)
 
 

@@ -20,9 +20,8 @@ from sdcompose.pipelines.conditioning import Conditioning, target_size
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Unit, base_by_name, resolve, upscaler_by_name
-from sdcompose.pipelines.run import Run, loaded_adapter
+from sdcompose.pipelines.run import Adapters, Run, kept
 from sdcompose.plugins.api import PluginContext
-from sdcompose.plugins.contain import plugin_code
 from sdcompose.plugins.registry import Registry
 from sdcompose.prompt_syntax import check_syntax
 from sdcompose.request import Control, GenerationRequest, validate
@@ -77,11 +76,11 @@ class Pipeline:
         plan = resolve(req, self.catalog, self.registry)  # what cannot run is refused before any pass
         if req.hires is not None:  # two passes, each a run of its own over the same model cache
             return hires.run(self, req, progress, cancel, preview)
-        given = self.conditioning.inputs(plan)  # control maps, init image, mask, IP-Adapter references
+        given = self.conditioning.inputs(plan)  # control maps, init image, mask, adapters' references
         with self._lock:
             run = Run(plan, self.cache, self.registry, self.fast_mode, self.device, self.dtype, progress, cancel, preview)
-            arrays, report, runtime = run.denoise(*given)
-        return record.result(plan, arrays, report, given, runtime, self.loader, self.registry, self.device, self.dtype)
+            arrays, reports, runtime = run.denoise(*given)
+        return record.result(plan, arrays, reports, given, runtime, self.loader, self.registry, self.device, self.dtype)
 
     def reproduce(self, png: Any, strict: bool = True, model: str | None = None) -> Result:
         """Make an sdcompose PNG again from its own metadata and embedded inputs.
@@ -146,10 +145,10 @@ class Pipeline:
             models = self.cache.plan_modules(plan)
             pipe = self.cache.compose(plan, models)
             self.cache.placement.prepare(models, memory.MemoryPlan(), self.device)  # all on the device
-            adapter = loaded_adapter(self.registry)
-            if adapter is not None:  # LoRAs kept fused for the next request come off: the plain base is handed out
-                with plugin_code(f"adapter plugin {adapter.id!r} could not take its LoRAs off"):
-                    adapter.apply(pipe, [], PluginContext(device=self.device, dtype=self.dtype))
+            # what adapters keep between requests (fused LoRAs) comes off: the plain base is handed out
+            with Adapters(kept(self.registry), pipe, plan, self.cache,
+                          PluginContext(device=self.device, dtype=self.dtype)) as adapters:
+                adapters.apply([], models)
             return pipe
 
     def upscale(self, image: Any, model: str, scale: float | None = None, tile: int = upscale.TILE,

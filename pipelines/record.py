@@ -11,7 +11,7 @@ from PIL import Image
 
 from sdcompose.errors import ModelError
 from sdcompose.metadata import FORMAT, library_versions
-from sdcompose.pipelines import embeddings, ip_adapters, upscale
+from sdcompose.pipelines import adapter_uses, embeddings, upscale
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.resolve import Plan, lora_by_name
@@ -21,25 +21,25 @@ from sdcompose.result import Result
 TEST_MODEL_NOTE = "noise from a random-weight test model"
 
 
-def result(plan: Plan, arrays: list[np.ndarray], report: dict[str, Any], given: tuple[list[Image.Image], Any, Any, Any],
+def result(plan: Plan, arrays: list[np.ndarray], reports: dict[str, Any], given: tuple[list[Image.Image], Any, Any, Any],
            runtime: dict[str, Any], loader: Loader, registry: Registry, device: str, dtype: Any) -> Result:
-    """The images of one run with their metadata (shared, and per image with its seed); ``given``: the control
-    maps, init image, mask and IP-Adapter references it ran on, embedded as its inputs."""
+    """The images of one run with their metadata (shared, and per image with its seed); ``reports``: each adapter
+    plugin's, by id; ``given``: the control maps, init image, mask and adapters' references it ran on, embedded as
+    its inputs."""
     req = plan.request
     maps, init, mask, refs = given
     inputs = {f"control-{i}": m for i, m in enumerate(maps)}
-    inputs.update(ip_adapters.inputs(refs))
+    inputs.update(adapter_uses.inputs(plan.adapters, refs))
     inputs.update({k: v for k, v in (("init_image", init), ("mask", mask)) if v is not None})
-    entries = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras),
-               *{e.id: e for e in plan.embeddings.values()}.values(), *ip_adapters.entries(plan.ip_adapters)]
+    entries = [plan.base, *(u.controlnet for u in plan.units), *{e.id: e for e in plan.embeddings.values()}.values(),
+               *adapter_uses.entries(plan.adapters)]
     models = {e.id: {"kind": e.kind, "family": e.family, "source": source_of(e),
                      "sha256": loader.hashes(e)} for e in entries}
     plugins = {u.control.id: registry.record(u.control.id) for u in plan.units}
-    if plan.ip_adapters:
-        plugins[ip_adapters.PLUGIN] = registry.record(ip_adapters.PLUGIN)
+    plugins.update({u.plugin.id: registry.record(u.plugin.id) for u in plan.adapters})
     shared = {
         "format": FORMAT, "task": req.task, "request": req.summary(), "seeds": [req.seed + i for i in range(req.batch)],
-        "models": models, "plugins": plugins, **environment(device, dtype), "lora_report": report,
+        "models": models, "plugins": plugins, **environment(device, dtype), "adapter_reports": reports,
         "control_maps_sha256": [hashlib.sha256(m.tobytes()).hexdigest() for k, m in inputs.items()
                                 if k.startswith("control-")],
         **runtime,

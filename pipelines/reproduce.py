@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from sdcompose.errors import ModelError
-from sdcompose.pipelines import ip_adapters
+from sdcompose.pipelines import adapter_uses
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.pipelines.resolve import Plan
 
@@ -21,8 +21,7 @@ def check_models(meta: dict[str, Any], plan: Plan, catalog: Catalog, hashes: Cal
     recorded = meta.get("models", {})
     for model_id in recorded:
         catalog.get(model_id)  # a model this catalogue lacks: refused before anything is hashed
-    used = [plan.base, *(u.controlnet for u in plan.units), *(e for e, _ in plan.loras),
-            *ip_adapters.entries(plan.ip_adapters)]
+    used = [plan.base, *(u.controlnet for u in plan.units), *adapter_uses.entries(plan.adapters)]
     hires = plan.request.hires
     if hires is not None and hires.upscaler in recorded:
         used.append(catalog.get(hires.upscaler, "upscaler"))

@@ -9,7 +9,7 @@ from typing import Any
 
 from sdcompose.errors import ModelError, ValidationError, suggest
 from sdcompose.infotext import HR_UPSCALERS
-from sdcompose.pipelines import embeddings, families, ip_adapters, t2i
+from sdcompose.pipelines import adapter_uses, embeddings, families, t2i
 from sdcompose.prompt_syntax import lora_tags
 from sdcompose.pipelines.catalog import Catalog, Entry
 from sdcompose.pipelines.plugin_models import annotator_ids, default_controlnet
@@ -31,21 +31,20 @@ class Plan:
     request: GenerationRequest
     base: Entry
     units: list[Unit] = field(default_factory=list)
-    loras: list[tuple[Entry, float]] = field(default_factory=list)
     prompt: str = ""  # the prompt to encode: the request's, its <lora:...> tags taken out
     negative: str = ""  # the negative prompt to encode
     embeddings: dict[str, Entry] = field(default_factory=dict)  # textual inversions the prompts name, by name
-    ip_adapters: list[ip_adapters.Unit] = field(default_factory=list)  # one per request IP-Adapter
+    adapters: list[adapter_uses.Planned] = field(default_factory=list)  # every adapter use: LoRAs, IP-Adapters...
 
     @property
     def family(self) -> str:
         return self.base.family
 
     def final_prompt(self) -> str:
-        """The prompt the text encoder gets: its tags taken out, the LoRAs' trigger words added if asked for."""
+        """The prompt the text encoder gets: its tags taken out, the adapters' trigger words added if asked for."""
         if not self.request.add_trigger_words:
             return self.prompt
-        words = [w for entry, _ in self.loras for w in entry.trigger_words if w not in self.prompt]
+        words = [w for use in self.adapters for w in use.entry.trigger_words if w not in self.prompt]
         return ", ".join([self.prompt, *words]) if self.prompt else ", ".join(words)
 
 
@@ -90,15 +89,8 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
     plan.negative = req.negative_prompt
     if req.prompt_syntax != "literal":
         (plan.prompt, plan.negative), plan.embeddings = embeddings.used(catalog, base, [plan.prompt, plan.negative])
-    wanted = [(catalog.get(lora.id, "lora"), lora.weight) for lora in req.loras]
-    wanted += [(lora_by_name(catalog, name), weight) for name, weight in tags]
-    for entry, weight in wanted:
-        _same_family("lora", entry, base, f"pick an {entry.family} base or an {base.family} LoRA")
-        if any(entry.id == seen.id for seen, _ in plan.loras):
-            raise ModelError(f"lora {entry.id!r} is asked for twice (in loras and as a <lora:...> tag, or in two "
-                             "tags); give it once")
-        plan.loras.append((entry, weight))
-    plan.ip_adapters = ip_adapters.resolve(req.ip_adapters, catalog, base, _same_family)
+    tagged = [(lora_by_name(catalog, name), weight) for name, weight in tags]
+    plan.adapters = adapter_uses.plan(req, tagged, catalog, registry, base, _same_family)
     t2i.check(plan)
     return plan
 

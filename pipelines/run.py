@@ -8,7 +8,7 @@ import inspect
 import logging
 import threading
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack
 from typing import Any, Callable
 
 import numpy as np
@@ -16,13 +16,14 @@ import torch
 from PIL import Image
 
 from sdcompose.errors import Cancelled, OutOfMemory, SdcomposeError, is_out_of_memory
-from sdcompose.pipelines import attention, compose, embeddings, families, ip_adapters, memory, schedulers, vae_guard
+from sdcompose.pipelines import adapter_uses, attention, compose, embeddings, families, memory, schedulers, vae_guard
 from sdcompose.pipelines.cache import ModelCache, free
 from sdcompose.pipelines.fast import FastMode
 from sdcompose.pipelines.loader import Loader
 from sdcompose.pipelines.preview import latents_to_image
 from sdcompose.pipelines.resolve import Plan
-from sdcompose.plugins.api import PluginContext, PluginError
+from sdcompose.plugins import compat
+from sdcompose.plugins.api import Adapter, Contribution, PluginContext, PluginError
 from sdcompose.plugins.contain import plugin_code
 from sdcompose.plugins.registry import Registry
 
@@ -31,72 +32,75 @@ Progress = Callable[[int, int], None]
 Preview = Callable[[int, int, Image.Image], None]
 
 
-def loaded_adapter(registry: Registry) -> Any:
-    """The LoRA plugin if it has been used: it also clears LoRAs it keeps fused between requests."""
-    entry = registry.entries.get("lora")
-    return entry.plugin if entry is not None and entry.status == "loaded" else None
+def kept(registry: Registry) -> list[Any]:
+    """The loaded adapter plugins: each is given the uses of every request, none included, so it can take off
+    what it keeps between requests (LoRA's fused weights)."""
+    return [e.plugin for e in registry.entries.values() if e.status == "loaded" and isinstance(e.plugin, Adapter)]
 
 
 class Adapters:
-    """The request's adapter plugins on ``pipe`` (LoRA's, then IP-Adapter's): ``apply()`` inside the block, always
-    taken off when it ends.
+    """The composer of a run's adapters: every adapter plugin's uses given to it, what each contributes merged
+    (call keywords, reports), the scheduled ones' weights set before every step, and every plugin's ``remove``
+    when the block ends, whatever happened.
 
     A plugin that fails to apply, or cannot take its weights off, leaves the base dropped from the cache, so
     the next request loads it clean."""
 
-    def __init__(self, adapter: Any, pipe: Any, plan: Plan, cache: ModelCache, loader: Loader,
-                 ctx: PluginContext, images: Any = None) -> None:
-        self.adapter, self.pipe, self.plan, self.cache, self.loader, self.ctx = adapter, pipe, plan, cache, loader, ctx
-        self.images = images  # (ip plugin, references, image encoder) when the request has IP-Adapters
-        self.arguments: dict[str, Any] = {}  # extra pipe(...) keywords (the IP-Adapters' reference images)
+    def __init__(self, plugins: list[Any], pipe: Any, plan: Plan, cache: ModelCache, ctx: PluginContext) -> None:
+        self.pipe, self.plan, self.cache, self.ctx = pipe, plan, cache, ctx
+        self.groups = [(p, [u for u in plan.adapters if u.plugin is p]) for p in plugins]
+        self.arguments: dict[str, Any] = {}  # the pipe(...) keywords the adapters add
         self.applied: list[Any] = []  # the plugins whose remove() runs at the end
-        self._lora_pipe: Any = None  # a LoRA-capable view of ``pipe`` when it has no LoRA methods (_target)
+        self._views: dict[str, Any] = {}  # a view of ``pipe`` with the methods a plugin needs (_target)
 
     def __enter__(self) -> "Adapters":
         return self
 
-    def apply(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The plugins' load reports: (LoRA's, IP-Adapter's); {} for one the request does not use."""
-        plan = self.plan
-        adapters = [{"id": e.id, "path": self.loader.verified_path(e), "weight": w, "entry": e} for e, w in plan.loras]
-        lora = self._apply(self.adapter, adapters, f"adapter plugin {self.adapter.id!r} could not apply "
-                           f"{[a['id'] for a in adapters]} (does the file fit this {plan.family} base?)") \
-            if self.adapter is not None else {}
-        if self.images is None:
-            return lora, {}
-        plugin, refs, encoder = self.images
-        units = ip_adapters.given(plan.ip_adapters, refs, encoder, self.loader.verified_path)
-        done = self._apply(plugin, units, f"ip_adapter plugin {plugin.id!r} could not apply "
-                           f"{[u['id'] for u in units]}")
-        self.arguments = dict(done["arguments"])
-        self.scales(0)
-        return lora, dict(done["report"])
+    def apply(self, refs: list[list[Any]], modules: dict[str, Any]) -> dict[str, Any]:
+        """Every plugin's contribution merged; returns their reports by plugin id (the ones with uses)."""
+        reports: dict[str, Any] = {}
+        by_use = dict(zip(map(id, self.plan.adapters), refs))
+        for plugin, uses in self.groups:
+            given = adapter_uses.given(uses, [by_use[id(u)] for u in uses], modules, self.cache.loader.verified_path)
+            done = self._apply(plugin, given, f"{plugin.kind} plugin {plugin.id!r} could not apply "
+                               f"{[u.id for u in given]}" + (f" (does the file fit this {self.plan.family} base?)"
+                                                             if given else ""))
+            clash = sorted(set(done.arguments) & set(self.arguments))
+            if clash:
+                raise PluginError(f"{plugin.kind} plugin {plugin.id!r} sets pipeline argument {clash[0]!r}, which "
+                                  "another adapter already set: use one of them per request")
+            self.arguments.update(done.arguments)
+            if uses:
+                reports[plugin.id] = dict(done.report)
+        self.weights(0)
+        return reports
 
     def _target(self, plugin: Any) -> Any:
-        """The pipeline ``plugin`` works on: the LoRA plugin needs diffusers' LoRA methods, which SD1.5's T2I-Adapter
-        pipeline lacks; the family's text-to-image pipeline over the same modules has them (the LoRA layers live in
-        the shared UNet and text encoder)."""
-        if plugin is not self.adapter or hasattr(self.pipe, "load_lora_weights"):
+        """The pipeline ``plugin`` works on: one with the methods it needs; SD1.5's T2I-Adapter pipeline lacks
+        diffusers' LoRA methods, which the family's text-to-image pipeline over the same modules has (the LoRA
+        layers live in the shared UNet and text encoder)."""
+        if all(hasattr(self.pipe, name) for name in plugin.needs):
             return self.pipe
-        if self._lora_pipe is None:
-            self._lora_pipe = families.get(self.plan.family).pipeline_class("txt2img").from_pipe(self.pipe)
-        return self._lora_pipe
+        if "txt2img" not in self._views:
+            self._views["txt2img"] = families.get(self.plan.family).pipeline_class("txt2img").from_pipe(self.pipe)
+        return self._views["txt2img"]
 
-    def _apply(self, plugin: Any, given: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    def _apply(self, plugin: Any, given: list[Any], what: str) -> Contribution:
         self.applied.append(plugin)  # removed at the end even when apply fails half-way
         with plugin_code(what, oom=True):
             try:
-                return plugin.apply(self._target(plugin), given, self.ctx)
+                return compat.contribute(plugin, self._target(plugin), given, self.ctx)
             except BaseException:  # the base's weights may be half changed: load it afresh next time
                 self.cache.drop(self.plan.base.id)
                 raise
 
-    def scales(self, step: int) -> None:
-        """Each IP-Adapter's scale for ``step`` (0-based): its weight from its start to its end, else 0."""
-        if self.images is not None and self.arguments:
-            plugin, units = self.images[0], self.plan.ip_adapters
-            with plugin_code(f"ip_adapter plugin {plugin.id!r} could not set its scales"):
-                plugin.set_scales(self.pipe, ip_adapters.scales(units, step, ip_adapters.steps_run(self.plan.request)))
+    def weights(self, step: int) -> None:
+        """Each scheduled plugin's weights for ``step`` (0-based): a use's weight from its start to its end, else 0."""
+        total = adapter_uses.steps_run(self.plan.request)
+        for plugin, uses in self.groups:
+            if plugin.scheduled and uses and plugin in self.applied:
+                with plugin_code(f"{plugin.kind} plugin {plugin.id!r} could not set its weights"):
+                    compat.set_weights(plugin, self._target(plugin), adapter_uses.weights(uses, step, total))
 
     def __exit__(self, *exc_info: Any) -> None:
         base_id = self.plan.base.id
@@ -131,8 +135,8 @@ class Run:
         if self.preview is not None and tensors.get("latents") is not None:
             self.preview(step + 1, steps, latents_to_image(tensors["latents"], self.plan.family))
         self.final["latents"] = tensors.get("latents")
-        if self.adapters is not None:  # each IP-Adapter acts from its start to its end
-            self.adapters.scales(step + 1)
+        if self.adapters is not None:  # a scheduled adapter (IP-Adapter) acts from its start to its end
+            self.adapters.weights(step + 1)
         return tensors
 
     def step_callback(self, pipe: Any) -> dict[str, Any]:
@@ -157,20 +161,19 @@ class Run:
         pipe.scheduler = cache.scheduler(plan.base.id, req.scheduler)
         schedulers.seed(pipe.scheduler, req.seed)
         kwargs: dict[str, Any] = {}
-        adapter = self.registry.get("lora", "adapter") if plan.loras else loaded_adapter(self.registry)
-        report: dict[str, Any] = {}
-        ip_given = (self.registry.get(ip_adapters.PLUGIN, "ip_adapter"), list(refs), models["image_encoder"]) \
-            if plan.ip_adapters else None
-        ip_report: dict[str, Any] = {}
+        plugins = list({p.id: p for p in [*(u.plugin for u in plan.adapters), *kept(self.registry)]}.values())
+        reports: dict[str, Any] = {}
         stopped: str | None = None  # OOM or cancel: raised after this block, once its frames (tensors) are freed
-        adapter_code = nullcontext() if adapter is None else plugin_code(  # an adapter's hooks run inside the call
-            f"adapter plugin {adapter.id!r} failed during generation", module=type(adapter).__module__, oom=True)
+        hooks = [plugin_code(f"{p.kind} plugin {p.id!r} failed during generation", module=type(p).__module__, oom=True)
+                 for p in plugins if any(u.plugin is p for u in plan.adapters)]  # its hooks run inside the call
         try:
-            with Adapters(adapter, pipe, plan, cache, cache.loader, PluginContext(device=self.device, dtype=self.dtype),
-                          ip_given) as self.adapters, adapter_code:
+            with Adapters(plugins, pipe, plan, cache, PluginContext(device=self.device, dtype=self.dtype)) \
+                    as self.adapters, ExitStack() as inside:
+                for hook in hooks:
+                    inside.enter_context(hook)
                 cache.placement.prepare(models, plan_memory, self.device, cache.besides(models))
                 attention.apply(list(models.values()), backend)
-                report, ip_report = self.adapters.apply()
+                reports = self.adapters.apply(list(refs), models)
                 cache.placement.attach(pipe, models, plan_memory, self.device)
                 denoiser = families.get(plan.family).denoiser
                 graphed = [m for name, m in models.items() if name == denoiser or name.startswith("controlnet")]
@@ -203,9 +206,7 @@ class Run:
         arrays = [np.asarray(a, dtype=np.float32) for a in images]
         runtime = {"memory_plan": plan_memory.describe(), "attention": {"backend": backend, "reason": backend_reason},
                    "fast": fast_report, "vae_decode": vae_decode}
-        if ip_report:
-            runtime["ip_adapter_report"] = ip_report
-        return arrays, report, runtime
+        return arrays, reports, runtime
 
     def call_arguments(self, pipe: Any, maps: list[Image.Image], init: Any, mask: Any) -> dict[str, Any]:
         plan = self.plan

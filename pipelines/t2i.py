@@ -19,7 +19,6 @@ from sdcompose.pipelines import families
 
 KIND = "t2i_adapter"
 FACTOR = "adapter_conditioning_factor"
-IMAGE_PROMPT = "ip_adapter_image"  # the keyword of a pipeline that takes IP-Adapters' references
 
 
 def is_adapter(entry: Any) -> bool:
@@ -40,9 +39,13 @@ def check(plan: Any) -> None:
         raise ValidationError("hires fix cannot run with T2I-Adapter units: its second pass is image-to-image, which "
                               "diffusers' T2I-Adapter pipelines do not do; use ControlNet units with hires")
     cls = families.get(plan.family).adapter_pipeline_class(req.task)  # refuses img2img and inpaint
-    if plan.ip_adapters and IMAGE_PROMPT not in inspect.signature(cls.__call__).parameters:
-        raise ValidationError(f"IP-Adapters cannot run with T2I-Adapter units on a {plan.family} base: diffusers' "
-                              f"{cls.__name__} takes no image prompt; drop the IP-Adapters or use ControlNet units")
+    takes = inspect.signature(cls.__call__).parameters
+    for plugin in {u.plugin.id: u.plugin for u in plan.adapters}.values():  # what each adapter adds to the call
+        missing = [name for name in plugin.arguments if name not in takes]
+        if missing:
+            raise ValidationError(f"{plugin.noun}s cannot run with T2I-Adapter units on a {plan.family} base: "
+                                  f"diffusers' {cls.__name__} takes no {missing[0]}; drop the {plugin.noun}s or use "
+                                  "ControlNet units")
     for unit in units:
         control = unit.control
         if control.start > 0:

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 from sdcompose.errors import PluginError, first_line, quote  # re-exported: a plugin imports them from here
 
-API_VERSION = "2.1"  # 1.1: first_line; 1.2: Upscaler; 2.0: api_version required, ControlNets found by models.yaml;
-# 2.1: IpAdapterLoader
+API_VERSION = "2.2"  # 1.1: first_line; 1.2: Upscaler; 2.0: api_version required, ControlNets found by models.yaml;
+# 2.1: IpAdapterLoader; 2.2: Adapter.contribute (Use in, Contribution out), IpAdapterLoader an Adapter
 API_MAJOR = 2
 
 KINDS = frozenset({"conditioner", "adapter", "upscaler", "ip_adapter"})
@@ -186,21 +186,62 @@ class Conditioner(Plugin):
         raise NotImplementedError
 
 
-class Adapter(Plugin):
-    """Changes the weights of a composed pipeline for one request (LoRA and kin).
+@dataclass
+class Use:
+    """One adapter use, as the core hands it to ``Adapter.contribute``: the models.yaml entry and its verified
+    file, the weight, the plugin's own params (checked against its ``params``, defaults filled in), the reference
+    images (decoded RGB) and the shared modules its entry names (an IP-Adapter's ``image_encoder``, loaded)."""
 
-    The core calls ``apply`` before denoising and ``remove`` in a ``finally``
-    after it, so no request sees another's adapters.
+    id: str
+    path: Path
+    entry: Any
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+    images: list[Any] = field(default_factory=list)
+    modules: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Contribution:
+    """What an adapter adds to one run; the composer merges every adapter's."""
+
+    arguments: dict[str, Any] = field(default_factory=dict)  # pipe(...) keywords; two adapters may not set one
+    report: dict[str, Any] = field(default_factory=dict)  # JSON-ready, recorded under adapter_reports[plugin id]
+
+
+class Adapter(Plugin):
+    """Changes a composed pipeline for one request: LoRA weights, image prompts and kin.
+
+    It serves the models.yaml entries of one kind (``serves``); a request's uses of those entries reach
+    ``contribute`` together, before denoising, and ``remove`` runs in a ``finally`` after it, so no request
+    sees another's adapters. ``needs``: pipeline methods it calls (the core hands it the family's
+    text-to-image pipeline over the same modules when the composed one lacks them); ``arguments``: the
+    pipe(...) keywords it adds (a request whose pipeline takes none of them is refused before anything loads);
+    ``scheduled``: ``set_weights`` runs before every step with each use's weight inside its ``start``..``end``
+    params (fractions of the steps), else 0; the rest (``weights``, ``repeats``, ``takes_images``, ``noun``) are
+    checked for each use before anything loads.
     """
 
     kind: ClassVar[str] = "adapter"
+    serves: ClassVar[str] = "lora"
+    needs: ClassVar[tuple[str, ...]] = ()
+    arguments: ClassVar[tuple[str, ...]] = ()
+    scheduled: ClassVar[bool] = False
+    weights: ClassVar[tuple[float, float]] = (-4.0, 4.0)  # the weights a use may take
+    repeats: ClassVar[bool] = False  # whether one request may use an entry twice
+    takes_images: ClassVar[bool] = False  # whether each use comes with reference images
+    noun: ClassVar[str] = "adapter"  # what its uses are called in messages ("LoRA")
 
-    def apply(self, pipe: Any, adapters: list[dict[str, Any]], ctx: PluginContext) -> dict[str, Any]:
-        """Activate ``adapters`` (each: id, path, weight, entry) on ``pipe``; return a load report."""
+    def contribute(self, pipe: Any, uses: list[Use], ctx: PluginContext) -> Contribution:
+        """Apply ``uses`` to ``pipe``; return what the run adds (an empty ``uses``: undo anything kept from before)."""
+        raise NotImplementedError
+
+    def set_weights(self, pipe: Any, weights: list[float]) -> None:
+        """Each use's weight for the next step, in order (``scheduled`` adapters)."""
         raise NotImplementedError
 
     def remove(self, pipe: Any) -> None:
-        """Return ``pipe`` to its state without adapters."""
+        """Return ``pipe`` to its state without adapters (also after a failed or partial ``contribute``)."""
         raise NotImplementedError
 
 
@@ -218,28 +259,22 @@ class Upscaler(Plugin):
         raise NotImplementedError
 
 
-class IpAdapterLoader(Plugin):
-    """Adds image prompts (IP-Adapter) to a composed pipeline for one request.
-
-    The core resolves the models.yaml entries, loads each unit's image encoder and reference images, and calls
-    ``apply`` before denoising, ``set_scales`` before every step (each unit's weight, or 0 outside its start/end),
-    and ``remove`` in a ``finally`` after it, so no request sees another's adapters.
-    """
+class IpAdapterLoader(Adapter):
+    """Image prompts (IP-Adapter): an adapter serving models.yaml ``ip_adapter`` entries, each use with its
+    references in ``images`` and the loaded ``image_encoder`` in ``modules``; scheduled by its start/end."""
 
     kind: ClassVar[str] = "ip_adapter"
-
-    def apply(self, pipe: Any, units: list[dict[str, Any]], ctx: PluginContext) -> dict[str, Any]:
-        """Load ``units`` (each: id, path, entry, encoder (the loaded module), images (RGB PIL), weight, start, end)
-        into ``pipe``; return ``{"arguments": extra pipe(...) keywords, "report": JSON-ready data}``."""
-        raise NotImplementedError
-
-    def set_scales(self, pipe: Any, scales: list[float]) -> None:
-        """Set each unit's scale (one float per unit, in order) for the next step."""
-        raise NotImplementedError
-
-    def remove(self, pipe: Any) -> None:
-        """Return ``pipe``'s shared modules to their state before ``apply`` (also after a failed or partial one)."""
-        raise NotImplementedError
+    serves: ClassVar[str] = "ip_adapter"
+    needs: ClassVar[tuple[str, ...]] = ("load_ip_adapter", "set_ip_adapter_scale")
+    arguments: ClassVar[tuple[str, ...]] = ("ip_adapter_image",)
+    scheduled: ClassVar[bool] = True
+    weights: ClassVar[tuple[float, float]] = (0.0, 2.0)
+    repeats: ClassVar[bool] = True  # one adapter with other references
+    takes_images: ClassVar[bool] = True
+    noun: ClassVar[str] = "IP-Adapter"
+    params: ClassVar[tuple[ParamSpec, ...]] = (
+        ParamSpec("start", "float", 0.0, min=0.0, max=1.0, help="fraction of the steps where it starts acting"),
+        ParamSpec("end", "float", 1.0, min=0.0, max=1.0, help="fraction of the steps where it stops acting"))
 
 
 def __getattr__(name: str) -> Any:
@@ -257,5 +292,5 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
 
 
 __all__ = ["API_VERSION", "API_MAJOR", "FAMILIES", "KINDS", "PARAM_TYPES", "Plugin", "Conditioner", "Adapter",
-           "Upscaler", "IpAdapterLoader", "ParamSpec", "check_params", "ControlSource", "PluginContext", "PluginError",
+           "Upscaler", "IpAdapterLoader", "Use", "Contribution", "ParamSpec", "check_params", "ControlSource", "PluginContext", "PluginError",
            "first_line", "validate_plugin_class"]

@@ -42,3 +42,28 @@ def check_v1(cls: Any, families: frozenset[str]) -> None:
         missing = families - set(cls.controlnets)
         if missing:
             raise api.PluginError(f"declares families {sorted(missing)} without a ControlNet id for them")
+
+
+def contribute(plugin: Any, pipe: Any, uses: list[api.Use], ctx: api.PluginContext) -> api.Contribution:
+    """``plugin``'s contribution to a run; an adapter written before 2.2 has ``apply`` instead (1.x and 2.0
+    adapters return a load report; 2.1 IP-Adapter loaders return ``{"arguments", "report"}``)."""
+    if not _before_2_2(plugin):
+        return plugin.contribute(pipe, uses, ctx)
+    if isinstance(plugin, api.IpAdapterLoader):
+        if not uses:  # 2.1 loaders were called only for requests with IP-Adapters
+            return api.Contribution()
+        done = plugin.apply(pipe, [{"id": u.id, "path": u.path, "entry": u.entry, "encoder": u.modules["image_encoder"],
+                                    "encoder_id": u.entry.image_encoder, "images": u.images, "weight": u.weight,
+                                    **u.params} for u in uses], ctx)
+        return api.Contribution(arguments=dict(done["arguments"]), report=dict(done["report"]))
+    report = plugin.apply(pipe, [{"id": u.id, "path": u.path, "weight": u.weight, "entry": u.entry} for u in uses], ctx)
+    return api.Contribution(report=dict(report or {}))
+
+
+def set_weights(plugin: Any, pipe: Any, weights: list[float]) -> None:
+    """A scheduled adapter's weights for the next step (``set_scales`` before 2.2)."""
+    (plugin.set_scales if _before_2_2(plugin) else plugin.set_weights)(pipe, weights)
+
+
+def _before_2_2(plugin: Any) -> bool:
+    return type(plugin).contribute is api.Adapter.contribute and hasattr(plugin, "apply")

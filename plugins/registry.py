@@ -141,6 +141,13 @@ def validate_plugin_class(cls: Any, entry_id: str) -> None:
         raise api.PluginError("params have duplicate names")
     if not isinstance(cls.version, str) or not isinstance(cls.help, str):
         raise api.PluginError("version and help must be text")
+    if issubclass(cls, api.Adapter):
+        names = (*cls.needs, *cls.arguments)
+        low, high = cls.weights if isinstance(cls.weights, tuple) and len(cls.weights) == 2 else (None, None)
+        if not isinstance(cls.serves, str) or not isinstance(cls.noun, str) or not all(isinstance(n, str) for n in names):
+            raise api.PluginError("serves and noun must be text, needs and arguments tuples of names")
+        if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low <= high:
+            raise api.PluginError("weights must be a (low, high) pair of numbers")
     if issubclass(cls, api.Conditioner):
         if not isinstance(cls.controlnets, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in cls.controlnets.items()):

@@ -4,7 +4,7 @@ Importing costs nothing: no weights, no CUDA, no network.
 """
 from sdcompose.errors import (Cancelled, CatalogError, ModelError, OutOfMemory, PluginError, SdcomposeError,
                               ValidationError)
-from sdcompose.request import Control, GenerationRequest, Hires, IpAdapter, Lora
+from sdcompose.request import AdapterUse, Control, GenerationRequest, Hires, IpAdapter, Lora
 from sdcompose.result import Result
 
 __version__ = "0.1.0"
@@ -17,5 +17,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sdcompose' has no attribute {name!r}")
 
 
-__all__ = ["Pipeline", "Control", "Lora", "Hires", "IpAdapter", "GenerationRequest", "Result", "SdcomposeError", "ValidationError",
+__all__ = ["Pipeline", "Control", "Lora", "Hires", "IpAdapter", "AdapterUse", "GenerationRequest", "Result", "SdcomposeError", "ValidationError",
            "ModelError", "CatalogError", "PluginError", "Cancelled", "OutOfMemory", "__version__"]

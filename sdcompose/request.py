@@ -90,7 +90,8 @@ class Lora(_Part):
 
 
 class IpAdapter(_Part):
-    """An image prompt: a models.yaml IP-Adapter and one or more reference images (pipelines/ip_adapters.py)."""
+    """An image prompt: a models.yaml IP-Adapter and one or more reference images (a shorthand for an
+    ``AdapterUse`` with ``start`` and ``end`` params; pipelines/adapter_uses.py)."""
 
     id: str = Field(**_ID, description="a models.yaml ip_adapter id")
     image: Any = Field(None, description="the reference: path, PIL image or array; or a list of them, which "
@@ -100,6 +101,29 @@ class IpAdapter(_Part):
     end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where it stops acting")
 
     def images(self) -> list[Any]:
+        return list(self.image) if isinstance(self.image, (list, tuple)) else [self.image]
+
+    def summary(self) -> dict[str, Any]:
+        data = super().summary()
+        data["image"] = ["<image>"] * len(self.images())
+        return data
+
+
+class AdapterUse(_Part):
+    """One adapter of any kind: a models.yaml entry (a LoRA, an IP-Adapter...) applied by the adapter plugin that
+    serves its kind, with a weight, the plugin's params and its reference images if it takes them
+    (pipelines/adapter_uses.py). ``Lora`` and ``IpAdapter`` are shorthands for the two built-in kinds."""
+
+    id: str = Field(**_ID, description="a models.yaml entry id of a kind an adapter plugin serves (lora, ip_adapter)")
+    weight: float = Field(1.0, ge=-4.0, le=4.0, description="its strength; the serving plugin may allow less")
+    params: dict[str, Any] = Field(default_factory=dict, description="the serving plugin's own parameters "
+                                                                     "(an IP-Adapter's start and end)")
+    image: Any = Field(None, description="reference image(s), for adapters that take them: path, PIL image or "
+                                         "array, or a list")
+
+    def images(self) -> list[Any]:
+        if self.image is None:
+            return []
         return list(self.image) if isinstance(self.image, (list, tuple)) else [self.image]
 
     def summary(self) -> dict[str, Any]:
@@ -158,6 +182,8 @@ class GenerationRequest(BaseModel):
     hires: Hires | None = Field(None, description="hires fix: a second pass at a larger size; None: one pass")
     ip_adapters: list[IpAdapter] = Field(default_factory=list, max_length=4,
                                          description="image prompts (IP-Adapter), each with its own weight")
+    adapters: list[AdapterUse] = Field(default_factory=list, max_length=16,
+                                       description="adapters of any kind (loras and ip_adapters are shorthands)")
 
     def __init__(self, **fields: Any) -> None:
         try:
@@ -196,6 +222,9 @@ class GenerationRequest(BaseModel):
             fields["ip_adapters"] = [{**{k: a[k] for k in ("id", "weight", "start", "end")},
                                       "image": [inputs[f"ip-adapter-{i}-{j}"] for j in range(len(a["image"]))]}
                                      for i, a in enumerate(r.get("ip_adapters", ()))]
+            fields["adapters"] = [{**{k: a[k] for k in ("id", "weight", "params")},
+                                   "image": [inputs[f"adapter-{i}-{j}"] for j in range(len(a["image"]))] or None}
+                                  for i, a in enumerate(r.get("adapters", ()))]
             fields.update(seed=meta["seed"], batch=1, init_image=inputs.get("init_image"), mask=inputs.get("mask"))
         except (KeyError, TypeError) as exc:
             raise ValidationError(f"the image's metadata lacks {exc}; it cannot be reproduced") from None
@@ -227,11 +256,12 @@ class GenerationRequest(BaseModel):
         data["loras"] = [lora.summary() for lora in self.loras]
         data["hires"] = None if self.hires is None else self.hires.summary()
         data["ip_adapters"] = [a.summary() for a in self.ip_adapters]
+        data["adapters"] = [a.summary() for a in self.adapters]
         return data
 
 
 _RECORDED = ("prompt", "negative_prompt", "model", "strength", "width", "height", "steps", "guidance", "scheduler")
-_NOT_RECORDED = ("controls", "loras", "init_image", "mask", "seed", "batch", "ip_adapters")
+_NOT_RECORDED = ("controls", "loras", "init_image", "mask", "seed", "batch", "ip_adapters", "adapters")
 _RECORDED_CONTROL = ("id", "weight", "start", "end", "params", "model", "resize_mode", "control_mode")
 
 
@@ -257,7 +287,8 @@ LIMITS = dict(size=bounds(R, "width"), size_multiple=limit(R, "width", "multiple
               prompt_chars=limit(R, "prompt", "max_length"), controls=limit(R, "controls", "max_length"),
               loras=limit(R, "loras", "max_length"), lora_weight=bounds(Lora, "weight"),
               control_weight=bounds(Control, "weight"), seed=bounds(R, "seed"),
-              ip_adapters=limit(R, "ip_adapters", "max_length"), references=8)
+              ip_adapters=limit(R, "ip_adapters", "max_length"), references=8,
+              adapters=limit(R, "adapters", "max_length"), adapter_weight=bounds(AdapterUse, "weight"))
 del R
 
 
@@ -294,7 +325,7 @@ def _checked(data: Any) -> dict[str, Any]:
     _id("model (a models.yaml id)", req["model"], optional=True)
     if not isinstance(req["add_trigger_words"], bool):
         raise ValidationError(f"add_trigger_words must be true or false, got {_short(req['add_trigger_words'])}")
-    for name in ("controls", "loras", "ip_adapters"):
+    for name in ("controls", "loras", "ip_adapters", "adapters"):
         if not isinstance(req[name], (list, tuple)):
             raise ValidationError(f"{name} must be a list, got {type(req[name]).__name__}")
     low, high = LIMITS["size"]
@@ -349,10 +380,29 @@ def _checked(data: Any) -> dict[str, Any]:
     if len(req["ip_adapters"]) > LIMITS["ip_adapters"]:
         raise ValidationError(f"at most {LIMITS['ip_adapters']} IP-Adapters per request, got {len(req['ip_adapters'])}")
     req["ip_adapters"] = [_ip_adapter(i, a) for i, a in enumerate(req["ip_adapters"])]
-    if req["ip_adapters"] and req["fast"]:
+    if len(req["adapters"]) > LIMITS["adapters"]:
+        raise ValidationError(f"at most {LIMITS['adapters']} adapters per request, got {len(req['adapters'])}")
+    req["adapters"] = [_adapter(i, a) for i, a in enumerate(req["adapters"])]
+    if (req["ip_adapters"] or any(a.image is not None for a in req["adapters"])) and req["fast"]:
         raise ValidationError("fast mode does not run IP-Adapters (its CUDA graphs are captured without them): drop "
                               "fast or the IP-Adapters")
     return req
+
+
+def _adapter(i: int, a: Any) -> AdapterUse:
+    a = _part(AdapterUse, f"adapters[{i}]", a, "sdcompose.AdapterUse(id, weight, params, image)")
+    _id(f"adapters[{i}] id", a.id)
+    where = f"adapters[{i}] ({a.id})"
+    if not isinstance(a.params, dict) or not all(isinstance(k, str) for k in a.params):
+        raise ValidationError(f"{where} params must be a mapping of names to values")
+    images = a.images()
+    if any(image is None for image in images):
+        raise ValidationError(f"{where} has an empty reference image")
+    if len(images) > LIMITS["references"]:
+        raise ValidationError(f"{where} has {len(images)} reference images; the limit is {LIMITS['references']}")
+    weight = _number(f"{where} weight", a.weight, *LIMITS["adapter_weight"])
+    return a.with_(image=(images if isinstance(a.image, (list, tuple)) else a.image) if images else None,
+                   weight=weight, params=dict(a.params))
 
 
 def _ip_adapter(i: int, a: Any) -> IpAdapter:

@@ -57,7 +57,7 @@ def test_a1111_png_reproduced_with_dropped_fields_listed(tmp_path, home):
     assert (req["negative_prompt"], req["steps"], req["scheduler"], req["guidance"], meta["seed"]) == \
         ("blurry, lowres", 3, "dpmpp_2m_karras", 7.0, 1234)
     assert (req["width"], req["height"], req["model"], req["clip_skip"]) == (64, 64, "tiny-sd15", 2)
-    assert "tiny-lora-sd15" in meta["models"] and meta["lora_report"]  # the tag became the LoRA
+    assert "tiny-lora-sd15" in meta["models"] and meta["adapter_reports"]["lora"]  # the tag became the LoRA
     assert meta["reproduced_from"]["tool"] == "AUTOMATIC1111"
     assert req["hires"] == {"scale": 2.0, "upscaler": "lanczos", "steps": 0, "denoise": 0.7}  # A1111's hires fix
     assert [(p["pass"], p["width"]) for p in meta["passes"]] == [(1, 64), (2, 128)]

@@ -70,7 +70,7 @@ def test_matches_plain_diffusers(pipe, reference_image, family, adapter):
     plain = ours(pipe, model=f"tiny-{family}")
     assert max_diff(result.arrays[0], plain.arrays[0]) > 0.05  # the reference changes the image
     assert clean(pipe.cache.components(f"tiny-{family}")["unet"])
-    assert result.metadata["ip_adapter_report"][adapter]["references"] == 1
+    assert result.metadata["adapter_reports"]["ip_adapter"][adapter]["references"] == 1
     assert {adapter, "tiny-image-encoder"} <= set(result.metadata["models"])
 
 
@@ -112,14 +112,15 @@ def test_other_family_is_one_sentence_before_loading(pipe, reference_image):
 def test_a_file_of_the_other_family_is_refused_by_its_shapes(pipe, reference_image):
     """An SDXL adapter file given to an SD1.5 UNet (a models.yaml entry with the wrong family): refused before diffusers
     reads it, in one sentence."""
+    from sdcompose.plugins.api import Use
     from sdcompose.plugins.builtin.ip_adapter import DiffusersIpAdapter
     entry = pipe.catalog.get("tiny-ip-adapter-sdxl")
-    unit = {"id": entry.id, "path": pipe.loader.verified_path(entry), "entry": pipe.catalog.get("tiny-ip-adapter-sd15"),
-            "encoder": None, "encoder_id": "tiny-image-encoder", "images": [reference_image]}
+    use = Use(entry.id, pipe.loader.verified_path(entry), pipe.catalog.get("tiny-ip-adapter-sd15"), 1.0,
+              images=[reference_image], modules={"image_encoder": None})
     diffusers_pipe = pipe.diffusers_pipeline(model="tiny-sd15")
     with pytest.raises(sdcompose.PluginError, match="cross-attention layers 80 wide; this sd15 base has 4 layers 32 "
                                                     "wide .*pick an IP-Adapter of the base's family"):
-        DiffusersIpAdapter().apply(diffusers_pipe, [unit], None)
+        DiffusersIpAdapter().contribute(diffusers_pipe, [use], None)
     assert clean(diffusers_pipe.unet)
 
 

@@ -81,7 +81,7 @@ def test_kohya_and_diffusers_files_make_the_same_image(pipe, tmp_path, capfd):
     assert max_diff(a.arrays[0], b.arrays[0]) <= 1e-5
     assert max_diff(a.arrays[0], ours.generate(**KW).arrays[0]) > 1e-3
     for result, kind in ((a, "diffusers"), (b, "kohya")):
-        [report] = result.metadata["lora_report"].values()
+        [report] = result.metadata["adapter_reports"]["lora"].values()
         assert report["format"] == kind and report["layers"] == len(layers) == report["applied"]
         assert report["skipped"] == 0 and report["fused"] and report["weight"] == 0.8
     assert "unexpected" not in capfd.readouterr().err  # a report, not warnings
@@ -93,7 +93,7 @@ def test_layers_the_base_lacks_are_counted_not_shouted(pipe, tmp_path, capfd):
     extra = {f"{ghost}.lora_down.weight": torch.zeros(RANK, 64), f"{ghost}.lora_up.weight": torch.zeros(64, RANK),
              f"{ghost}.alpha": torch.tensor(2.0)}
     ours = catalog(pipe, tmp_path, {"with-ghost": lambda p: kohya_file(layers, p, extra=extra)})
-    report = ours.generate(loras=[sdcompose.Lora("with-ghost")], **KW).metadata["lora_report"]["with-ghost"]
+    report = ours.generate(loras=[sdcompose.Lora("with-ghost")], **KW).metadata["adapter_reports"]["lora"]["with-ghost"]
     assert report["layers"] == len(layers) + 1 and report["applied"] == len(layers) and report["skipped"] == 1
     assert report["keys"] == 3 * (len(layers) + 1)
     assert "unexpected" not in capfd.readouterr().err
@@ -117,7 +117,7 @@ def test_several_loras_with_weights_match_plain_diffusers_unfused(pipe, tmp_path
                          guidance_scale=6.0, height=64, width=64, output_type="np",
                          generator=[torch.Generator("cpu").manual_seed(3)]).images[0]
     assert max_diff(result.arrays[0], expected) <= 1e-4  # fused vs unfused: equal within fp32 rounding
-    assert all(r["fused"] for r in result.metadata["lora_report"].values())
+    assert all(r["fused"] for r in result.metadata["adapter_reports"]["lora"].values())
 
 
 def test_lycoris_files_are_refused_in_one_sentence(pipe, tmp_path):

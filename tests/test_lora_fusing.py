@@ -36,7 +36,7 @@ def test_fused_while_the_set_repeats_and_restored_exactly_when_it_changes(home):
                            **{k: v for k, v in KW.items() if k not in ("prompt", "seed")})
     third = pipe.generate(loras=[sdcompose.Lora("tiny-lora-sd15", 0.8)], **KW)
     assert len(calls) == 1  # fused once, then reused
-    assert first.metadata["lora_report"]["tiny-lora-sd15"]["fused"] and second.metadata["lora_report"]
+    assert first.metadata["adapter_reports"]["lora"]["tiny-lora-sd15"]["fused"] and second.metadata["adapter_reports"]["lora"]
     assert max_diff(first.arrays[0], third.arrays[0]) == 0
     changed = pipe.generate(loras=[sdcompose.Lora("tiny-lora-sd15", 0.5)], **KW)
     assert len(calls) == 2  # another weight: unfused, fused again
@@ -44,7 +44,7 @@ def test_fused_while_the_set_repeats_and_restored_exactly_when_it_changes(home):
     assert max_diff(changed.arrays[0], fresh.arrays[0]) == 0  # as if the 0.8 fuse never happened
     after = pipe.generate(**KW)
     assert max_diff(after.arrays[0], plain.arrays[0]) == 0  # a request without LoRA equals a fresh run
-    assert after.metadata["lora_report"] == {}
+    assert after.metadata["adapter_reports"] == {}
     restored = targeted_weights(pipe)
     assert all(torch.equal(restored[name], weight) for name, weight in untouched.items())
     pipe.generate(loras=[sdcompose.Lora("tiny-lora-sd15", 0.5)], **KW)
@@ -67,6 +67,6 @@ def test_sdxl_fuses_and_restores_too(pipe):
     kw = KW | {"model": "tiny-sdxl"}
     plain = pipe.generate(**kw)
     with_lora = pipe.generate(loras=[sdcompose.Lora("tiny-lora-sdxl", 0.9)], **kw)
-    assert with_lora.metadata["lora_report"]["tiny-lora-sdxl"]["fused"]
+    assert with_lora.metadata["adapter_reports"]["lora"]["tiny-lora-sdxl"]["fused"]
     assert max_diff(plain.arrays[0], with_lora.arrays[0]) > 1e-3
     assert max_diff(pipe.generate(**kw).arrays[0], plain.arrays[0]) == 0

@@ -77,7 +77,7 @@ def test_lora_tag_equals_lora_argument(pipe):
     tagged = image(pipe, "a cat <lora:tiny-lora-sd15:0.8>")
     given = pipe.generate("a cat", loras=[sdcompose.Lora("tiny-lora-sd15", 0.8)], model="tiny-sd15", **RUN)
     assert max_diff(tagged, given.arrays[0]) == 0
-    assert given.metadata["lora_report"]
+    assert given.metadata["adapter_reports"]["lora"]
     assert max_diff(tagged, image(pipe, "a cat")) > 1e-3
 
 

@@ -11,37 +11,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdcompose.plugins.api import IpAdapterLoader, PluginError, first_line
+from sdcompose.plugins.api import Contribution, IpAdapterLoader, PluginError, Use, first_line
 
 
 class DiffusersIpAdapter(IpAdapterLoader):
     id = "ip_adapter"
-    api_version = "2.1"
-    version = "1.0"
+    api_version = "2.2"
+    version = "1.1"
     help = ("Image prompts: h94's IP-Adapters for SD1.5 and SDXL (base, plus, plus-face, full-face), one or more "
             "reference images each, loaded with diffusers' load_ip_adapter.")
 
     def __init__(self) -> None:
         self._saved: tuple[Any, Any, Any] | None = None
 
-    def apply(self, pipe: Any, units: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
-        unet, encoder = pipe.unet, units[0]["encoder"]
-        variants = [_check(unit, unet, encoder) for unit in units]
+    def contribute(self, pipe: Any, uses: list[Use], ctx: Any) -> Contribution:
+        if not uses:
+            return Contribution()
+        unet, encoder = pipe.unet, uses[0].modules["image_encoder"]
+        variants = [_check(use, unet, encoder) for use in uses]
         self._saved = (unet.attn_processors, unet.encoder_hid_proj, unet.config.encoder_hid_dim_type)
         pipe.register_modules(image_encoder=encoder)  # diffusers makes the feature extractor at the encoder's size
         try:
-            pipe.load_ip_adapter([str(Path(u["path"]).parent) for u in units], subfolder=[""] * len(units),
-                                 weight_name=[Path(u["path"]).name for u in units], image_encoder_folder=None)
+            pipe.load_ip_adapter([str(Path(u.path).parent) for u in uses], subfolder=[""] * len(uses),
+                                 weight_name=[Path(u.path).name for u in uses], image_encoder_folder=None)
         except PluginError:
             raise
         except Exception as exc:  # a file that passed the shape checks and still does not load
-            raise PluginError(f"IP-Adapter {[u['id'] for u in units]} did not load into this "
-                              f"{units[0]['entry'].family} base: {first_line(exc)}") from None
-        return {"arguments": {"ip_adapter_image": [list(u["images"]) for u in units]},
-                "report": {u["id"]: {"variant": v, "references": len(u["images"])} for u, v in zip(units, variants)}}
+            raise PluginError(f"IP-Adapter {[u.id for u in uses]} did not load into this "
+                              f"{uses[0].entry.family} base: {first_line(exc)}") from None
+        return Contribution(arguments={"ip_adapter_image": [list(u.images) for u in uses]},
+                            report={u.id: {"variant": v, "references": len(u.images)} for u, v in zip(uses, variants)})
 
-    def set_scales(self, pipe: Any, scales: list[float]) -> None:
-        pipe.set_ip_adapter_scale(list(scales))
+    def set_weights(self, pipe: Any, weights: list[float]) -> None:
+        pipe.set_ip_adapter_scale(list(weights))
 
     def remove(self, pipe: Any) -> None:
         if self._saved is None:
@@ -61,9 +63,9 @@ def _header(path: Path) -> dict[str, list[int]]:
         return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
 
 
-def _check(unit: dict[str, Any], unet: Any, encoder: Any) -> str:
+def _check(use: Use, unet: Any, encoder: Any) -> str:
     """The adapter's variant (base, plus, full-face), or PluginError when it does not fit this base or encoder."""
-    name, path = unit["id"], Path(unit["path"])
+    name, path = use.id, Path(use.path)
     if path.suffix != ".safetensors":
         raise PluginError(f"IP-Adapter {name!r}: {path.name} is not a .safetensors file; use h94's .safetensors "
                           "release of it")
@@ -76,7 +78,7 @@ def _check(unit: dict[str, Any], unet: Any, encoder: Any) -> str:
     layers = sum(1 for n in unet.attn_processors if not n.endswith("attn1.processor"))
     if width != cross or len(keys) != layers:
         raise PluginError(f"IP-Adapter {name!r} is made for a UNet with {len(keys)} cross-attention layers {width} "
-                          f"wide; this {unit['entry'].family} base has {layers} layers {cross} wide (an adapter of the "
+                          f"wide; this {use.entry.family} base has {layers} layers {cross} wide (an adapter of the "
                           "other family?): pick an IP-Adapter of the base's family")
     config = encoder.config
     if "image_proj.proj.weight" in shapes:
@@ -90,5 +92,5 @@ def _check(unit: dict[str, Any], unet: Any, encoder: Any) -> str:
                           "insightface embeddings): use a base, plus or face IP-Adapter")
     if needs != has:
         raise PluginError(f"IP-Adapter {name!r} ({variant}) reads {needs}-wide image features; image encoder "
-                          f"{unit['encoder_id']!r} gives {has}: give the entry the encoder it was trained with")
+                          f"{use.entry.image_encoder!r} gives {has}: give the entry the encoder it was trained with")
     return variant

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdcompose.plugins.api import Adapter, PluginError, first_line
+from sdcompose.plugins.api import Adapter, Contribution, PluginError, Use, first_line
 from sdcompose.plugins.builtin import lora_files
 
 MAX_LOADED = 8  # adapters kept loaded per base model; older unused ones are deleted
@@ -96,8 +96,11 @@ class _BaseState:
 
 class LoraAdapter(Adapter):
     id = "lora"
-    api_version = "2.0"
-    version = "2.0"
+    api_version = "2.2"
+    version = "2.1"
+    serves = "lora"
+    needs = ("load_lora_weights",)
+    noun = "LoRA"
     help = ("LoRA weights (.safetensors, diffusers or kohya format), several at once with a weight each; "
             "fused into the model while the same set is reused.")
     families = frozenset({"sd15", "sdxl"})
@@ -105,25 +108,25 @@ class LoraAdapter(Adapter):
     def __init__(self) -> None:
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # unet -> _BaseState
 
-    def apply(self, pipe: Any, adapters: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
+    def contribute(self, pipe: Any, uses: list[Use], ctx: Any) -> Contribution:
         state = self._states.setdefault(pipe.unet, _BaseState())
-        wanted = tuple(sorted((adapter_name(a["id"]), float(a["weight"])) for a in adapters))  # one order: one result
+        wanted = tuple(sorted((adapter_name(u.id), float(u.weight)) for u in uses))  # one order: one result
         if state.fused == wanted and wanted:
-            return self._report(state, adapters)
+            return Contribution(report=self._report(state, uses))
         if state.fused:
             self._unfuse(pipe, state)
         if not wanted:
             if state.reports:
                 pipe.disable_lora()
-            return {}
-        for adapter in adapters:
-            self._load(pipe, state, adapter, keep={name for name, _ in wanted})
+            return Contribution()
+        for use in uses:
+            self._load(pipe, state, use, keep={name for name, _ in wanted})
         names = [name for name, _ in wanted]
         pipe.enable_lora()
         pipe.set_adapters(names, adapter_weights=[weight for _, weight in wanted])
         self._fuse(pipe, state, names)
         state.fused = wanted
-        return self._report(state, adapters)
+        return Contribution(report=self._report(state, uses))
 
     def remove(self, pipe: Any) -> None:
         """Fused LoRAs stay for the next request with the same set; anything unfused is switched off."""
@@ -132,18 +135,18 @@ class LoraAdapter(Adapter):
             pipe.disable_lora()
 
     # ---- loading ---------------------------------------------------------------------------
-    def _load(self, pipe: Any, state: _BaseState, adapter: dict[str, Any], keep: set[str]) -> None:
-        name, lora_id = adapter_name(adapter["id"]), adapter["id"]
+    def _load(self, pipe: Any, state: _BaseState, use: Use, keep: set[str]) -> None:
+        name, lora_id = adapter_name(use.id), use.id
         if name in state.reports:
             state.reports.move_to_end(name)
             return
         for old in [n for n in state.reports if n not in keep][: max(0, len(state.reports) + 1 - MAX_LOADED)]:
             pipe.delete_adapters([old])
             del state.reports[old]
-        path = _weights_file(Path(adapter["path"]), lora_id)
+        path = _weights_file(Path(use.path), lora_id)
         keys = _keys(path, lora_id)
         kind = detect_format(keys)
-        family = getattr(adapter.get("entry"), "family", None) or "this"
+        family = getattr(use.entry, "family", None) or "this"
         if kind == "lycoris":
             raise PluginError(f"lora {lora_id!r} is a LyCORIS file (LoHa/LoKr/OFT); sdcompose loads plain LoRA "
                               "only: convert it to a LoRA or pick another")
@@ -197,10 +200,9 @@ class LoraAdapter(Adapter):
         state.fused = ()
 
     @staticmethod
-    def _report(state: _BaseState, adapters: list[dict[str, Any]]) -> dict[str, Any]:
+    def _report(state: _BaseState, uses: list[Use]) -> dict[str, Any]:
         """Per LoRA: its weight and load report; the set is always fused when a report is made."""
-        return {a["id"]: {"weight": a["weight"], "fused": True, **state.reports[adapter_name(a["id"])]}
-                for a in adapters}
+        return {u.id: {"weight": u.weight, "fused": True, **state.reports[adapter_name(u.id)]} for u in uses}
 
 
 def _adapted_layers(pipe: Any, names: set[str]) -> list[Any]:
