@@ -137,7 +137,7 @@ def read_png(source: Any) -> tuple[dict[str, Any], "EmbeddedInputs"]:
 
 
 class EmbeddedInputs(Mapping):
-    """A PNG's embedded input images by name (``control-N``, ``init_image``, ``mask``), each a ``Deferred``.
+    """A PNG's embedded input images by name (``control-N``, ``ip-adapter-N-J``, ``adapter-N-J``, ``init_image``, ``mask``), each a ``Deferred``.
 
     Listing them decodes nothing. Each one a request opens is decoded then, as an untrusted image, and
     charged to this PNG's pixel budget as well as to the request's: a PNG of a hundred 8192x8192 maps
@@ -170,7 +170,7 @@ class EmbeddedInputs(Mapping):
             return open_image(decoded, f"embedded {name}")
 
 
-INPUT_NAMES = re.compile(r"control-\d{1,2}|ip-adapter-\d-\d|init_image|mask")
+INPUT_NAMES = re.compile(r"control-\d{1,2}|ip-adapter-\d-\d|adapter-\d{1,2}-\d|init_image|mask")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_KEYS = (KEY, INPUTS_KEY, "parameters", "prompt", "workflow")  # sdcompose's, A1111's and ComfyUI's
 

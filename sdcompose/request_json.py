@@ -1,8 +1,8 @@
 """A request from its JSON form (the HTTP API's body, a batch file's line): one reader for every JSON source.
 
 Each key is checked against the request schema (an unknown one is refused naming it and the nearest known
-name), each image field (``init_image``, ``mask``, ``controls[N].image``, ``ip_adapters[N].image``, one or a
-list) goes through the caller's ``image``
+name), each image field (``init_image``, ``mask``, ``controls[N].image``, ``ip_adapters[N].image``,
+``adapters[N].image``, one or a list) goes through the caller's ``image``
 function (base64 decoding over HTTP, a path next to the batch file), and ``GenerationRequest.model_validate``
 checks the rest. Every error is a ``FieldError`` naming its field, or the request's own one-sentence error.
 """
@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from sdcompose.errors import FieldError, suggest
-from sdcompose.request import Control, GenerationRequest, IpAdapter, Lora
+from sdcompose.request import AdapterUse, Control, GenerationRequest, IpAdapter, Lora
 
 IMAGE_FIELDS = ("init_image", "mask")
 PARTS = (("controls", Control, "a conditioner plugin id such as canny"), ("loras", Lora, "a models.yaml LoRA id"),
-         ("ip_adapters", IpAdapter, "a models.yaml IP-Adapter id"))
+         ("ip_adapters", IpAdapter, "a models.yaml IP-Adapter id"),
+         ("adapters", AdapterUse, "a models.yaml LoRA or IP-Adapter id"))
 Image = Callable[[Any, str], Any]  # (the JSON value, its field name) -> what the request takes
 
 
@@ -44,10 +45,10 @@ def _part(kind: type, item: Any, where: str, what: str, image: Image) -> dict[st
                                                "such as an OpenPose pose)")
         if not isinstance(values["image"], (dict, list)):
             values["image"] = image(values["image"], f"{where}.image")
-    if kind is IpAdapter:
-        given = values.get("image")
-        if given is None or given == []:
-            raise FieldError(f"{where}.image", f"{where} needs a reference image (or a list of them)")
+    given = values.get("image")
+    if kind is IpAdapter and (given is None or given == []):
+        raise FieldError(f"{where}.image", f"{where} needs a reference image (or a list of them)")
+    if kind in (IpAdapter, AdapterUse) and given is not None:
         values["image"] = [image(v, f"{where}.image[{j}]") for j, v in enumerate(given)] if isinstance(given, list) \
             else image(given, f"{where}.image")
     return values

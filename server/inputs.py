@@ -16,7 +16,7 @@ from sdcompose.request_json import IMAGE_FIELDS, request_from_json as from_json
 
 DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;base64,", re.ASCII)
 JSON_DEPTH = 32  # deeper JSON is refused before it is looked at (pose JSON is about five levels deep)
-PART = re.compile(r"(?P<list>controls|ip_adapters)\[(?P<i>\d{1,2})\]\.image(?:\[(?P<j>\d)\])?")
+PART = re.compile(r"(?P<list>controls|ip_adapters|adapters)\[(?P<i>\d{1,2})\]\.image(?:\[(?P<j>\d)\])?")
 
 
 def image_bytes(value: Any, field: str) -> bytes:
@@ -52,7 +52,7 @@ def check_depth(value: Any, field: str = "body", depth: int = 0) -> None:
 def request_from_json(data: Any, files: dict[str, bytes] | None = None) -> GenerationRequest:
     """A ``GenerationRequest`` from the native API's JSON body (``sdcompose.request_json``); images come as base64
     or as ``files`` (multipart parts named ``init_image``, ``mask``, ``controls[N].image``, ``ip_adapters[N].image``
-    or ``ip_adapters[N].image[J]``)."""
+    or ``ip_adapters[N].image[J]``, and the same under ``adapters``)."""
     check_depth(data)
     if files and isinstance(data, dict):
         data = dict(data)
@@ -62,12 +62,12 @@ def request_from_json(data: Any, files: dict[str, bytes] | None = None) -> Gener
             if name in IMAGE_FIELDS:
                 data[name] = content
             elif isinstance(items, list) and i < len(items) and isinstance(items[i], dict) \
-                    and (part["j"] is None or part["list"] == "ip_adapters"):
+                    and (part["j"] is None or part["list"] != "controls"):
                 data[part["list"]] = items = list(items)
                 unit = items[i] = dict(items[i])
                 if part["j"] is None:
                     unit["image"] = content
-                else:  # one reference of a list: ip_adapters[N].image[J]
+                else:  # one reference of a list: ip_adapters[N].image[J], adapters[N].image[J]
                     refs = list(unit["image"]) if isinstance(unit.get("image"), list) else []
                     refs += [None] * (int(part["j"]) + 1 - len(refs))
                     refs[int(part["j"])] = content
@@ -75,7 +75,8 @@ def request_from_json(data: Any, files: dict[str, bytes] | None = None) -> Gener
             else:
                 raise FieldError(name, f"multipart part {name[:60]!r} is not an image field of the request "
                                        "(init_image, mask, controls[N].image of a listed control, or "
-                                       "ip_adapters[N].image / ip_adapters[N].image[J] of a listed IP-Adapter)")
+                                       "ip_adapters[N].image / ip_adapters[N].image[J] of a listed IP-Adapter, or "
+                                       "adapters[N].image / adapters[N].image[J] of a listed adapter)")
     return from_json(data, image_bytes)
 
 
