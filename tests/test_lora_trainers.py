@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import sdcompose
-from sdcompose.plugins.api import PluginContext
+from sdcompose.plugins.api import PluginContext, Use
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -63,9 +63,8 @@ def applied(model_id: str, path, family: str):
     pipe = ours.diffusers_pipeline(model_id)
     plugin = ours.registry.get("lora", "adapter")
     entry = ours.catalog.get(model_id).model_copy(update={"kind": "lora", "family": family})
-    report = plugin.apply(pipe, [{"id": "trained", "path": path, "weight": 1.0, "entry": entry}],
-                          PluginContext(device="cpu", dtype=torch.float32))
-    return pipe, report["trained"]
+    done = plugin.contribute(pipe, [Use("trained", path, entry, 1.0)], PluginContext(device="cpu", dtype=torch.float32))
+    return pipe, done.report["trained"]
 
 
 def weights(module) -> dict[str, torch.Tensor]:

@@ -201,3 +201,11 @@ def test_restoring_an_image_of_the_other_family_keeps_its_loras_and_controlnet(h
                                                         restored["cn1_model"])
     assert loras["value"] == ["tiny-lora-sdxl"] and (unit0["value"], unit1["value"]) == (control.model, "auto")
     assert "tiny-lora-sd15" not in choice_ids(loras)
+
+
+def test_the_adapters_list_restores_its_loras_and_names_what_the_page_lacks(form, tmp_path):
+    png = crafted_png(tmp_path / "adapters.png", model="tiny-sd15", seed=4,
+                      adapters=[sdcompose.AdapterUse("tiny-lora-sd15", -0.5), sdcompose.AdapterUse("other-lora", 0.3)])
+    values, warnings = form.from_metadata(*read_png(png), lambda name, image: name)
+    assert values["loras"] == ["tiny-lora-sd15"] and values[form.lora("tiny-lora-sd15")] == -0.5
+    assert warnings == ["adapter 'other-lora' (from the request's adapters list) is not offered on this page; left out"]

@@ -195,6 +195,13 @@ class Form:
                 values["mask"] = keep("mask", request.mask)
             else:
                 values["init_image"] = init
+        for use in request.adapters:  # the one list of adapters: its LoRAs fit the page's LoRA list
+            if use.id in self.loras and use.id not in values["loras"]:
+                values["loras"].append(use.id)
+                values[self.lora(use.id)] = use.weight
+            else:
+                warnings.append(f"adapter {use.id!r} (from the request's adapters list) is not offered on this page; "
+                                "left out")
         for lora in request.loras:
             if lora.id in self.loras:
                 values["loras"].append(lora.id)
