@@ -230,7 +230,7 @@ class Adapter(Plugin):
     weights: ClassVar[tuple[float, float]] = (-4.0, 4.0)  # the weights a use may take
     repeats: ClassVar[bool] = False  # whether one request may use an entry twice
     takes_images: ClassVar[bool] = False  # whether each use comes with reference images
-    noun: ClassVar[str] = "adapter"  # what its uses are called in messages ("LoRA")
+    noun: ClassVar[str] = "adapter"  # what its uses are called in messages ("lora", "IP-Adapter")
 
     def contribute(self, pipe: Any, uses: list[Use], ctx: PluginContext) -> Contribution:
         """Apply ``uses`` to ``pipe``; return what the run adds (an empty ``uses``: undo anything kept from before)."""

@@ -56,7 +56,7 @@ def test_both_kinds_in_one_list_reproduce_from_the_png(pipe, reference_image, tm
 
 @pytest.mark.parametrize("use,message", [
     (sdcompose.AdapterUse("tiny-sd15"), "'tiny-sd15' is a base, which no adapter plugin serves"),
-    (sdcompose.AdapterUse("tiny-lora-sd15", image="ref"), "LoRA 'tiny-lora-sd15' takes no image"),
+    (sdcompose.AdapterUse("tiny-lora-sd15", image="ref"), "lora 'tiny-lora-sd15' takes no image"),
     (sdcompose.AdapterUse("tiny-ip-adapter-sd15"), "IP-Adapter 'tiny-ip-adapter-sd15' needs a reference image"),
     (sdcompose.AdapterUse("tiny-ip-adapter-sd15", 3.0, image="ref"),
      "IP-Adapter 'tiny-ip-adapter-sd15': weight must be from 0 to 2, got 3"),
@@ -64,8 +64,8 @@ def test_both_kinds_in_one_list_reproduce_from_the_png(pipe, reference_image, tm
      "IP-Adapter 'tiny-ip-adapter-sd15': unknown param 'stop' (known: start, end)"),
     (sdcompose.AdapterUse("tiny-ip-adapter-sd15", params={"end": 2}, image="ref"),
      "IP-Adapter 'tiny-ip-adapter-sd15': param 'end' must be <= 1.0, got 2"),
-    (sdcompose.AdapterUse("tiny-lora-sdxl"), "LoRA 'tiny-lora-sdxl' is sdxl; base 'tiny-sd15' is sd15: pick an sd15 "
-                                             "LoRA or an sdxl base"),
+    (sdcompose.AdapterUse("tiny-lora-sdxl"), "lora 'tiny-lora-sdxl' is sdxl; base 'tiny-sd15' is sd15: pick an sd15 "
+                                             "lora or an sdxl base"),
     ({"id": "tiny-lora-sd15", "weight": 5}, "adapters[0] (tiny-lora-sd15) weight must be"),
     ({"id": "tiny-lora-sd15", "params": [1]}, "adapters[0] (tiny-lora-sd15) params must be a mapping"),
     ({"id": "tiny-lora-sd15", "colour": 1}, "adapters[0]: AdapterUse has no field 'colour'"),
@@ -80,7 +80,7 @@ def test_a_bad_use_is_one_sentence_before_anything_loads(pipe, reference_image, 
 
 
 def test_a_lora_given_twice_is_refused(pipe):
-    with pytest.raises(sdcompose.ModelError, match="LoRA 'tiny-lora-sd15' is asked for twice"):
+    with pytest.raises(sdcompose.ModelError, match="lora 'tiny-lora-sd15' is asked for twice"):
         ours(pipe, loras=[sdcompose.Lora("tiny-lora-sd15")], adapters=[sdcompose.AdapterUse("tiny-lora-sd15", 0.3)])
 
 

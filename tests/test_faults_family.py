@@ -32,8 +32,8 @@ def test_lora_of_the_other_family_refused_before_loading(fresh, base, lora):
     message = str(err.value)
     one_sentence(message)
     lora_family, base_family = ("sd15", "sdxl") if base == "tiny-sdxl" else ("sdxl", "sd15")
-    assert message == (f"LoRA {lora!r} is {lora_family}; base {base!r} is {base_family}: "
-                       f"pick an {base_family} LoRA or an {lora_family} base")
+    assert message == (f"lora {lora!r} is {lora_family}; base {base!r} is {base_family}: "
+                       f"pick an {base_family} lora or an {lora_family} base")
     nothing_loaded(p, home)
 
 

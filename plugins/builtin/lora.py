@@ -100,7 +100,7 @@ class LoraAdapter(Adapter):
     version = "2.1"
     serves = "lora"
     needs = ("load_lora_weights",)
-    noun = "LoRA"
+    noun = "lora"
     help = ("LoRA weights (.safetensors, diffusers or kohya format), several at once with a weight each; "
             "fused into the model while the same set is reused.")
     families = frozenset({"sd15", "sdxl"})
