@@ -32,6 +32,7 @@ from sdcompose.ui.serve import check_bind, is_loopback, parse_auth
 
 USER, PASSWORD = "tester", "a-long-test-password"
 SMALL = dict(model="tiny-sd15", width=64, height=64, steps=2)
+CLIENT_TIMEOUT = 300  # seconds a gradio_client request may wait for the server (bounded, generous under load)
 
 
 GATED = "hold at step 2 until Stop"  # a prompt the server's gate (below) holds, so Stop always lands mid-run
@@ -114,9 +115,12 @@ class Server:
         self.cookie = "; ".join(f"{k}={v}" for k, v in login.cookies.items())
 
     def client(self, **kw):
+        """A gradio_client on this server. Its requests wait up to CLIENT_TIMEOUT s: gradio_client's httpx default
+        (5 s) to join the queue was seen to run out with 8 clients at once on a machine at load 10 and more."""
         from gradio_client import Client
         return Client(self.url, auth=(USER, PASSWORD), verbose=False, analytics_enabled=False,
-                      download_files=kw.pop("download_files", str(self.downloads)), **kw)
+                      download_files=kw.pop("download_files", str(self.downloads)),
+                      httpx_kwargs={"timeout": CLIENT_TIMEOUT}, **kw)
 
     def raw_get(self, path: str, cookie: bool = True) -> tuple[int, bytes]:
         """GET ``path`` exactly as written: no normalisation of ``..`` or percent-escapes by an HTTP library."""
