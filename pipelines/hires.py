@@ -16,6 +16,7 @@ from PIL import Image
 from sdcompose.request import LANCZOS, LIMITS
 from sdcompose.result import Result
 
+
 def target_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The pass-2 size: the request's scaled and rounded down to the size multiple (as the request checks it)."""
     multiple = LIMITS["size_multiple"]

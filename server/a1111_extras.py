@@ -14,8 +14,8 @@ from PIL import Image
 
 from sdcompose.errors import SdcomposeError
 from sdcompose.images import load_rgb
-from sdcompose.request import LANCZOS
 from sdcompose.pipelines import upscale
+from sdcompose.request import LANCZOS
 
 from . import a1111_names as names
 from .answers import result_pngs
