@@ -10,7 +10,7 @@ contribute; the record (pipelines/record.py) embeds their images under ``name``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sdcompose.errors import ModelError, ValidationError
 from sdcompose.images import load_rgb
@@ -33,13 +33,10 @@ class Planned:
     modules: dict[str, Entry] = field(default_factory=dict)  # pipeline module name -> its models.yaml entry
 
 
-SameFamily = Callable[[str, Entry, Entry, str], None]
-
-
 def plan(req: GenerationRequest, tags: list[tuple[Entry, float]], catalog: Catalog, registry: Registry,
-         base: Entry, same_family: SameFamily) -> list[Planned]:
+         base: Entry) -> list[Planned]:
     """Every adapter use of ``req`` (``tags``: the prompt's LoRA tags, resolved), in order: loras, tags,
-    ip_adapters, adapters. ``same_family(what, entry, base, hint)``: resolve's own family check."""
+    ip_adapters, adapters."""
     given: list[tuple[Entry, float, dict[str, Any], list[Any], str]] = []
     given += [(catalog.get(x.id, "lora"), x.weight, {}, [], "") for x in req.loras]
     given += [(entry, weight, {}, [], "") for entry, weight in tags]
@@ -51,7 +48,7 @@ def plan(req: GenerationRequest, tags: list[tuple[Entry, float]], catalog: Catal
     for entry, weight, params, images, name in given:
         plugin = serving(registry, entry)
         noun = plugin.noun
-        same_family(noun, entry, base, f"pick an {base.family} {noun} or an {entry.family} base")
+        entry.check_base(noun, base)
         if not plugin.repeats and any(u.entry.id == entry.id for u in uses):
             raise ModelError(f"{noun} {entry.id!r} is asked for twice (in a list and as a prompt tag, or twice in "
                              "either); give it once")

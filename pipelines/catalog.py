@@ -154,6 +154,17 @@ class Entry(BaseModel):
                 names.update((stem, stem.rsplit(".", 1)[0]))
         return names
 
+    def check_base(self, what: str, base: Entry) -> None:
+        """Refuse this entry (``what`` in the message: "ControlNet", "lora", ...) with ``base`` of another family, or a
+        tiny entry with a real base (and the reverse)."""
+        if self.family != base.family:
+            raise ModelError(f"{what} {self.id!r} is {self.family}; base {base.id!r} is {base.family}: "
+                             f"pick an {base.family} {what} or an {self.family} base")
+        if self.tiny != base.tiny:
+            raise ModelError(f"{what} {self.id!r} is {'a tiny test model' if self.tiny else 'a real model'} and base "
+                             f"{base.id!r} is {'a tiny test model' if base.tiny else 'a real model'}: use them with "
+                             "their own kind")
+
 
 class CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -48,14 +48,6 @@ class Plan:
         return ", ".join([self.prompt, *words]) if self.prompt else ", ".join(words)
 
 
-def _same_family(what: str, entry: Entry, base: Entry, hint: str) -> None:
-    if entry.family != base.family:
-        raise ModelError(f"{what} {entry.id!r} is {entry.family}; base {base.id!r} is {base.family}: {hint}")
-    if entry.tiny != base.tiny:
-        raise ModelError(f"{what} {entry.id!r} is {'a tiny test model' if entry.tiny else 'a real model'} and base "
-                         f"{base.id!r} is {'a tiny test model' if base.tiny else 'a real model'}: use them with their own kind")
-
-
 def _fits(req: GenerationRequest, family: families.Family) -> None:
     """The request's size and scheduler against what ``family`` takes (the schema checks what every family takes)."""
     step = family.size_multiple
@@ -83,14 +75,14 @@ def resolve(req: GenerationRequest, catalog: Catalog, registry: Registry) -> Pla
                               f"base {base.id!r} is {base.family}: pick a base of a supported family")
         what = "T2I-Adapter" if kind == t2i.KIND else "ControlNet"
         entry = catalog.get(control.model or default_controlnet(catalog, plugin, base), kind)
-        _same_family(what, entry, base, f"pick an {base.family} {what} or an {entry.family} base")
+        entry.check_base(what, base)
         plan.units.append(Unit(control, plugin, entry, annotator_ids(catalog, plugin, base.tiny)))
     plan.prompt, tags = lora_tags(req.prompt, req.prompt_syntax)
     plan.negative = req.negative_prompt
     if req.prompt_syntax != "literal":
         (plan.prompt, plan.negative), plan.embeddings = embeddings.used(catalog, base, [plan.prompt, plan.negative])
     tagged = [(lora_by_name(catalog, name), weight) for name, weight in tags]
-    plan.adapters = adapter_uses.plan(req, tagged, catalog, registry, base, _same_family)
+    plan.adapters = adapter_uses.plan(req, tagged, catalog, registry, base)
     t2i.check(plan)
     return plan
 
